@@ -1,0 +1,3 @@
+"""Datamodules, one file per data kind; importable as ``sciadapt.datamodules``."""
+
+from sciadapt.datamodules import timeseries  # noqa: F401

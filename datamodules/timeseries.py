@@ -1,0 +1,961 @@
+"""Multivariate time series from one CSV/parquet file, windowed for long-horizon forecasting.
+
+The split and scaling rules follow the published long-horizon protocol (Informer/Autoformer
+"ETT" and "custom" loaders): contiguous train/val/test blocks, each later block starting
+``context_length`` rows early so its first window forecasts the block's first row, and a
+z-score per channel fitted on the train rows only.
+
+A batch is ``{"x": (B, ctx, C_in), "y": (B, horizon, C_target), "mask": (B, horizon, C_target),
+"meta": {"start": (B,)}}``: ``x`` holds the target channels first, then the exogenous
+(past-observed) covariates; ``y`` holds the targets only. All values are scaled.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from sciadapt.errors import ConfigError, DataError, ShapeError
+from sciadapt.registry import DATAMODULES, suggest
+
+LAYOUTS = ("wide", "long")
+SPLITS = ("ett_hourly", "ett_minutely", "ratio", "rows")
+NAN_POLICIES = ("error", "mask", "interpolate")
+
+# ETT-small borders in hours: 12 months train, 4 months val, 4 months test (30-day months).
+_ETT_HOURLY_ROWS = (12 * 30 * 24, 4 * 30 * 24, 4 * 30 * 24)
+_DEFAULT_RATIOS = (0.7, 0.1, 0.2)
+_PKG_PREFIX = "pkg://"
+_NAN_FIX = "set data.nan_policy=mask (train around the gaps) or data.nan_policy=interpolate (fill them)"
+
+
+def resolve_path(path: str) -> Path:
+    """Turn a config path into a file path; ``pkg://name`` means the bundled ``resources/data/name``.
+
+    Args:
+        path: A filesystem path (``~`` allowed) or ``pkg://<file>`` for bundled data.
+
+    Returns:
+        The path to read. Its existence is checked when it is read.
+    """
+    if path.startswith(_PKG_PREFIX):
+        root = Path(str(importlib.resources.files("sciadapt"))) / "resources" / "data"
+        return root / path[len(_PKG_PREFIX) :]
+    return Path(path).expanduser()
+
+
+def _describe(path: str) -> str:
+    """Name a file for messages: as the user wrote it, plus where ``pkg://`` points."""
+    resolved = resolve_path(path)
+    return path if str(resolved) == path else f"{path} ({resolved})"
+
+
+def _bundled_files() -> list[str]:
+    root = resolve_path(_PKG_PREFIX)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.name != "README.md" and not p.name.startswith("_"))
+
+
+def read_table(path: Path, encoding: str = "utf-8", skiprows: int = 0) -> pd.DataFrame:
+    """Read a ``.csv`` (optionally compressed, e.g. ``.csv.gz``) or ``.parquet`` file.
+
+    Args:
+        path: The file.
+        encoding: Text encoding of a CSV.
+        skiprows: Lines to skip before a CSV's header line.
+
+    Returns:
+        The file's table with string column names.
+
+    Raises:
+        DataError: If the file is missing, of an unknown format, undecodable or corrupt.
+    """
+    if not path.is_file():
+        hint = ""
+        if path.parent == resolve_path(_PKG_PREFIX):
+            hint = f" Bundled files (pkg://<name>): {', '.join(_bundled_files()) or 'none'}."
+        raise DataError(f"data file {path} does not exist; check data.path.{hint}")
+    suffixes = [s.lower() for s in path.suffixes]
+    try:
+        if suffixes and suffixes[-1] in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        elif ".csv" in suffixes or ".txt" in suffixes or ".tsv" in suffixes:
+            # sep=None would sniff the delimiter, but it forces the slow python engine on
+            # every file; tab-separated files are recognised by their suffix instead.
+            sep = "\t" if ".tsv" in suffixes else ","
+            frame = pd.read_csv(path, sep=sep, encoding=encoding, skiprows=skiprows, compression="infer")
+        else:
+            raise DataError(
+                f"data file {path}: unknown format {''.join(path.suffixes) or '(no suffix)'}; "
+                "use .csv, .csv.gz (or another pandas compression suffix) or .parquet"
+            )
+    except DataError:
+        raise
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"data file {path} is not valid {encoding} text ({err.reason} at byte {err.start}); "
+            "set data.encoding to the file's encoding, e.g. data.encoding=latin-1"
+        ) from err
+    except Exception as err:  # pandas/pyarrow/gzip raise a zoo of types for corrupt input
+        raise DataError(f"cannot read data file {path}: {type(err).__name__}: {err}") from err
+    frame.columns = [str(c) for c in frame.columns]
+    if frame.empty:
+        raise DataError(f"data file {path} has no data rows; check data.path and data.skiprows")
+    return frame
+
+
+def _missing_column_error(
+    source: str, key: str, missing: list[str], available: list[str], fix: str
+) -> DataError:
+    hints = "".join(f" '{m}':{hint}" for m in missing if (hint := suggest(m, available)))
+    names = ", ".join(repr(m) for m in missing)
+    return DataError(
+        f"{source}: {key} names column(s) {names} not found in the file.{hints} "
+        f"Available columns: {', '.join(available)}. Fix: {fix}"
+    )
+
+
+def _row_ref(i: int, source_is_csv: bool, skiprows: int) -> str:
+    """Describe data row ``i`` (0-based) so a user can find it in an editor."""
+    if source_is_csv:
+        # 1-based file line: skipped lines, then the header line, then the data rows.
+        return f"row {i} (file line {skiprows + i + 2})"
+    return f"row {i}"
+
+
+def _parse_timestamps(values: pd.Series, source: str, column: str) -> pd.DatetimeIndex:
+    try:
+        stamps = pd.DatetimeIndex(pd.to_datetime(values))
+    except (ValueError, TypeError, OverflowError) as err:
+        raise DataError(
+            f"{source}: cannot parse column '{column}' (data.timestamp_column) as timestamps: {err}. "
+            "Fix: point data.timestamp_column at the date/time column or clean its values"
+        ) from err
+    if stamps.hasnans:
+        first = int(np.flatnonzero(stamps.isna())[0])
+        raise DataError(
+            f"{source}: column '{column}' (data.timestamp_column) has {int(stamps.isna().sum())} empty "
+            f"timestamp(s), the first at row {first}. Fix: remove or fill those rows"
+        )
+    return stamps
+
+
+def _check_monotonic(stamps: pd.DatetimeIndex, source: str, column: str, is_csv: bool, skiprows: int) -> None:
+    if len(stamps) < 2:
+        return
+    steps = np.diff(stamps.asi8)
+    bad = np.flatnonzero(steps <= 0)
+    if bad.size == 0:
+        return
+    i = int(bad[0]) + 1
+    what = "duplicates" if steps[bad[0]] == 0 else "goes back in time from"
+    raise DataError(
+        f"{source}: timestamps in '{column}' (data.timestamp_column) must be strictly increasing, but "
+        f"{_row_ref(i, is_csv, skiprows)} at {stamps[i]} {what} the previous row ({stamps[i - 1]}). "
+        "Fix: sort the file by time and drop duplicate rows"
+    )
+
+
+def _to_numeric(frame: pd.DataFrame, columns: list[str], source: str, key: str) -> pd.DataFrame:
+    out = {}
+    for col in columns:
+        series = frame[col]
+        if series.dtype == bool or not (
+            pd.api.types.is_numeric_dtype(series) or pd.api.types.is_object_dtype(series)
+        ):
+            raise DataError(
+                f"{source}: column '{col}' ({key}) has dtype {series.dtype}, not numbers. "
+                f"Fix: remove '{col}' from {key}"
+            )
+        numeric = pd.to_numeric(series, errors="coerce")
+        bad = numeric.isna() & series.notna()
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{source}: column '{col}' ({key}) holds non-numeric values, the first {series.iloc[i]!r} "
+                f"at row {i}. Fix: clean the column or remove '{col}' from {key}"
+            )
+        out[col] = numeric.astype("float64")
+    return pd.DataFrame(out, index=frame.index)
+
+
+def _freq_of(index: pd.DatetimeIndex) -> str | None:
+    if len(index) < 3:
+        return None
+    try:
+        return pd.infer_freq(index)
+    except (TypeError, ValueError):
+        return None
+
+
+class WindowDataset(Dataset):
+    """Sliding windows over a pre-scaled ``(T, C_in)`` float32 array.
+
+    Each item is built from views into the shared array, so no sample copies the series.
+
+    Args:
+        values: Scaled values, targets first then exogenous channels; NaNs already set to 0.
+        observed: 1 where the value in ``values`` was observed, 0 where it was missing.
+        starts: Row index of every window's first context row.
+        context_length: Rows in ``x``.
+        horizon: Rows in ``y``.
+        n_targets: How many leading channels are forecast targets.
+        with_x_mask: Also return ``x_mask`` (the ``observed`` rows of ``x``).
+    """
+
+    def __init__(
+        self,
+        values: np.ndarray,
+        observed: np.ndarray,
+        starts: np.ndarray,
+        context_length: int,
+        horizon: int,
+        n_targets: int,
+        with_x_mask: bool = False,
+    ) -> None:
+        self.values = values
+        self.observed = observed
+        self.starts = starts
+        self.context_length = context_length
+        self.horizon = horizon
+        self.n_targets = n_targets
+        self.with_x_mask = with_x_mask
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = int(self.starts[i])
+        mid, end = s + self.context_length, s + self.context_length + self.horizon
+        item: dict[str, Any] = {
+            "x": torch.from_numpy(self.values[s:mid]),  # (ctx, C_in)
+            "y": torch.from_numpy(self.values[mid:end, : self.n_targets]),  # (horizon, C_target)
+            "mask": torch.from_numpy(self.observed[mid:end, : self.n_targets]),
+            "meta": {"start": s},
+        }
+        if self.with_x_mask:
+            item["x_mask"] = torch.from_numpy(self.observed[s:mid])
+        return item
+
+
+class TimeSeriesDataModule(L.LightningDataModule):
+    """Windowed multivariate forecasting data from one CSV/parquet file.
+
+    The arguments are those of :func:`build_timeseries` (the config schema); see its docstring.
+    The file is read once, lazily: properties such as :attr:`n_input_channels` load it on first
+    use, and :meth:`setup` is idempotent. After :meth:`load_scaler_state` the module can serve
+    :meth:`predict_inputs` without ever reading the training file.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        layout: str = "wide",
+        timestamp_column: str = "date",
+        target_columns: list[str] | None = None,
+        exog_columns: list[str] | None = None,
+        id_column: str = "id",
+        value_column: str = "value",
+        context_length: int = 96,
+        horizon: int = 24,
+        stride: int = 1,
+        eval_stride: int = 1,
+        split: str = "ratio",
+        split_ratios: list[float] | None = None,
+        split_rows: list[int] | None = None,
+        scale: bool = True,
+        nan_policy: str = "error",
+        batch_size: int = 32,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        encoding: str = "utf-8",
+        skiprows: int = 0,
+    ) -> None:
+        super().__init__()
+        self.path = str(path)
+        self.layout = layout
+        self.timestamp_column = timestamp_column
+        self.requested_targets = list(target_columns) if target_columns is not None else None
+        self.requested_exog = list(exog_columns) if exog_columns is not None else []
+        self.id_column = id_column
+        self.value_column = value_column
+        self.context_length = int(context_length)
+        self.horizon = int(horizon)
+        self.stride = int(stride)
+        self.eval_stride = int(eval_stride)
+        self.split = split
+        self.split_ratios = list(split_ratios) if split_ratios is not None else list(_DEFAULT_RATIOS)
+        self.split_rows = list(split_rows) if split_rows is not None else None
+        self.scale = bool(scale)
+        self.nan_policy = nan_policy
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.num_workers = int(num_workers)
+        self.encoding = encoding
+        self.skiprows = int(skiprows)
+        self._validate(split_ratios_given=split_ratios is not None)
+
+        # Filled by _load() (training file) or load_scaler_state() (a stored run).
+        self._frame: pd.DataFrame | None = None
+        self._targets: list[str] | None = None
+        self._exog: list[str] | None = None
+        self._freq: str | None = None
+        self._mean: np.ndarray | None = None
+        self._std: np.ndarray | None = None
+        self._bounds: dict[str, tuple[int, int]] | None = None
+        self._datasets: dict[str, WindowDataset] | None = None
+
+    # ------------------------------------------------------------------ config checks
+    def _validate(self, split_ratios_given: bool) -> None:
+        problems: list[str] = []
+        for key, choices, value in (
+            ("layout", LAYOUTS, self.layout),
+            ("split", SPLITS, self.split),
+            ("nan_policy", NAN_POLICIES, self.nan_policy),
+        ):
+            if value not in choices:
+                problems.append(
+                    f"data.{key}: unknown value {value!r}.{suggest(value, choices)} Choose one of: "
+                    f"{', '.join(choices)}"
+                )
+        for key, minimum in (
+            ("context_length", 1),
+            ("horizon", 1),
+            ("stride", 1),
+            ("eval_stride", 1),
+            ("batch_size", 1),
+            ("eval_batch_size", 1),
+            ("num_workers", 0),
+            ("skiprows", 0),
+        ):
+            if getattr(self, key) < minimum:
+                problems.append(f"data.{key}: must be >= {minimum}, got {getattr(self, key)}")
+        targets = self.requested_targets or []
+        for key, cols in (("target_columns", targets), ("exog_columns", self.requested_exog)):
+            dupes = sorted({c for c in cols if cols.count(c) > 1})
+            if dupes:
+                problems.append(f"data.{key}: lists {', '.join(map(repr, dupes))} more than once")
+            if self.layout == "wide" and self.timestamp_column in cols:
+                problems.append(
+                    f"data.{key}: contains the timestamp column {self.timestamp_column!r}; remove it"
+                )
+        if self.requested_targets is not None and not self.requested_targets:
+            problems.append("data.target_columns: is empty; list at least one column or leave it null")
+        both = sorted(set(targets) & set(self.requested_exog))
+        if both:
+            problems.append(
+                f"data.exog_columns: {', '.join(map(repr, both))} also in data.target_columns; a column is "
+                "either forecast (target) or only observed (exog), remove it from one list"
+            )
+        if self.split == "ratio":
+            r = self.split_ratios
+            if len(r) != 3 or any(not isinstance(v, int | float) or v <= 0 for v in r):
+                problems.append(
+                    f"data.split_ratios: expected three positive numbers [train, val, test], got {r}"
+                )
+            elif not math.isclose(sum(r), 1.0, abs_tol=1e-6):
+                # The Autoformer rule derives val as the remainder, so ratios that do not sum to 1
+                # would be silently reinterpreted; refuse instead.
+                problems.append(f"data.split_ratios: must sum to 1, got {r} (sum {sum(r):g})")
+        elif split_ratios_given:
+            problems.append(f"data.split_ratios: only used with data.split=ratio (split is {self.split!r})")
+        if self.split == "rows":
+            rows = self.split_rows
+            if rows is None or len(rows) != 3 or any(not isinstance(v, int) or v < 1 for v in rows):
+                problems.append(
+                    f"data.split_rows: data.split=rows needs three positive row counts [n_train, n_val, "
+                    f"n_test], got {rows}"
+                )
+        elif self.split_rows is not None:
+            problems.append(f"data.split_rows: only used with data.split=rows (split is {self.split!r})")
+        if problems:
+            raise ConfigError(problems)
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def source(self) -> str:
+        """The data file as written in the config, with its resolved path for ``pkg://`` files."""
+        return _describe(self.path)
+
+    def _read_frame(self, path: str, targets: list[str] | None, exog: list[str]) -> pd.DataFrame:
+        """Read ``path`` into a float frame indexed by timestamp: target columns, then exog columns.
+
+        ``targets=None`` selects every numeric non-exog column (wide) or every non-exog id (long).
+        """
+        file = resolve_path(path)
+        source = _describe(path)
+        raw = read_table(file, self.encoding, self.skiprows)
+        available = list(raw.columns)
+        is_csv = file.suffix.lower() not in (".parquet", ".pq")
+
+        if self.timestamp_column not in available:
+            raise _missing_column_error(
+                source,
+                "data.timestamp_column",
+                [self.timestamp_column],
+                available,
+                "set data.timestamp_column to the date/time column",
+            )
+
+        if self.layout == "long":
+            need = {"data.id_column": self.id_column, "data.value_column": self.value_column}
+            for key, col in need.items():
+                if col not in available:
+                    raise _missing_column_error(
+                        source, key, [col], available, f"set {key} to the right column"
+                    )
+            stamps = _parse_timestamps(raw[self.timestamp_column], source, self.timestamp_column)
+            ids = raw[self.id_column].astype(str)
+            values = _to_numeric(raw, [self.value_column], source, "data.value_column")[self.value_column]
+            long = pd.DataFrame({"id": ids.to_numpy(), "t": stamps, "v": values.to_numpy()})
+            dup = long.duplicated(["id", "t"]).to_numpy()
+            if dup.any():
+                i = int(np.flatnonzero(dup)[0])
+                raise DataError(
+                    f"{source}: id {long['id'].iloc[i]!r} has timestamp {long['t'].iloc[i]} more than once "
+                    f"({_row_ref(i, is_csv, self.skiprows)}). Fix: drop duplicate (id, timestamp) rows"
+                )
+            # Rows of a long file need not be time-ordered; the pivot sorts by timestamp, and ids
+            # missing at some timestamps become NaN, which nan_policy then handles.
+            wide = long.pivot(index="t", columns="id", values="v")
+            wide.index = pd.DatetimeIndex(wide.index, name=self.timestamp_column)
+            wide.columns = [str(c) for c in wide.columns]
+            channels = list(wide.columns)
+            unknown_exog = [c for c in exog if c not in channels]
+            if unknown_exog:
+                raise _missing_column_error(
+                    source,
+                    "data.exog_columns",
+                    unknown_exog,
+                    channels,
+                    "list ids that occur in data.id_column",
+                )
+            if targets is None:
+                targets = [c for c in channels if c not in exog]
+            missing = [c for c in targets if c not in channels]
+            if missing:
+                raise _missing_column_error(
+                    source, "data.target_columns", missing, channels, "list ids that occur in data.id_column"
+                )
+            frame = wide[targets + exog].astype("float64")
+        else:
+            missing_exog = [c for c in exog if c not in available]
+            if missing_exog:
+                raise _missing_column_error(
+                    source, "data.exog_columns", missing_exog, available, "use existing column names"
+                )
+            if targets is None:
+                skip = {self.timestamp_column, *exog}
+                targets = [
+                    c
+                    for c in available
+                    if c not in skip and pd.api.types.is_numeric_dtype(raw[c]) and raw[c].dtype != bool
+                ]
+                if not targets:
+                    raise DataError(
+                        f"{source}: no numeric column besides the timestamp and exog columns. Available "
+                        f"columns: {', '.join(available)}. Fix: set data.target_columns"
+                    )
+            missing = [c for c in targets if c not in available]
+            if missing:
+                raise _missing_column_error(
+                    source, "data.target_columns", missing, available, "use existing column names"
+                )
+            stamps = _parse_timestamps(raw[self.timestamp_column], source, self.timestamp_column)
+            _check_monotonic(stamps, source, self.timestamp_column, is_csv, self.skiprows)
+            frame = pd.concat(
+                [
+                    _to_numeric(raw, targets, source, "data.target_columns"),
+                    _to_numeric(raw, exog, source, "data.exog_columns"),
+                ],
+                axis=1,
+            )
+            frame.index = pd.DatetimeIndex(stamps, name=self.timestamp_column)
+        return frame
+
+    def _load(self) -> pd.DataFrame:
+        """Read the training file once and resolve the channel lists and frequency."""
+        if self._frame is None:
+            targets = self._targets if self._targets is not None else self.requested_targets
+            exog = self._exog if self._exog is not None else self.requested_exog
+            frame = self._read_frame(self.path, targets, exog)
+            self._frame = frame
+            self._targets = list(frame.columns[: len(frame.columns) - len(exog)])
+            self._exog = list(exog)
+            if self._mean is None:
+                # A loaded scaler state already fixed the frequency of the data the model saw.
+                self._freq = _freq_of(pd.DatetimeIndex(frame.index))
+        return self._frame
+
+    def _ensure_columns(self) -> None:
+        if self._targets is None:
+            self._load()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def target_columns(self) -> list[str]:
+        """Forecast channels, in the order of the last axis of ``y``."""
+        self._ensure_columns()
+        assert self._targets is not None
+        return list(self._targets)
+
+    @property
+    def exog_columns(self) -> list[str]:
+        """Past-observed covariate channels, after the targets in ``x``."""
+        self._ensure_columns()
+        assert self._exog is not None
+        return list(self._exog)
+
+    @property
+    def n_targets(self) -> int:
+        """Number of forecast channels (last axis of ``y``)."""
+        return len(self.target_columns)
+
+    @property
+    def n_exog(self) -> int:
+        """Number of covariate channels."""
+        return len(self.exog_columns)
+
+    @property
+    def n_input_channels(self) -> int:
+        """Channels in ``x``: targets plus covariates."""
+        return self.n_targets + self.n_exog
+
+    @property
+    def freq(self) -> str | None:
+        """Pandas offset alias of the rows (e.g. ``"h"``, ``"15min"``), None when irregular."""
+        self._ensure_columns()
+        return self._freq
+
+    @property
+    def seasonality(self) -> int:
+        """Season length in rows for the frequency (24 for hourly), 1 when unknown (used by MASE)."""
+        freq = self.freq
+        if freq is None:
+            return 1
+        from gluonts.time_feature import get_seasonality
+
+        try:
+            return int(get_seasonality(freq))
+        except (ValueError, KeyError, AttributeError):
+            return 1
+
+    @property
+    def timestamps(self) -> pd.DatetimeIndex:
+        """Timestamps of every row of the training file."""
+        return pd.DatetimeIndex(self._load().index)
+
+    @property
+    def split_bounds(self) -> dict[str, tuple[int, int]]:
+        """Row range ``[start, stop)`` of each split, val/test including their context lead-in."""
+        if self._bounds is None:
+            self._bounds = self._compute_bounds(len(self._load()))
+        return dict(self._bounds)
+
+    # ------------------------------------------------------------------ splits
+    def _compute_bounds(self, n: int) -> dict[str, tuple[int, int]]:
+        ctx = self.context_length
+        if self.split in ("ett_hourly", "ett_minutely"):
+            per_hour = 1 if self.split == "ett_hourly" else 4
+            n_train, n_val, n_test = (r * per_hour for r in _ETT_HOURLY_ROWS)
+            need = n_train + n_val + n_test
+            if n < need:
+                raise DataError(
+                    f"{self.source}: data.split={self.split} uses the fixed ETT borders (first {need} rows) "
+                    f"but the file has {n} rows. Fix: use data.split=ratio or data.split=rows"
+                )
+        elif self.split == "ratio":
+            r = self.split_ratios
+            n_train, n_test = int(n * r[0]), int(n * r[2])
+            n_val = n - n_train - n_test
+        else:
+            assert self.split_rows is not None
+            n_train, n_val, n_test = self.split_rows
+            if n_train + n_val + n_test > n:
+                raise DataError(
+                    f"{self.source}: data.split_rows {self.split_rows} needs {n_train + n_val + n_test} rows "
+                    f"but the file has {n}. Fix: lower data.split_rows"
+                )
+        bounds = {
+            "train": (0, n_train),
+            "val": (n_train - ctx, n_train + n_val),
+            "test": (n_train + n_val - ctx, n_train + n_val + n_test),
+        }
+        need_rows = ctx + self.horizon
+        # Train is checked first: a context longer than the train split would also push the val
+        # start below row 0, and "train too short" is the message that explains it.
+        for name, (a, b) in bounds.items():
+            if a < 0 or b - a < need_rows:
+                have = b - a if name == "train" else b - a - ctx
+                raise DataError(
+                    f"{self.source}: the {name} split has {have} rows"
+                    + ("" if name == "train" else f" (+{ctx} context rows borrowed from the split before)")
+                    + f" but one window needs context_length + horizon = {need_rows} rows"
+                    + ("" if name == "train" else f" including the borrowed {ctx}")
+                    + f". Fix: lower data.context_length ({ctx}) or data.horizon ({self.horizon}), or "
+                    f"give the {name} split more rows (data.split / data.split_ratios / data.split_rows)"
+                )
+        return bounds
+
+    def _starts(self, name: str) -> np.ndarray:
+        a, b = self.split_bounds[name]
+        stride = self.stride if name == "train" else self.eval_stride
+        return np.arange(a, b - self.context_length - self.horizon + 1, stride, dtype=np.int64)
+
+    def n_windows(self, name: str) -> int:
+        """Number of windows in split ``name`` (``"train"``, ``"val"`` or ``"test"``)."""
+        return len(self._starts(name))
+
+    # ------------------------------------------------------------------ NaNs and scaling
+    def _handle_nans(self, frame: pd.DataFrame, source: str) -> pd.DataFrame:
+        """Apply ``nan_policy``; with "mask" the NaNs stay and become the observed-mask later."""
+        counts = frame.isna().sum()
+        if not counts.any():
+            return frame
+        if self.nan_policy == "error":
+            bad = counts[counts > 0]
+            parts = []
+            for col, cnt in bad.items():
+                first = frame.index[np.flatnonzero(frame[col].isna().to_numpy())[0]]
+                parts.append(f"'{col}' ({int(cnt)} NaN, first at {first})")
+            raise DataError(
+                f"{source}: missing values in column(s) {', '.join(parts)}. Fix: {_NAN_FIX}, or fill the file"
+            )
+        if self.nan_policy == "interpolate":
+            method = "time" if isinstance(frame.index, pd.DatetimeIndex) else "linear"
+            frame = frame.interpolate(method=method, limit_direction="both").ffill().bfill()
+        empty = [c for c in frame.columns if frame[c].isna().all()]
+        if empty:
+            raise DataError(
+                f"{source}: column(s) {', '.join(map(repr, empty))} have no values at all; "
+                "remove them from data.target_columns / data.exog_columns"
+            )
+        return frame
+
+    def _fit_scaler(self, frame: pd.DataFrame) -> None:
+        n_train = self.split_bounds["train"][1]
+        train = frame.to_numpy(dtype=np.float64)[:n_train]
+        if not self.scale:
+            self._mean = np.zeros(train.shape[1])
+            self._std = np.ones(train.shape[1])
+            return
+        observed = ~np.isnan(train)
+        unseen = [c for c, ok in zip(frame.columns, observed.any(axis=0), strict=True) if not ok]
+        if unseen:
+            raise DataError(
+                f"{self.source}: column(s) {', '.join(map(repr, unseen))} have no observed value in the "
+                f"train split (rows 0..{n_train}), so they cannot be scaled. Fix: remove them from "
+                "data.target_columns / data.exog_columns or change data.split"
+            )
+        mean = np.nanmean(train, axis=0)
+        std = np.nanstd(train, axis=0, ddof=0)
+        # A constant channel would divide by zero; scaling it by 1 keeps it a (shifted) constant.
+        std[~(std > 0)] = 1.0
+        self._mean, self._std = mean, std
+
+    def _scaled(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Scale with the stored stats; returns (values with NaN -> 0, observed mask), both float32."""
+        assert self._mean is not None and self._std is not None
+        raw = frame.to_numpy(dtype=np.float64)
+        observed = ~np.isnan(raw)
+        values = np.where(observed, (raw - self._mean) / self._std, 0.0).astype(np.float32)
+        return values, observed.astype(np.float32)
+
+    # ------------------------------------------------------------------ lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        """Read, check, split and scale the file; later calls return at once."""
+        if self._datasets is not None:
+            return
+        frame = self._handle_nans(self._load(), self.source)
+        if self._mean is None:
+            self._fit_scaler(frame)
+        values, observed = self._scaled(frame)
+        with_x_mask = self.nan_policy == "mask"
+        self._datasets = {
+            name: WindowDataset(
+                values,
+                observed,
+                self._starts(name),
+                self.context_length,
+                self.horizon,
+                len(self.target_columns),
+                with_x_mask,
+            )
+            for name in ("train", "val", "test")
+        }
+
+    def dataset(self, name: str) -> WindowDataset:
+        """The window dataset of split ``name`` (runs :meth:`setup` when needed)."""
+        self.setup()
+        assert self._datasets is not None
+        return self._datasets[name]
+
+    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(name),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled train windows at ``stride``."""
+        return self._loader("train", self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation windows at ``eval_stride``, in time order."""
+        return self._loader("val", self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test windows at ``eval_stride``, in time order."""
+        return self._loader("test", self.eval_batch_size, shuffle=False)
+
+    # ------------------------------------------------------------------ scaler state
+    def scaler_state(self) -> dict[str, Any]:
+        """The fitted scaler and channel layout as a JSON-serialisable dict."""
+        if self._mean is None:
+            self.setup()
+        assert self._mean is not None and self._std is not None
+        return {
+            "columns": self.target_columns + self.exog_columns,
+            "mean": [float(v) for v in self._mean],
+            "std": [float(v) for v in self._std],
+            "target_columns": self.target_columns,
+            "exog_columns": self.exog_columns,
+            "timestamp_column": self.timestamp_column,
+            "freq": self._freq,
+        }
+
+    def load_scaler_state(self, state: dict[str, Any]) -> None:
+        """Use a stored scaler (from :meth:`scaler_state`) instead of fitting one.
+
+        Args:
+            state: The dict :meth:`scaler_state` returned, e.g. read back from a run directory.
+
+        Raises:
+            DataError: If the state is malformed or its channels contradict this module's config.
+        """
+        keys = ("columns", "mean", "std", "target_columns", "exog_columns", "timestamp_column", "freq")
+        missing = [k for k in keys if k not in state]
+        if missing:
+            raise DataError(
+                f"scaler state lacks key(s) {', '.join(missing)}; it was not written by scaler_state()"
+            )
+        targets, exog = list(state["target_columns"]), list(state["exog_columns"])
+        n = len(targets) + len(exog)
+        if list(state["columns"]) != targets + exog or len(state["mean"]) != n or len(state["std"]) != n:
+            raise DataError("scaler state is inconsistent: columns/mean/std lengths differ")
+        if self.requested_targets is not None and self.requested_targets != targets:
+            raise DataError(
+                f"scaler state was fitted on targets {targets} but data.target_columns is "
+                f"{self.requested_targets}. Fix: use the run's data config"
+            )
+        if self.requested_exog != exog:
+            raise DataError(
+                f"scaler state was fitted with exog {exog} but data.exog_columns is {self.requested_exog}. "
+                "Fix: use the run's data config"
+            )
+        if state["timestamp_column"] != self.timestamp_column:
+            raise DataError(
+                f"scaler state uses timestamp column {state['timestamp_column']!r} but "
+                f"data.timestamp_column is {self.timestamp_column!r}. Fix: use the run's data config"
+            )
+        if self._frame is not None and list(self._frame.columns) != targets + exog:
+            # The frame was read with auto-selected columns that differ from the stored ones.
+            self._frame, self._bounds = None, None
+        self._targets, self._exog = targets, exog
+        self._mean = np.asarray(state["mean"], dtype=np.float64)
+        self._std = np.asarray(state["std"], dtype=np.float64)
+        self._freq = state["freq"]
+        # Windows built with the previous stats are stale; rebuild on next use.
+        self._datasets = None
+
+    def inverse_transform(self, arr: np.ndarray | torch.Tensor, quantile_axis: bool = False) -> Any:
+        """Map scaled target values back to original units.
+
+        Args:
+            arr: Scaled values whose channel axis holds the target channels: the last axis, e.g.
+                ``(B, L, C)``; or the second last with ``quantile_axis=True``, e.g. ``(B, L, C, Q)``.
+            quantile_axis: The last axis holds quantiles (or samples) of each channel.
+
+        Returns:
+            An array of the same type, shape, dtype (and device, for tensors).
+
+        Raises:
+            ShapeError: If the channel axis does not have ``n_targets`` entries.
+        """
+        if self._mean is None:
+            self.setup()
+        assert self._mean is not None and self._std is not None
+        n = self.n_targets
+        axis = -2 if quantile_axis else -1
+        if arr.ndim < -axis or arr.shape[axis] != n:
+            layout = "(..., C, Q)" if quantile_axis else "(..., C)"
+            raise ShapeError(f"inverse_transform: expected {layout} with C={n}, got {tuple(arr.shape)}")
+        mean, std = self._mean[:n], self._std[:n]
+        if quantile_axis:
+            mean, std = mean[:, None], std[:, None]  # (C, 1) broadcasts over Q
+        if isinstance(arr, torch.Tensor):
+            if not arr.is_floating_point():
+                arr = arr.double()
+            t_mean = torch.as_tensor(mean, dtype=arr.dtype, device=arr.device)
+            t_std = torch.as_tensor(std, dtype=arr.dtype, device=arr.device)
+            return arr * t_std + t_mean
+        arr = np.asarray(arr)
+        out = arr * std + mean  # float64
+        # Keep float32 predictions float32; integer input has no dtype worth keeping.
+        return out.astype(arr.dtype, copy=False) if np.issubdtype(arr.dtype, np.floating) else out
+
+    # ------------------------------------------------------------------ inference
+    def predict_inputs(self, path: str | None = None) -> dict[str, Any]:
+        """Model input for forecasting the ``horizon`` steps after the end of a file.
+
+        Args:
+            path: A CSV/parquet with the same columns as the training file; default: the training
+                file itself.
+
+        Returns:
+            ``{"x": (1, ctx, C_in) float32 scaled, "history": last ctx target rows in original
+            units indexed by timestamp, "future_index": the next horizon timestamps}``, plus
+            ``"x_mask"`` (1, ctx, C_in) with ``nan_policy=mask``.
+
+        Raises:
+            DataError: Missing columns, bad timestamps or NaNs (per ``nan_policy``), fewer rows than
+                ``context_length``, or a frequency that cannot be inferred.
+        """
+        if self._mean is None:
+            self.setup()
+        source_path = self.path if path is None else str(path)
+        frame = self._read_frame(source_path, self.target_columns, self.exog_columns)
+        source = source_path
+        ctx = self.context_length
+        if len(frame) < ctx:
+            raise DataError(
+                f"{source}: has {len(frame)} rows but the model needs the last context_length={ctx}. "
+                "Fix: provide a longer history"
+            )
+        # Interpolation may use rows before the window; the other policies only judge the window.
+        if self.nan_policy == "interpolate":
+            tail = self._handle_nans(frame, source).iloc[-ctx:]
+        else:
+            tail = self._handle_nans(frame.iloc[-ctx:], source)
+        values, observed = self._scaled(tail)
+
+        index = pd.DatetimeIndex(frame.index)
+        freq = _freq_of(index)
+        if freq is not None and self._freq is not None and freq != self._freq:
+            raise DataError(
+                f"{source}: rows are spaced {freq!r} but the model was trained on {self._freq!r} data. "
+                "Fix: resample the file to the training frequency"
+            )
+        freq = freq or self._freq
+        if freq is None:
+            raise DataError(
+                f"{source}: cannot infer the time step from '{self.timestamp_column}' (irregular or too few "
+                "rows), so the forecast timestamps are unknown. Fix: make the rows regularly spaced"
+            )
+        offset = pd.tseries.frequencies.to_offset(freq)
+        future = pd.date_range(index[-1] + offset, periods=self.horizon, freq=offset)
+        future.name = self.timestamp_column
+
+        out: dict[str, Any] = {
+            "x": torch.from_numpy(values).unsqueeze(0),  # (1, ctx, C_in)
+            "history": frame.iloc[-ctx:][self.target_columns].copy(),
+            "future_index": future,
+        }
+        if self.nan_policy == "mask":
+            out["x_mask"] = torch.from_numpy(observed).unsqueeze(0)
+        return out
+
+
+@DATAMODULES.register("timeseries")
+def build_timeseries(
+    path: str,
+    layout: str = "wide",
+    timestamp_column: str = "date",
+    target_columns: list[str] | None = None,
+    exog_columns: list[str] | None = None,
+    id_column: str = "id",
+    value_column: str = "value",
+    context_length: int = 96,
+    horizon: int = 24,
+    stride: int = 1,
+    eval_stride: int = 1,
+    split: str = "ratio",
+    split_ratios: list[float] | None = None,
+    split_rows: list[int] | None = None,
+    scale: bool = True,
+    nan_policy: str = "error",
+    batch_size: int = 32,
+    eval_batch_size: int = 256,
+    num_workers: int = 0,
+    encoding: str = "utf-8",
+    skiprows: int = 0,
+) -> TimeSeriesDataModule:
+    """Windowed multivariate time series from one file (the config schema of ``data:``).
+
+    Args:
+        path: ``.csv``, ``.csv.gz`` or ``.parquet`` file; ``pkg://<name>`` reads bundled data from
+            ``sciadapt/resources/data/<name>``.
+        layout: ``"wide"``, one column per channel; or ``"long"``, rows of (id, timestamp, value)
+            pivoted so that each id becomes a channel.
+        timestamp_column: Column holding the timestamps.
+        target_columns: Channels to forecast; None means every numeric non-exog column (wide) or
+            every non-exog id (long).
+        exog_columns: Past-observed covariates, fed in ``x`` after the targets and not predicted.
+        id_column: Series id column (long layout).
+        value_column: Value column (long layout).
+        context_length: Input rows per window.
+        horizon: Forecast rows per window.
+        stride: Step between train windows.
+        eval_stride: Step between validation/test windows.
+        split: ``"ett_hourly"`` (8640/2880/2880 rows), ``"ett_minutely"`` (the same x4), ``"ratio"``
+            (Autoformer rule with ``split_ratios``) or ``"rows"`` (``split_rows`` counts).
+        split_ratios: ``[train, val, test]`` fractions summing to 1; default ``[0.7, 0.1, 0.2]``.
+        split_rows: ``[n_train, n_val, n_test]`` for ``split="rows"``.
+        scale: Z-score each channel with train-split mean/std; False keeps raw values.
+        nan_policy: ``"error"``, ``"mask"`` (zero-fill, add ``x_mask`` and zero ``mask``) or
+            ``"interpolate"`` (linear in time, edges filled from the nearest value).
+        batch_size: Train batch size.
+        eval_batch_size: Validation/test batch size.
+        num_workers: DataLoader worker processes.
+        encoding: CSV text encoding (``latin-1`` for the Jena weather file).
+        skiprows: Lines to skip before the CSV header.
+
+    Returns:
+        The datamodule; the file is read on first use.
+    """
+    return TimeSeriesDataModule(
+        path=path,
+        layout=layout,
+        timestamp_column=timestamp_column,
+        target_columns=target_columns,
+        exog_columns=exog_columns,
+        id_column=id_column,
+        value_column=value_column,
+        context_length=context_length,
+        horizon=horizon,
+        stride=stride,
+        eval_stride=eval_stride,
+        split=split,
+        split_ratios=split_ratios,
+        split_rows=split_rows,
+        scale=scale,
+        nan_policy=nan_policy,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        num_workers=num_workers,
+        encoding=encoding,
+        skiprows=skiprows,
+    )

@@ -1,0 +1,119 @@
+"""The library calls behind each CLI verb (usable from Python as well)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from sciadapt.config import bundled_pipelines, load_config, to_yaml, validate as validate_cfg
+from sciadapt.registry import KINDS, suggest
+from sciadapt.errors import UnknownComponentError
+from sciadapt.runs import open_run
+
+
+def fit(pipeline: str | None, overrides: list[str], resume: str | None = None, console: Console | None = None) -> dict[str, Any]:
+    """Validate a pipeline (nothing is written if invalid), run its stages, print the comparison."""
+    from sciadapt.stages.runner import PipelineRunner
+
+    console = console or Console()
+    if resume:
+        run_dir = open_run(resume)
+        cfg = load_config(pipeline, overrides) if pipeline else None
+        runner = PipelineRunner.resume(run_dir, cfg, console)
+        console.print(f"resuming {run_dir} after stages: {', '.join(runner.state['completed']) or 'none'}")
+    else:
+        if pipeline is None:
+            raise UnknownComponentError("fit needs a pipeline (a .yaml path or a bundled name) or --resume RUN")
+        cfg = load_config(pipeline, overrides)
+        runner = PipelineRunner.create(cfg, console)
+        console.print(f"run directory: {runner.run_dir}")
+    summary = runner.run()
+    print_comparison(summary, console)
+    console.print(f"summary: {runner.run_dir / 'summary.json'}")
+    return summary
+
+
+def print_comparison(summary: dict[str, Any], console: Console) -> None:
+    ev = summary.get("evaluation") or {}
+    if not ev.get("rows"):
+        return
+    metrics = ev["metrics"]
+    table = Table(title=f"{summary['pipeline']}: test split of {ev.get('data', '')}")
+    table.add_column("model")
+    for m in metrics:
+        table.add_column(m.upper() if m in ("mse", "mae", "mase", "crps") else m, justify="right")
+    best = {m: min(r.get(m, float("inf")) for r in ev["rows"]) for m in metrics}
+    for r in ev["rows"]:
+        cells = []
+        for m in metrics:
+            v = r.get(m)
+            text = "-" if v is None else f"{v:.4f}"
+            cells.append(f"[bold green]{text}[/]" if v is not None and v == best[m] else text)
+        table.add_row(r["model"], *cells)
+    console.print(table)
+
+
+def validate(pipeline: str, overrides: list[str], console: Console | None = None) -> dict[str, Any]:
+    console = console or Console()
+    cfg = load_config(pipeline, overrides)
+    console.print(f"[green]ok[/green]: {pipeline} is valid ({len(cfg['stages'])} stages: "
+                  f"{', '.join(s['name'] for s in cfg['stages'])})")
+    return cfg
+
+
+def show(pipeline: str, overrides: list[str]) -> str:
+    return to_yaml(load_config(pipeline, overrides))
+
+
+def test(run: str, data: str | None = None, console: Console | None = None) -> dict[str, Any]:
+    """Score a finished run's final weights on the test split (optionally of another file)."""
+    from sciadapt.stages.runner import PipelineRunner
+
+    console = console or Console()
+    run_dir = open_run(run)
+    cfg = validate_cfg(yaml.safe_load((run_dir / "config.yaml").read_text()), source=str(run_dir / "config.yaml"))
+    if data:
+        cfg["stages"][-1]["data"] = {**(cfg["stages"][-1].get("data") or {}), "path": data}
+    runner = PipelineRunner(cfg, run_dir, console)
+    last = cfg["stages"][-1]["name"]
+    if not runner.final_ckpt(last).exists():
+        raise UnknownComponentError(f"{run_dir} has no final weights for stage {last!r}: finish it with `sciadapt fit --resume {run_dir}`")
+    dm = runner._datamodule(len(cfg["stages"]) - 1)
+    runner._ensure_task(dm, last)
+    from sciadapt.runs import load_into, load_weights
+
+    load_into(runner.task, load_weights(runner.final_ckpt(last)), runner.final_ckpt(last))
+    res = runner.test(None, dm)
+    table = Table(title=f"{run_dir} on {dm.describe() if hasattr(dm, 'describe') else 'test split'}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in res.items():
+        if isinstance(v, float):
+            table.add_row(k, f"{v:.4f}")
+    console.print(table)
+    return res
+
+
+def predict(run: str, data: str | None, out: str, console: Console | None = None) -> Path:
+    from sciadapt.predict.forecast import predict_run
+
+    console = console or Console()
+    path = predict_run(Path(open_run(run)), data, Path(out))
+    console.print(f"forecast written to {path} (plot: {path.with_suffix('.png')})")
+    return path
+
+
+def list_components(kind: str | None, console: Console | None = None) -> dict[str, list[str]]:
+    console = console or Console()
+    kinds = {**{k: r.list() for k, r in KINDS.items()}, "pipelines": bundled_pipelines()}
+    if kind is not None:
+        if kind not in kinds:
+            raise UnknownComponentError(f"unknown kind {kind!r}.{suggest(kind, kinds)} Kinds: {', '.join(kinds)}")
+        kinds = {kind: kinds[kind]}
+    for k, names in kinds.items():
+        console.print(f"[bold]{k}[/bold]: {', '.join(names) if names else '(none yet)'}")
+    return kinds

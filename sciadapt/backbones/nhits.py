@@ -1,0 +1,546 @@
+"""N-HiTS (Challu et al., AAAI 2023) as a channel-independent series backbone.
+
+Each target channel is forecast as an independent univariate series (the channels are folded into the
+batch); the last ``n_exog`` input channels are past-observed covariates shared by every target channel.
+The stacks follow the paper: multi-rate input pooling, an MLP per block, a full-resolution backcast and
+a low-resolution forecast that is interpolated to the horizon, with doubly residual stacking.
+
+Instead of one forecast value per step, every block emits ``feature_dim`` forecast curves, so the
+backbone returns horizon features ``(B, L, C, D)``. The features start from the naive level (the last
+observed value, on every ``D``), so a head that averages over ``D`` computes plain N-HiTS.
+
+Reference: C. Challu, K. G. Olivares, B. N. Oreshkin, F. Garza, M. Mergenthaler-Canseco, A. Dubrawski,
+"N-HiTS: Neural Hierarchical Interpolation for Time Series Forecasting", https://arxiv.org/abs/2201.12886
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from sciadapt.errors import CheckpointError, ConfigError, ShapeError
+from sciadapt.registry import BACKBONES
+from sciadapt.types import HORIZON_FEATURES, SERIES, check_shape
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+    "tanh": nn.Tanh,
+    "selu": nn.SELU,
+    "leakyrelu": nn.LeakyReLU,
+    "prelu": nn.PReLU,
+    "sigmoid": nn.Sigmoid,
+}
+POOLING: dict[str, type[nn.Module]] = {"max": nn.MaxPool1d, "avg": nn.AvgPool1d}
+INTERPOLATION = ("linear", "nearest", "cubic")
+
+_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
+_LIGHTNING_PREFIX = "backbone."
+
+
+class NHiTSBlock(nn.Module):
+    """One N-HiTS block: pool the input windows, an MLP, then backcast and interpolated forecast.
+
+    Args:
+        context_length: Input window length ``T``.
+        horizon: Forecast length ``L``.
+        n_exog: Number of past-observed exogenous channels fed to the MLP.
+        feature_dim: Forecast curves per step ``D``.
+        pool_kernel_size: Pooling kernel and stride ``k`` (the paper's multi-rate sampling).
+        n_knots: Forecast knots per curve before interpolation to ``horizon``.
+        mlp_units: Hidden sizes of the MLP.
+        pooling: ``"max"`` or ``"avg"``.
+        interpolation: ``"linear"``, ``"nearest"`` or ``"cubic"``.
+        activation: Name of the hidden activation (a key of :data:`ACTIVATIONS`).
+        dropout: Dropout probability after each hidden activation.
+    """
+
+    def __init__(
+        self,
+        context_length: int,
+        horizon: int,
+        n_exog: int,
+        feature_dim: int,
+        pool_kernel_size: int,
+        n_knots: int,
+        mlp_units: list[int],
+        pooling: str,
+        interpolation: str,
+        activation: str,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.context_length = context_length
+        self.horizon = horizon
+        self.feature_dim = feature_dim
+        self.n_knots = n_knots
+        self.interpolation = interpolation
+        self.pool = POOLING[pooling](kernel_size=pool_kernel_size, stride=pool_kernel_size, ceil_mode=True)
+        pooled_length = math.ceil(context_length / pool_kernel_size)
+        sizes = [pooled_length * (1 + n_exog), *mlp_units]
+        self.hidden = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in pairwise(sizes))
+        self.act = ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        # Backcast at full input resolution (as in the reference implementation), forecast as knots.
+        self.theta = nn.Linear(sizes[-1], context_length + feature_dim * n_knots)
+
+    def forward(self, residual: Tensor, exog: Tensor | None, n_targets: int) -> tuple[Tensor, Tensor]:
+        """Compute this block's backcast and forecast.
+
+        Args:
+            residual: Target residual windows ``(S, T)`` with ``S = B * n_targets``.
+            exog: Exogenous windows ``(B, X, T)`` shared by the targets of a batch row, or ``None``.
+            n_targets: Target channels per batch row, used to repeat ``exog`` onto the folded batch.
+
+        Returns:
+            ``backcast`` of shape ``(S, T)`` and ``forecast`` of shape ``(S, D, L)``.
+        """
+        h = self.pool(residual.unsqueeze(1)).squeeze(1)  # (S, T/k)
+        if exog is not None:
+            pooled_exog = self.pool(exog)  # (B, X, T/k)
+            # Pool once per batch row, then share the result with each of its target channels.
+            pooled_exog = repeat(pooled_exog, "b x t -> (b c) (t x)", c=n_targets)  # (S, T/k * X)
+            h = torch.cat([h, pooled_exog], dim=1)  # (S, T/k * (1 + X))
+        for layer in self.hidden:
+            h = self.dropout(self.act(layer(h)))
+        theta = self.theta(h)  # (S, T + D * K)
+        backcast, knots = theta.split([self.context_length, self.feature_dim * self.n_knots], dim=1)
+        knots = rearrange(knots, "s (d k) -> s d k", d=self.feature_dim)  # (S, D, K)
+        return backcast, self._interpolate(knots)
+
+    def _interpolate(self, knots: Tensor) -> Tensor:
+        """Interpolate ``(S, D, K)`` knots to ``(S, D, L)`` along the last axis."""
+        if self.interpolation == "cubic":
+            # F.interpolate has no 1d cubic mode: run bicubic on (S, 1, D, K). Keeping D at its size
+            # makes the row direction an identity resample, so each curve is interpolated on its own.
+            out = F.interpolate(knots.unsqueeze(1), size=(self.feature_dim, self.horizon), mode="bicubic")
+            return out.squeeze(1)  # (S, D, L)
+        return F.interpolate(knots, size=self.horizon, mode=self.interpolation)  # (S, D, L)
+
+
+class NHiTS(nn.Module):
+    """Channel-independent N-HiTS producing horizon features ``(B, L, C, D)``.
+
+    Build it with :func:`build_nhits` (the config schema); the constructor takes the validated values.
+
+    Args:
+        context_length: Input window length ``T``.
+        horizon: Forecast length ``L``.
+        n_exog: Trailing input channels that are past-observed covariates (not forecast).
+        feature_dim: Forecast curves per step ``D``.
+        pool_kernel_sizes: Pooling kernel per stack.
+        downsample_freqs: Expressiveness ratio per stack: ``max(horizon // r, 1)`` knots.
+        n_blocks: Blocks per stack.
+        mlp_units: Hidden sizes of every block MLP.
+        pooling: ``"max"`` or ``"avg"``.
+        interpolation: ``"linear"``, ``"nearest"`` or ``"cubic"``.
+        activation: Hidden activation name.
+        dropout: Dropout after each hidden activation.
+    """
+
+    input_layout = SERIES
+
+    def __init__(
+        self,
+        context_length: int,
+        horizon: int,
+        n_exog: int,
+        feature_dim: int,
+        pool_kernel_sizes: list[int],
+        downsample_freqs: list[int],
+        n_blocks: list[int],
+        mlp_units: list[int],
+        pooling: str,
+        interpolation: str,
+        activation: str,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.context_length = context_length
+        self.horizon = horizon
+        self.n_exog = n_exog
+        self.feature_dim = feature_dim
+        self.config: dict[str, Any] = {
+            "context_length": context_length,
+            "horizon": horizon,
+            "n_exog": n_exog,
+            "feature_dim": feature_dim,
+            "pool_kernel_sizes": list(pool_kernel_sizes),
+            "downsample_freqs": list(downsample_freqs),
+            "n_blocks": list(n_blocks),
+            "mlp_units": list(mlp_units),
+            "pooling": pooling,
+            "interpolation": interpolation,
+            "activation": activation,
+            "dropout": dropout,
+        }
+        blocks = []
+        for kernel, freq, count in zip(pool_kernel_sizes, downsample_freqs, n_blocks, strict=True):
+            for _ in range(count):
+                blocks.append(
+                    NHiTSBlock(
+                        context_length=context_length,
+                        horizon=horizon,
+                        n_exog=n_exog,
+                        feature_dim=feature_dim,
+                        pool_kernel_size=kernel,
+                        n_knots=max(horizon // freq, 1),
+                        mlp_units=list(mlp_units),
+                        pooling=pooling,
+                        interpolation=interpolation,
+                        activation=activation,
+                        dropout=dropout,
+                    )
+                )
+        self.blocks = nn.ModuleList(blocks)
+        self.feature_info: list[dict[str, Any]] = [
+            {"layout": HORIZON_FEATURES, "channels": feature_dim, "horizon": horizon}
+        ]
+        self.default_peft_targets: list[str] = ["blocks.*.hidden.*", "blocks.*.theta"]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Forecast features for every target channel.
+
+        Args:
+            x: ``(B, T, C_in)`` with ``T == context_length``; the first ``C_in - n_exog`` channels are
+                targets, the last ``n_exog`` are past-observed covariates.
+
+        Returns:
+            ``(B, L, C, D)`` horizon features, ``C = C_in - n_exog`` targets, ``D = feature_dim``.
+
+        Raises:
+            ShapeError: If ``x`` is not ``B T C`` with ``T == context_length`` and more than
+                ``n_exog`` channels.
+        """
+        forecast, _, _ = self._run(x, keep_parts=False)
+        return forecast
+
+    def decompose(self, x: Tensor) -> dict[str, Any]:
+        """Split the forecast features into the naive level and each block's contribution.
+
+        ``level + sum(blocks)`` equals :meth:`forward_features`; ``residual`` is what the backcasts
+        of all blocks left unexplained of the target input window.
+
+        Args:
+            x: ``(B, T, C_in)`` as for :meth:`forward_features`.
+
+        Returns:
+            ``{"level": (B, L, C, D), "blocks": [(B, L, C, D) per block], "residual": (B, T, C)}``.
+        """
+        batch = x.shape[0]
+        _, residual, parts = self._run(x, keep_parts=True)
+        level, *blocks = (rearrange(p, "(b c) d l -> b l c d", b=batch) for p in parts)  # (B, L, C, D)
+        return {
+            "level": level,
+            "blocks": blocks,
+            "residual": rearrange(residual.flip(1), "(b c) t -> b t c", b=batch),  # (B, T, C)
+        }
+
+    def _run(self, x: Tensor, keep_parts: bool) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """The doubly residual stack: features ``(B, L, C, D)``, final residual ``(S, T)`` (newest
+        step first) and, when ``keep_parts``, the level and block forecasts ``(S, D, L)``."""
+        check_shape(x, SERIES, name="nhits input", T=self.context_length)
+        batch, _, c_in = x.shape
+        n_targets = c_in - self.n_exog
+        if n_targets < 1:
+            raise ShapeError(
+                f"nhits input: expected B T C with C > n_exog={self.n_exog} (targets first, then "
+                f"{self.n_exog} exogenous channels), got {tuple(x.shape)}"
+            )
+        # Newest step first, as the reference implementation does: with ceil_mode the incomplete
+        # pooling window then falls on the oldest steps, never on the most recent ones.
+        x = x.flip(1)
+        residual = rearrange(x[..., :n_targets], "b t c -> (b c) t")  # (S, T)
+        exog = rearrange(x[..., n_targets:], "b t x -> b x t") if self.n_exog else None  # (B, X, T)
+
+        # Naive level: every feature curve starts at the last observed target value.
+        level = residual[:, :1, None]  # (S, 1, 1)
+        forecast = level.expand(-1, self.feature_dim, self.horizon)  # (S, D, L)
+        parts = [forecast] if keep_parts else []
+        for block in self.blocks:
+            backcast, block_forecast = block(residual, exog, n_targets)
+            residual = residual - backcast
+            forecast = forecast + block_forecast
+            if keep_parts:
+                parts.append(block_forecast)
+        return rearrange(forecast, "(b c) d l -> b l c d", b=batch), residual, parts  # (B, L, C, D)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Same as :meth:`forward_features`."""
+        return self.forward_features(x)
+
+    def load_pretrained(self, source: str) -> None:
+        """Load weights from a local checkpoint file with ``strict=True``.
+
+        Args:
+            source: A ``.safetensors`` file, or a ``.pt``/``.pth``/``.ckpt``/``.bin`` file saved with
+                ``torch.save``. A Lightning checkpoint (a dict with ``"state_dict"``) is accepted; its
+                ``backbone.``-prefixed entries are used with the prefix stripped.
+
+        Raises:
+            CheckpointError: If the file is missing or unreadable, or its keys or shapes do not match
+                this model; the message names the keys and the config key to change.
+        """
+        path = Path(source)
+        if not path.is_file():
+            raise CheckpointError(f"nhits checkpoint {source!r} not found (expected a local file)")
+        state = _read_state_dict(path)
+        problems = self._state_dict_problems(state)
+        if problems:
+            raise CheckpointError(
+                f"cannot load {path} into nhits({_format_config(self.config)}):\n"
+                + "\n".join(f"  - {p}" for p in problems)
+            )
+        self.load_state_dict(state, strict=True)
+
+    def _state_dict_problems(self, state: Mapping[str, Tensor]) -> list[str]:
+        """Describe every key/shape mismatch between ``state`` and this model, with a fix."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        mismatched = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+        problems: list[str] = []
+        if missing:
+            problems.append(
+                f"{len(missing)} keys missing from the file: {_preview(missing)} "
+                "(fewer blocks or layers in the checkpoint: check n_blocks, pool_kernel_sizes and mlp_units)"
+            )
+        if unexpected:
+            problems.append(
+                f"{len(unexpected)} unexpected keys in the file: {_preview(unexpected)} "
+                "(more blocks or layers in the checkpoint: check n_blocks, pool_kernel_sizes and mlp_units)"
+            )
+        for key in mismatched:
+            problems.append(
+                f"{key}: file has shape {tuple(state[key].shape)}, model has {tuple(own[key].shape)} "
+                f"({_shape_hint(key)})"
+            )
+        if mismatched:
+            guess = self._guess_context_length(state)
+            if guess is not None:
+                problems.append(f"the checkpoint looks trained with context_length={guess}: set it to that")
+        return problems
+
+    def _guess_context_length(self, state: Mapping[str, Tensor]) -> int | None:
+        """The checkpoint's context length, if it differs from ours and explains block 0's shapes."""
+        hidden_key, theta_key = "blocks.0.hidden.0.weight", "blocks.0.theta.weight"
+        if hidden_key not in state or theta_key not in state or not len(self.blocks):
+            return None
+        block = self.blocks[0]
+        assert isinstance(block, NHiTSBlock)
+        candidate = state[theta_key].shape[0] - block.feature_dim * block.n_knots
+        kernel = self.config["pool_kernel_sizes"][0]
+        explains_input = math.ceil(candidate / kernel) * (1 + self.n_exog) == state[hidden_key].shape[1]
+        if candidate > 0 and candidate != self.context_length and explains_input:
+            return int(candidate)
+        return None
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    """Read a flat ``name -> tensor`` mapping from a safetensors or torch checkpoint file."""
+    suffix = path.suffix.lower()
+    if suffix not in _CHECKPOINT_SUFFIXES:
+        raise CheckpointError(
+            f"unsupported checkpoint format {path}: use one of {', '.join(_CHECKPOINT_SUFFIXES)}"
+        )
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # the readers raise many types; all mean "not a readable checkpoint"
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    state = {str(k): v for k, v in obj.items()}
+    if any(k.startswith(_LIGHTNING_PREFIX) for k in state):
+        # A full task checkpoint: keep the backbone's entries only, without the task's prefix.
+        state = {k[len(_LIGHTNING_PREFIX) :]: v for k, v in state.items() if k.startswith(_LIGHTNING_PREFIX)}
+    return state
+
+
+def _shape_hint(key: str) -> str:
+    """Which config keys determine the shape of parameter ``key``."""
+    if key.endswith("hidden.0.weight"):
+        return "input size ceil(context_length / pool kernel) * (1 + n_exog): check context_length, n_exog"
+    if ".theta." in key:
+        return (
+            "output size context_length + feature_dim * max(horizon // downsample_freq, 1): "
+            "check context_length, horizon, feature_dim, downsample_freqs"
+        )
+    return "hidden sizes: check mlp_units"
+
+
+def _preview(keys: list[str], n: int = 6) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _format_config(config: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.items())
+
+
+def _validate(
+    context_length: int,
+    horizon: int,
+    n_exog: int,
+    feature_dim: int,
+    pool_kernel_sizes: list[int],
+    downsample_freqs: list[int],
+    n_blocks: list[int],
+    mlp_units: list[int],
+    pooling: str,
+    interpolation: str,
+    activation: str,
+    dropout: float,
+) -> None:
+    """Raise one :class:`ConfigError` listing every invalid N-HiTS setting."""
+    problems: list[str] = []
+    for name, value, minimum in (
+        ("context_length", context_length, 1),
+        ("horizon", horizon, 1),
+        ("n_exog", n_exog, 0),
+        ("feature_dim", feature_dim, 1),
+    ):
+        if not isinstance(value, int) or value < minimum:
+            problems.append(f"backbone.{name}: expected an int >= {minimum}, got {value!r}")
+    per_stack = {
+        "pool_kernel_sizes": pool_kernel_sizes,
+        "downsample_freqs": downsample_freqs,
+        "n_blocks": n_blocks,
+    }
+    for name, values in {**per_stack, "mlp_units": mlp_units}.items():
+        if not values or not all(isinstance(v, int) and v >= 1 for v in values):
+            problems.append(f"backbone.{name}: expected a non-empty list of ints >= 1, got {values!r}")
+    lengths = {name: len(values) for name, values in per_stack.items()}
+    if len(set(lengths.values())) > 1:
+        problems.append(
+            "backbone.pool_kernel_sizes, downsample_freqs and n_blocks need one entry per stack, "
+            f"got lengths {lengths}"
+        )
+    for name, value, choices in (
+        ("pooling", pooling, tuple(POOLING)),
+        ("interpolation", interpolation, INTERPOLATION),
+        ("activation", activation, tuple(ACTIVATIONS)),
+    ):
+        if value not in choices:
+            problems.append(f"backbone.{name}: expected one of {', '.join(choices)}, got {value!r}")
+    if not 0.0 <= dropout < 1.0:
+        problems.append(f"backbone.dropout: expected 0 <= dropout < 1, got {dropout!r}")
+    if problems:
+        raise ConfigError(problems)
+
+
+@BACKBONES.register("nhits")
+def build_nhits(
+    context_length: int = 96,
+    horizon: int = 24,
+    n_exog: int = 0,
+    feature_dim: int = 8,
+    pool_kernel_sizes: list[int] | None = None,
+    downsample_freqs: list[int] | None = None,
+    n_blocks: list[int] | None = None,
+    mlp_units: list[int] | None = None,
+    pooling: str = "max",
+    interpolation: str = "linear",
+    activation: str = "relu",
+    dropout: float = 0.0,
+    weights: str | None = None,
+) -> NHiTS:
+    """Build a channel-independent N-HiTS backbone.
+
+    Args:
+        context_length: Input window length ``T``.
+        horizon: Forecast length ``L``.
+        n_exog: Trailing input channels that are past-observed covariates.
+        feature_dim: Forecast curves per step ``D`` (the output feature size).
+        pool_kernel_sizes: Pooling kernel per stack; default ``[2, 2, 1]``.
+        downsample_freqs: Expressiveness ratio per stack; default ``[4, 2, 1]``.
+        n_blocks: Blocks per stack; default ``[1, 1, 1]``.
+        mlp_units: Hidden sizes of each block MLP; default ``[512, 512]``.
+        pooling: ``"max"`` or ``"avg"``.
+        interpolation: ``"linear"``, ``"nearest"`` or ``"cubic"``.
+        activation: One of ``relu, gelu, softplus, tanh, selu, leakyrelu, prelu, sigmoid``.
+        dropout: Dropout after each hidden activation.
+        weights: Optional local checkpoint loaded with :meth:`NHiTS.load_pretrained`.
+
+    Returns:
+        The model.
+
+    Raises:
+        ConfigError: Listing every invalid setting.
+        CheckpointError: If ``weights`` cannot be loaded.
+    """
+    pool_kernel_sizes = [2, 2, 1] if pool_kernel_sizes is None else list(pool_kernel_sizes)
+    downsample_freqs = [4, 2, 1] if downsample_freqs is None else list(downsample_freqs)
+    n_blocks = [1, 1, 1] if n_blocks is None else list(n_blocks)
+    mlp_units = [512, 512] if mlp_units is None else list(mlp_units)
+    settings: dict[str, Any] = {
+        "context_length": context_length,
+        "horizon": horizon,
+        "n_exog": n_exog,
+        "feature_dim": feature_dim,
+        "pool_kernel_sizes": pool_kernel_sizes,
+        "downsample_freqs": downsample_freqs,
+        "n_blocks": n_blocks,
+        "mlp_units": mlp_units,
+        "pooling": pooling,
+        "interpolation": interpolation,
+        "activation": activation,
+        "dropout": dropout,
+    }
+    _validate(**settings)
+    model = NHiTS(**settings)
+    if weights is not None:
+        model.load_pretrained(weights)
+    return model
+
+
+@BACKBONES.register("nhits_tiny")
+def build_nhits_tiny(
+    context_length: int = 96,
+    horizon: int = 24,
+    n_exog: int = 0,
+    feature_dim: int = 4,
+    pool_kernel_sizes: list[int] | None = None,
+    downsample_freqs: list[int] | None = None,
+    n_blocks: list[int] | None = None,
+    mlp_units: list[int] | None = None,
+    pooling: str = "max",
+    interpolation: str = "linear",
+    activation: str = "relu",
+    dropout: float = 0.0,
+    weights: str | None = None,
+) -> NHiTS:
+    """A tiny N-HiTS (``mlp_units=[32, 32]``, ``feature_dim=4``) for tests and smoke runs.
+
+    Takes the same arguments as :func:`build_nhits`.
+    """
+    return build_nhits(
+        context_length=context_length,
+        horizon=horizon,
+        n_exog=n_exog,
+        feature_dim=feature_dim,
+        pool_kernel_sizes=pool_kernel_sizes,
+        downsample_freqs=downsample_freqs,
+        n_blocks=n_blocks,
+        mlp_units=[32, 32] if mlp_units is None else mlp_units,
+        pooling=pooling,
+        interpolation=interpolation,
+        activation=activation,
+        dropout=dropout,
+        weights=weights,
+    )

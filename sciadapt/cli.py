@@ -1,0 +1,84 @@
+"""Command line: argument parsing only; each verb calls one function of :mod:`sciadapt.api`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from sciadapt.errors import SciadaptError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sciadapt", description="Adapt pretrained scientific and time-series models.")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    f = sub.add_parser("fit", help="run a multi-stage pipeline")
+    f.add_argument("pipeline", nargs="?", help="a pipeline .yaml or a bundled name (sciadapt list pipelines)")
+    f.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.path=ETTh1.csv stages.*.max_epochs=1")
+    f.add_argument("--resume", metavar="RUN", help="continue a killed run at the stage and epoch where it stopped")
+
+    v = sub.add_parser("validate", help="check a pipeline config (no data, no training)")
+    v.add_argument("pipeline")
+    v.add_argument("overrides", nargs="*")
+    v.add_argument("--show", action="store_true", help="print the resolved config")
+
+    t = sub.add_parser("test", help="score a run's final weights on the test split")
+    t.add_argument("--run", required=True)
+    t.add_argument("--data", help="another file with the same columns")
+
+    pr = sub.add_parser("predict", help="forecast with a trained run")
+    pr.add_argument("--run", required=True)
+    pr.add_argument("--data", help="CSV/parquet whose last rows are the context (default: the run's data)")
+    pr.add_argument("--out", required=True, help="output CSV (a PNG plot is written beside it)")
+
+    ls = sub.add_parser("list", help="list registered components")
+    ls.add_argument("kind", nargs="?", help="backbones | heads | peft | tasks | datamodules | pipelines")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    debug = os.environ.get("SCIADAPT_DEBUG") == "1"
+    if not debug:
+        # Lightning's banners ("GPU available: ...") and tips drown the table users came for
+        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+    from rich.console import Console
+
+    from sciadapt import api
+
+    console = Console()
+    err = Console(stderr=True)
+    try:
+        if args.verb == "fit":
+            api.fit(args.pipeline, args.overrides, resume=args.resume, console=console)
+        elif args.verb == "validate":
+            if args.show:
+                print(api.show(args.pipeline, args.overrides))
+            else:
+                api.validate(args.pipeline, args.overrides, console=console)
+        elif args.verb == "test":
+            api.test(args.run, args.data, console=console)
+        elif args.verb == "predict":
+            api.predict(args.run, args.data, args.out, console=console)
+        elif args.verb == "list":
+            api.list_components(args.kind, console=console)
+    except SciadaptError as e:
+        if debug:
+            raise
+        err.print("[bold red]error:[/bold red]", end=" ")
+        err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

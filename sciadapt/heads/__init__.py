@@ -1,0 +1,3 @@
+"""Heads shared by every backbone of a kind."""
+
+from sciadapt.heads import forecast  # noqa: F401

@@ -1,0 +1,82 @@
+"""Forecasts from a trained run, in original units, with timestamps and a plot."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from sciadapt.config import build_datamodule, build_task, data_facts, validate
+from sciadapt.errors import CheckpointError
+from sciadapt.runs import atomic_write_bytes, atomic_write_text, load_into, load_weights, read_json
+
+
+def predict_run(run_dir: Path, data: str | None, out: Path) -> Path:
+    """Forecast the ``horizon`` steps after the last row of ``data`` with the run's final weights.
+
+    Writes ``out`` (CSV: timestamp, one column per target, ``<target>_q<level>`` per quantile
+    for probabilistic heads) and ``out`` with a ``.png`` suffix (history and forecast).
+    """
+    cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), source=str(run_dir / "config.yaml"))
+    last = cfg["stages"][-1]["name"]
+    ckpt = run_dir / "checkpoints" / last / "final.ckpt"
+    scaler = run_dir / "scaler.json"
+    if not ckpt.exists() or not scaler.exists():
+        raise CheckpointError(
+            f"{run_dir} is not finished (no {ckpt.relative_to(run_dir)} or scaler.json): "
+            f"complete it with `sciadapt fit --resume {run_dir}`"
+        )
+    dm = build_datamodule(cfg, -1)
+    dm.load_scaler_state(read_json(scaler))
+    inputs = dm.predict_inputs(data)
+    task = build_task(cfg, data_facts(dm))
+    load_into(task, load_weights(ckpt), ckpt)
+    task.eval()
+    with torch.no_grad():
+        pred = task(inputs["x"])[0].numpy()  # (L, C) or (L, C, Q)
+    quantiles = getattr(task.head, "quantiles", None)
+    targets = list(dm.target_columns)
+    frame = pd.DataFrame(index=pd.Index(inputs["future_index"], name="timestamp"))
+    if quantiles:
+        point = dm.inverse_transform(task.head.point(torch.from_numpy(pred)[None])[0].numpy())
+        qs = dm.inverse_transform(pred, quantile_axis=True)
+        for c, col in enumerate(targets):
+            frame[col] = point[:, c]
+            for j, q in enumerate(quantiles):
+                frame[f"{col}_q{q:g}"] = qs[:, c, j]
+    else:
+        point = dm.inverse_transform(pred)
+        for c, col in enumerate(targets):
+            frame[col] = point[:, c]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, frame.to_csv())
+    _plot(inputs["history"], frame, targets, quantiles, out.with_suffix(".png"))
+    return out
+
+
+def _plot(history: pd.DataFrame, forecast: pd.DataFrame, targets: list[str], quantiles: list[float] | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(targets)
+    fig, axes = plt.subplots(n, 1, figsize=(9, 2.6 * n), squeeze=False, sharex=True)
+    for ax, col in zip(axes[:, 0], targets, strict=True):
+        ax.plot(history.index, history[col], color="black", lw=1, label="history")
+        ax.plot(forecast.index, forecast[col], color="tab:blue", lw=1.5, label="forecast")
+        if quantiles and len(quantiles) >= 2:
+            lo, hi = f"{col}_q{quantiles[0]:g}", f"{col}_q{quantiles[-1]:g}"
+            ax.fill_between(forecast.index, forecast[lo], forecast[hi], color="tab:blue", alpha=0.25,
+                            label=f"{quantiles[0]:g}-{quantiles[-1]:g} interval")
+        ax.set_ylabel(col)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,89 @@
+"""Name -> builder registries. A builder's signature *is* the config schema."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from sciadapt.errors import UnknownComponentError
+
+T = TypeVar("T")
+
+
+def suggest(name: str, choices: list[str] | tuple[str, ...] | Any, n: int = 3) -> str:
+    """A " did you mean ...?" suffix, or "" when nothing is close."""
+    close = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.6)
+    if not close:
+        return ""
+    return " did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+class Registry(Generic[T]):
+    """A named collection of builders: ``@REG.register("name")`` then ``REG.build("name", **cfg)``."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        def deco(fn: Callable[..., T]) -> Callable[..., T]:
+            if name in self._items and self._items[name] is not fn:
+                raise ValueError(f"{self.kind} {name!r} registered twice")
+            self._items[name] = fn
+            return fn
+
+        return deco
+
+    def get(self, name: str) -> Callable[..., T]:
+        _load_builtin()
+        if name not in self._items:
+            raise UnknownComponentError(
+                f"unknown {self.kind} {name!r}.{suggest(name, self._items)} "
+                f"Available: {', '.join(sorted(self._items))}"
+            )
+        return self._items[name]
+
+    def list(self) -> list[str]:
+        _load_builtin()
+        return sorted(self._items)
+
+    def signature(self, name: str) -> inspect.Signature:
+        return inspect.signature(self.get(name))
+
+    def build(self, name: str, **kwargs: Any) -> T:
+        return self.get(name)(**kwargs)
+
+    def __contains__(self, name: str) -> bool:
+        _load_builtin()
+        return name in self._items
+
+
+BACKBONES: Registry[Any] = Registry("backbone")
+HEADS: Registry[Any] = Registry("head")
+PEFT_METHODS: Registry[Any] = Registry("peft method")
+TASKS: Registry[Any] = Registry("task")
+DATAMODULES: Registry[Any] = Registry("datamodule")
+
+KINDS: dict[str, Registry[Any]] = {
+    "backbones": BACKBONES,
+    "heads": HEADS,
+    "peft": PEFT_METHODS,
+    "tasks": TASKS,
+    "datamodules": DATAMODULES,
+}
+
+_loaded = False
+
+
+def _load_builtin() -> None:
+    """Import the built-in component modules once so their ``register`` lines run."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import sciadapt.backbones  # noqa: F401
+    import sciadapt.datamodules  # noqa: F401
+    import sciadapt.heads  # noqa: F401
+    import sciadapt.tasks  # noqa: F401

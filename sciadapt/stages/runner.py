@@ -1,0 +1,416 @@
+"""The stage runner: one task, trained through an ordered list of stages.
+
+Each stage sets which parameters train, its optimiser and schedule, its length, and its data;
+then calls ``Trainer.fit``. After each stage the runner writes (atomically) the stage's final
+weights, its metrics (``metrics.csv``, ``summary.json``) and ``state.json``, which is what
+``--resume`` reads to continue a killed run at the stage — and the epoch — where it stopped.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+from sciadapt.config import build_datamodule, build_task, data_facts, to_yaml
+from sciadapt.errors import CheckpointError, ConfigError
+from sciadapt.metrics.forecasting import forecast_metrics, seasonal_naive
+from sciadapt.runs import (
+    atomic_write_bytes,
+    atomic_write_text,
+    load_into,
+    load_weights,
+    new_run_dir,
+    read_csv_rows,
+    read_json,
+    write_csv_rows,
+    write_json,
+)
+
+log = logging.getLogger("sciadapt")
+
+
+# ---------------------------------------------------------------------------------------------
+# trainable / frozen
+
+
+def _matches(name: str, pattern: str) -> bool:
+    # `backbone` means the whole module, as `backbone.*` does
+    return fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".")
+
+
+def apply_trainable(model: torch.nn.Module, trainable: list[str], frozen: list[str], where: str) -> tuple[int, int]:
+    """Set ``requires_grad`` from glob patterns over parameter names; frozen wins.
+
+    Returns (trainable count, total count). A pattern that matches no parameter is an error:
+    it is almost always a typo, and silently training everything (or nothing) wastes a run.
+    """
+    names = [n for n, _ in model.named_parameters()]
+    problems = []
+    for key, pats in (("trainable", trainable), ("frozen", frozen)):
+        for p in pats:
+            if not any(_matches(n, p) for n in names):
+                tops = sorted({n.split(".")[0] for n in names})
+                problems.append(
+                    f"{where}.{key}: pattern {p!r} matches no parameter. Parameter names start with "
+                    f"{', '.join(t + '.' for t in tops)} (e.g. {names[0]!r})"
+                )
+    if problems:
+        raise ConfigError(problems)
+    n_train = n_total = 0
+    for n, p in model.named_parameters():
+        on = any(_matches(n, t) for t in trainable) and not any(_matches(n, f) for f in frozen)
+        p.requires_grad_(on)
+        n_total += p.numel()
+        n_train += p.numel() if on else 0
+    if n_train == 0:
+        raise ConfigError(f"{where}: no parameter is trainable (check `trainable` and `frozen`)")
+    return n_train, n_total
+
+
+# ---------------------------------------------------------------------------------------------
+# callbacks
+
+
+class MetricsCSV(Callback):
+    """One row per epoch in ``metrics.csv`` (every stage in one file, a ``stage`` column)."""
+
+    def __init__(self, path: Path, stage: str) -> None:
+        self.path = path
+        self.stage = stage
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        rows = [r for r in read_csv_rows(self.path) if not (r["stage"] == self.stage and int(r["epoch"]) >= trainer.current_epoch)]
+        row: dict[str, Any] = {"stage": self.stage, "epoch": trainer.current_epoch, "step": trainer.global_step}
+        for k, v in sorted(trainer.callback_metrics.items()):
+            if k.endswith("_step"):
+                continue
+            row[k.replace("_epoch", "")] = float(v)
+        rows.append(row)
+        write_csv_rows(self.path, rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# the runner
+
+
+class PipelineRunner:
+    """Runs a validated pipeline config (see :func:`sciadapt.config.load_config`)."""
+
+    def __init__(self, cfg: dict[str, Any], run_dir: Path, console: Any = None) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.console = console
+        self.state_path = run_dir / "state.json"
+        self.summary_path = run_dir / "summary.json"
+        self.state: dict[str, Any] = (
+            read_json(self.state_path) if self.state_path.exists() else {"completed": [], "status": "running"}
+        )
+        self.summary: dict[str, Any] = (
+            read_json(self.summary_path)
+            if self.summary_path.exists()
+            else {"pipeline": cfg["name"], "run_dir": str(run_dir), "stages": {}}
+        )
+        self.task: Any = None
+        self.facts: dict[str, Any] | None = None
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def create(cls, cfg: dict[str, Any], console: Any = None) -> PipelineRunner:
+        run_dir = new_run_dir(cfg["run_dir"], cfg["name"])
+        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        return cls(cfg, run_dir, console)
+
+    @classmethod
+    def resume(cls, run_dir: Path, cfg: dict[str, Any] | None = None, console: Any = None) -> PipelineRunner:
+        from sciadapt.config import validate
+
+        import yaml
+
+        saved = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), source=str(run_dir / "config.yaml"))
+        if cfg is not None and cfg["name"] != saved["name"]:
+            raise ConfigError(
+                f"--resume {run_dir} is a run of pipeline {saved['name']!r}, not {cfg['name']!r}: "
+                f"resume it with `sciadapt fit {saved['name']} --resume {run_dir}` or start a new run"
+            )
+        return cls(saved, run_dir, console)
+
+    def _print(self, msg: str) -> None:
+        if self.console is not None:
+            self.console.print(msg)
+        else:
+            log.info(msg)
+
+    # -- stages ---------------------------------------------------------------------------
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / "checkpoints" / name
+
+    def final_ckpt(self, name: str) -> Path:
+        return self.stage_dir(name) / "final.ckpt"
+
+    def _datamodule(self, i: int) -> Any:
+        dm = build_datamodule(self.cfg, i)
+        dm.shuffle_seed = self.cfg["seed"] * 131 + i
+        dm.setup("fit")
+        return dm
+
+    def _ensure_task(self, dm: Any, stage_name: str) -> None:
+        facts = data_facts(dm)
+        if self.task is None:
+            self.facts = facts
+            self.task = build_task(self.cfg, facts)
+            self.task.seed = self.cfg["seed"]
+            self.task.data_signature = {**facts, "target_columns": list(dm.target_columns), "exog_columns": list(dm.exog_columns)}
+            return
+        assert self.facts is not None
+        diff = {k: (self.facts[k], facts[k]) for k in ("context_length", "horizon", "n_exog") if self.facts[k] != facts[k]}
+        if diff:
+            desc = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+            raise ConfigError(
+                f"stage {stage_name!r}: its data changes the model geometry ({desc}); stages share one model, "
+                "so every stage's data must keep context_length, horizon and the exogenous columns"
+            )
+
+    def _init_weights(self, i: int, spec: dict[str, Any]) -> None:
+        init = spec.get("init_from")
+        if init is None:
+            init = "previous" if i > 0 else ("pretrained" if self.cfg["backbone"].get("weights") else "scratch")
+        if init == "scratch":
+            if i > 0:
+                self.task = build_task(self.cfg, self.facts or {})
+                self.task.seed = self.cfg["seed"]
+            return
+        if init == "previous":
+            prev = self.cfg["stages"][i - 1]["name"]
+            if self._weights_stage != prev:  # resumed: the previous stage's weights are on disk only
+                load_into(self.task, load_weights(self.final_ckpt(prev)), self.final_ckpt(prev))
+            return
+        if init == "pretrained":
+            weights = self.cfg["backbone"].get("weights")
+            if not weights:
+                raise ConfigError(f"stages[{i}].init_from: pretrained, but backbone.weights is not set")
+            self.task.backbone.load_pretrained(weights)
+            return
+        if init.startswith("stage:"):
+            path = self.final_ckpt(init[6:])
+        else:
+            path = Path(init)
+        self._check_signature(path)
+        load_into(self.task, load_weights(path), path)
+
+    def _check_signature(self, path: Path) -> None:
+        """A checkpoint trained on other channels fails here, naming both channel lists."""
+        if path.suffix not in (".ckpt", ".pt"):
+            return
+        try:
+            meta = torch.load(path, map_location="cpu", weights_only=True).get("sciadapt", {})
+        except Exception as e:
+            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
+        theirs = meta.get("data_signature")
+        ours = getattr(self.task, "data_signature", None)
+        if not theirs or not ours:
+            return
+        for key in ("n_targets", "n_exog", "context_length", "horizon"):
+            if theirs.get(key) != ours.get(key):
+                raise CheckpointError(
+                    f"checkpoint {path} was trained with {key}={theirs.get(key)} "
+                    f"(targets {theirs.get('target_columns')}, exog {theirs.get('exog_columns')}) but this data has "
+                    f"{key}={ours.get(key)} (targets {ours.get('target_columns')}, exog {ours.get('exog_columns')}): "
+                    f"select the same columns with data.target_columns / data.exog_columns, or train from scratch"
+                )
+
+    def _trainer(self, spec: dict[str, Any], callbacks: list[Callback]) -> pl.Trainer:
+        t = self.cfg["trainer"]
+        max_steps = spec.get("max_steps") or -1
+        max_epochs = spec.get("max_epochs")
+        if max_epochs is None:
+            max_epochs = -1
+        return pl.Trainer(
+            accelerator=t["accelerator"],
+            devices=t["devices"],
+            strategy=t["strategy"],
+            precision=t["precision"],
+            num_nodes=t["num_nodes"],
+            max_epochs=max_epochs,
+            max_steps=max_steps,
+            limit_train_batches=spec.get("limit_train_batches") or 1.0,
+            limit_val_batches=spec.get("limit_val_batches") or 1.0,
+            gradient_clip_val=spec.get("gradient_clip_val"),
+            accumulate_grad_batches=t["accumulate_grad_batches"],
+            val_check_interval=t["val_check_interval"],
+            num_sanity_val_steps=t["num_sanity_val_steps"],
+            log_every_n_steps=t["log_every_n_steps"],
+            enable_progress_bar=t["enable_progress_bar"],
+            deterministic=t["deterministic"],
+            callbacks=callbacks,
+            logger=False,
+            enable_model_summary=False,
+            default_root_dir=str(self.run_dir),
+        )
+
+    def run(self) -> dict[str, Any]:
+        """Run (or continue) every stage, then the comparison; returns the summary."""
+        pl.seed_everything(self.cfg["seed"], workers=True, verbose=False)
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*ended before the epoch ended.*")
+        self._weights_stage: str | None = None
+        stages = self.cfg["stages"]
+        dm = None
+        for i, spec in enumerate(stages):
+            name = spec["name"]
+            if name in self.state["completed"]:
+                continue
+            dm = self._datamodule(i)
+            self._ensure_task(dm, name)
+            self._init_weights(i, spec)
+            n_train, n_total = apply_trainable(self.task, spec["trainable"], spec["frozen"], f"stages[{i}] ({name})")
+            self.task.stage = spec
+            self.task.stage_index = i
+            self._print(
+                f"[bold]stage {i + 1}/{len(stages)} {name}[/bold]: {n_train:,} of {n_total:,} parameters train "
+                f"({100 * n_train / n_total:.1f} %), {dm.describe() if hasattr(dm, 'describe') else ''}"
+            )
+            sdir = self.stage_dir(name)
+            monitor_best = spec.get("restore_best") or spec.get("early_stopping")
+            ckpt_cb = ModelCheckpoint(
+                dirpath=str(sdir),
+                filename="best",
+                monitor="val/loss" if monitor_best else None,
+                save_top_k=1 if monitor_best else 0,
+                save_last=True,
+                every_n_epochs=1,
+                enable_version_counter=False,
+            )
+            callbacks: list[Callback] = [ckpt_cb, MetricsCSV(self.run_dir / "metrics.csv", name)]
+            es = spec.get("early_stopping")
+            if es:
+                callbacks.append(EarlyStopping(monitor=es["monitor"], patience=es["patience"], mode=es["mode"], min_delta=es["min_delta"]))
+            trainer = self._trainer(spec, callbacks)
+            resume_from = sdir / "last.ckpt"
+            self.state["current"] = name
+            write_json(self.state_path, self.state)
+            t0 = time.perf_counter()
+            trainer.fit(
+                self.task,
+                datamodule=dm,
+                ckpt_path=str(resume_from) if resume_from.exists() else None,
+                weights_only=True if resume_from.exists() else None,
+            )
+            seconds = time.perf_counter() - t0
+            if spec.get("restore_best") and ckpt_cb.best_model_path:
+                load_into(self.task, load_weights(Path(ckpt_cb.best_model_path)), ckpt_cb.best_model_path)
+            trainer.save_checkpoint(str(self.final_ckpt(name)), weights_only=True)
+            stage_summary: dict[str, Any] = {
+                "trainable_params": n_train,
+                "total_params": n_total,
+                "epochs": trainer.current_epoch,
+                "steps": trainer.global_step,
+                "fit_seconds": round(seconds, 2),
+            }
+            if spec.get("evaluate", True):
+                stage_summary["test"] = self.test(trainer, dm)
+            self.summary["stages"][name] = stage_summary
+            write_json(self.summary_path, self.summary)
+            # the stage is complete only once its final weights and summary are on disk
+            self.state["completed"].append(name)
+            write_json(self.state_path, self.state)
+            resume_from.unlink(missing_ok=True)
+            self._weights_stage = name
+        if dm is None:  # every stage was already complete: rebuild for the comparison
+            dm = self._datamodule(len(stages) - 1)
+            self._ensure_task(dm, stages[-1]["name"])
+        if hasattr(dm, "scaler_state"):
+            write_json(self.run_dir / "scaler.json", dm.scaler_state())
+        self.summary["evaluation"] = self.compare(dm)
+        self.summary["final"] = self.summary["evaluation"]["rows"][-1] if self.summary["evaluation"]["rows"] else {}
+        write_json(self.summary_path, self.summary)
+        self._plot_losses()
+        self.state["status"] = "done"
+        write_json(self.state_path, self.state)
+        return self.summary
+
+    # -- evaluation -------------------------------------------------------------------------
+    def _eval_trainer(self) -> pl.Trainer:
+        t = self.cfg["trainer"]
+        return pl.Trainer(
+            accelerator=t["accelerator"],
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=str(self.run_dir),
+        )
+
+    def test(self, trainer: pl.Trainer | None, dm: Any) -> dict[str, Any]:
+        trainer = trainer or self._eval_trainer()
+        trainer.test(self.task, datamodule=dm, verbose=False)
+        return dict(self.task.test_results)
+
+    def compare(self, dm: Any) -> dict[str, Any]:
+        """Every chosen stage's final weights and every baseline, on the last stage's test split."""
+        ev = self.cfg["evaluation"]
+        names = ev.get("stages") or [s["name"] for s in self.cfg["stages"]]
+        labels = ev.get("labels") or {}
+        rows = []
+        for b in ev.get("baselines") or []:
+            rows.append({"model": b.replace("_", "-"), **self._baseline(dm, b)})
+        for name in names:
+            load_into(self.task, load_weights(self.final_ckpt(name)), self.final_ckpt(name))
+            rows.append({"model": labels.get(name, name), "stage": name, **self.test(None, dm)})
+        return {"data": getattr(dm, "describe", lambda: "")(), "metrics": ev["metrics"], "rows": rows}
+
+    def _baseline(self, dm: Any, name: str) -> dict[str, Any]:
+        season = dm.seasonality if name == "seasonal_naive" else 1
+        ys, ps, pasts, masks = [], [], [], []
+        for batch in dm.test_dataloader():
+            past = batch["x"][..., : dm.n_targets].numpy()
+            ys.append(batch["y"].numpy())
+            pasts.append(past)
+            ps.append(seasonal_naive(past, dm.horizon, season))
+            if batch.get("mask") is not None:
+                masks.append(batch["mask"].numpy())
+        return forecast_metrics(
+            np.concatenate(ys),
+            np.concatenate(ps),
+            np.concatenate(pasts),
+            seasonality=dm.seasonality,
+            mask=np.concatenate(masks) if masks else None,
+        )
+
+    def _plot_losses(self) -> None:
+        rows = read_csv_rows(self.run_dir / "metrics.csv")
+        if not rows:
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        x = np.arange(len(rows))
+        for key in ("train/loss", "val/loss"):
+            ys = [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows]
+            ax.plot(x, ys, marker="o", ms=3, label=key)
+        bounds = [j for j in range(1, len(rows)) if rows[j]["stage"] != rows[j - 1]["stage"]]
+        for j in bounds:
+            ax.axvline(j - 0.5, color="grey", ls=":")
+        ax.set_xlabel("epoch (all stages)")
+        ax.set_ylabel("loss (scaled)")
+        ax.set_title(f"{self.cfg['name']}: " + " → ".join(dict.fromkeys(r["stage"] for r in rows)))
+        ax.legend()
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=100)
+        plt.close(fig)
+        atomic_write_bytes(self.run_dir / "plots" / "loss.png", buf.getvalue())

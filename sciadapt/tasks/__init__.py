@@ -1,0 +1,3 @@
+"""Tasks: LightningModules that own backbone + head + loss + metrics."""
+
+from sciadapt.tasks import forecasting  # noqa: F401

@@ -1,0 +1,159 @@
+"""THE step loop. Every domain's task subclasses :class:`Task`; none writes its own loop.
+
+A task owns a backbone and a head. The stage runner sets ``task.stage`` (a validated stage
+dict) before each ``Trainer.fit``; the optimiser and schedule come from it, so one task object
+trains through every stage of a pipeline.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+from sciadapt.types import Batch
+
+
+class Task(pl.LightningModule):
+    """Backbone + head + loss. Subclasses add evaluation (``evaluate_outputs``)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.stage: dict[str, Any] = {}
+        self.stage_index = 0
+        self.seed = 0
+        self._test_outputs: list[dict[str, torch.Tensor]] = []
+        self.test_results: dict[str, Any] = {}
+
+    # -- forward --------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.forward_features(x))
+
+    def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        pred = self(batch["x"])
+        return self.head.loss(pred, batch["y"], batch.get("mask")), pred
+
+    # -- the loop -------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        # Dropout and any other in-step randomness follow (seed, stage, epoch), so a run
+        # resumed at an epoch boundary draws the same numbers as an uninterrupted one.
+        torch.manual_seed(self.seed * 7919 + self.stage_index * 1009 + self.current_epoch)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        loss, _ = self._loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss at step {self.global_step} of stage {self.stage.get('name')!r}: "
+                "lower the learning rate, set gradient_clip_val, or check the data for NaNs"
+            )
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["x"]))
+        return loss
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        loss, pred = self._loss(batch)
+        bs = len(batch["x"])
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=bs)
+        for name, value in self.validation_metrics(pred, batch).items():
+            self.log(f"val/{name}", value, on_epoch=True, batch_size=bs)
+
+    def validation_metrics(self, pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        return {}
+
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs = []
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        loss, pred = self._loss(batch)
+        self.log("test/loss", loss, on_epoch=True, batch_size=len(batch["x"]))
+        self._test_outputs.append(self.collect_test_outputs(pred, batch))
+
+    def collect_test_outputs(self, pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        return {"pred": pred.detach().cpu()}
+
+    def on_test_epoch_end(self) -> None:
+        outs = {k: torch.cat([o[k] for o in self._test_outputs]) for k in self._test_outputs[0]}
+        self._test_outputs = []
+        self.test_results = self.evaluate_outputs(outs)
+
+    def evaluate_outputs(self, outs: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {}
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return self(batch["x"])
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # what the weights were trained on, so a later load onto other channels fails clearly
+        checkpoint["sciadapt"] = {
+            "data_signature": getattr(self, "data_signature", None),
+            "stage": self.stage.get("name"),
+        }
+
+    # -- optimisation ---------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        optim = self.stage.get("optim", {})
+        params = [p for p in self.parameters() if p.requires_grad]
+        name = optim.get("name", "adamw")
+        lr = optim.get("lr", 1e-3)
+        wd = optim.get("weight_decay", 0.0)
+        betas = tuple(optim.get("betas") or (0.9, 0.999))
+        if name == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=lr, momentum=optim.get("momentum", 0.9), weight_decay=wd
+            )
+        elif name == "adam":
+            opt = torch.optim.Adam(params, lr=lr, weight_decay=wd, betas=betas)  # type: ignore[arg-type]
+        else:
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=betas)  # type: ignore[arg-type]
+        sched = build_schedule(opt, self.stage.get("schedule", {}), lr, self._total_steps())
+        if sched is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        try:
+            total = self.trainer.estimated_stepping_batches
+        except Exception:  # no trainer attached (unit use)
+            return 1
+        return max(int(total), 1) if math.isfinite(total) else 1
+
+
+def build_schedule(
+    opt: torch.optim.Optimizer, spec: dict[str, Any], lr: float, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """constant (with optional warm-up), cosine with warm-up, one-cycle, or cyclical."""
+    name = spec.get("name", "constant")
+    warmup = int(spec.get("warmup_steps", 0))
+    min_lr = float(spec.get("min_lr", 0.0))
+    if name == "constant" and warmup == 0:
+        return None
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
+    if name == "cosine":
+        floor = min_lr / lr if lr > 0 else 0.0
+
+        def cosine(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            t = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, cosine)
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=lr, total_steps=total_steps + 1, pct_start=float(spec.get("pct_start", 0.3))
+        )
+    if name == "cyclic":
+        momentum = "momentum" in opt.defaults and not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW))
+        return torch.optim.lr_scheduler.CyclicLR(
+            opt,
+            base_lr=min_lr if min_lr > 0 else lr / 10,
+            max_lr=lr,
+            step_size_up=int(spec.get("cycle_steps", 100)),
+            cycle_momentum=momentum,
+        )
+    raise ValueError(f"unknown schedule {name!r}")
