@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sciadapt.sampling import EpochShuffleSampler
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES, suggest
 
@@ -65,13 +66,16 @@ def _bundled_files() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name != "README.md" and not p.name.startswith("_"))
 
 
-def read_table(path: Path, encoding: str = "utf-8", skiprows: int = 0) -> pd.DataFrame:
+def read_table(
+    path: Path, encoding: str = "utf-8", skiprows: int = 0, label: str | None = None
+) -> pd.DataFrame:
     """Read a ``.csv`` (optionally compressed, e.g. ``.csv.gz``) or ``.parquet`` file.
 
     Args:
         path: The file.
         encoding: Text encoding of a CSV.
         skiprows: Lines to skip before a CSV's header line.
+        label: How messages name the file (e.g. the ``pkg://`` path as configured); default ``path``.
 
     Returns:
         The file's table with string column names.
@@ -79,11 +83,12 @@ def read_table(path: Path, encoding: str = "utf-8", skiprows: int = 0) -> pd.Dat
     Raises:
         DataError: If the file is missing, of an unknown format, undecodable or corrupt.
     """
+    name = label or str(path)
     if not path.is_file():
         hint = ""
         if path.parent == resolve_path(_PKG_PREFIX):
             hint = f" Bundled files (pkg://<name>): {', '.join(_bundled_files()) or 'none'}."
-        raise DataError(f"data file {path} does not exist; check data.path.{hint}")
+        raise DataError(f"data file {name} does not exist; check data.path.{hint}")
     suffixes = [s.lower() for s in path.suffixes]
     try:
         if suffixes and suffixes[-1] in (".parquet", ".pq"):
@@ -95,21 +100,21 @@ def read_table(path: Path, encoding: str = "utf-8", skiprows: int = 0) -> pd.Dat
             frame = pd.read_csv(path, sep=sep, encoding=encoding, skiprows=skiprows, compression="infer")
         else:
             raise DataError(
-                f"data file {path}: unknown format {''.join(path.suffixes) or '(no suffix)'}; "
+                f"data file {name}: unknown format {''.join(path.suffixes) or '(no suffix)'}; "
                 "use .csv, .csv.gz (or another pandas compression suffix) or .parquet"
             )
     except DataError:
         raise
     except UnicodeDecodeError as err:
         raise DataError(
-            f"data file {path} is not valid {encoding} text ({err.reason} at byte {err.start}); "
+            f"data file {name} is not valid {encoding} text ({err.reason} at byte {err.start}); "
             "set data.encoding to the file's encoding, e.g. data.encoding=latin-1"
         ) from err
     except Exception as err:  # pandas/pyarrow/gzip raise a zoo of types for corrupt input
-        raise DataError(f"cannot read data file {path}: {type(err).__name__}: {err}") from err
+        raise DataError(f"cannot read data file {name}: {type(err).__name__}: {err}") from err
     frame.columns = [str(c) for c in frame.columns]
     if frame.empty:
-        raise DataError(f"data file {path} has no data rows; check data.path and data.skiprows")
+        raise DataError(f"data file {name} has no data rows; check data.path and data.skiprows")
     return frame
 
 
@@ -313,6 +318,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
         self._std: np.ndarray | None = None
         self._bounds: dict[str, tuple[int, int]] | None = None
         self._datasets: dict[str, WindowDataset] | None = None
+        self.shuffle_seed = 0  # set per stage by the stage runner
 
     # ------------------------------------------------------------------ config checks
     def _validate(self, split_ratios_given: bool) -> None:
@@ -356,6 +362,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
                 f"data.exog_columns: {', '.join(map(repr, both))} also in data.target_columns; a column is "
                 "either forecast (target) or only observed (exog), remove it from one list"
             )
+        # split_ratios / split_rows of another split rule are ignored, not refused: a stage that
+        # overrides `split` inherits the pipeline's other data keys (see stages[i].data).
         if self.split == "ratio":
             r = self.split_ratios
             if len(r) != 3 or any(not isinstance(v, int | float) or v <= 0 for v in r):
@@ -366,8 +374,6 @@ class TimeSeriesDataModule(L.LightningDataModule):
                 # The Autoformer rule derives val as the remainder, so ratios that do not sum to 1
                 # would be silently reinterpreted; refuse instead.
                 problems.append(f"data.split_ratios: must sum to 1, got {r} (sum {sum(r):g})")
-        elif split_ratios_given:
-            problems.append(f"data.split_ratios: only used with data.split=ratio (split is {self.split!r})")
         if self.split == "rows":
             rows = self.split_rows
             if rows is None or len(rows) != 3 or any(not isinstance(v, int) or v < 1 for v in rows):
@@ -375,10 +381,20 @@ class TimeSeriesDataModule(L.LightningDataModule):
                     f"data.split_rows: data.split=rows needs three positive row counts [n_train, n_val, "
                     f"n_test], got {rows}"
                 )
-        elif self.split_rows is not None:
-            problems.append(f"data.split_rows: only used with data.split=rows (split is {self.split!r})")
         if problems:
             raise ConfigError(problems)
+
+    def describe(self) -> str:
+        """One line for logs and tables: file, split rule, windows."""
+        name = self.path.split("/")[-1]
+        if self._datasets is None:
+            return f"{name} ({self.split} split)"
+        n = {k: len(v) for k, v in self._datasets.items()}
+        return (
+            f"{name} ({self.split} split; {self.n_targets} targets, {self.n_exog} exog; "
+            f"windows train {n['train']:,} / val {n['val']:,} / test {n['test']:,}; "
+            f"context {self.context_length}, horizon {self.horizon})"
+        )
 
     # ------------------------------------------------------------------ reading
     @property
@@ -393,7 +409,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
         """
         file = resolve_path(path)
         source = _describe(path)
-        raw = read_table(file, self.encoding, self.skiprows)
+        raw = read_table(file, self.encoding, self.skiprows, label=source)
         available = list(raw.columns)
         is_csv = file.suffix.lower() not in (".parquet", ".pq")
 
@@ -595,14 +611,19 @@ class TimeSeriesDataModule(L.LightningDataModule):
         # start below row 0, and "train too short" is the message that explains it.
         for name, (a, b) in bounds.items():
             if a < 0 or b - a < need_rows:
-                have = b - a if name == "train" else b - a - ctx
+                if name == "train":
+                    need = f"one window needs context_length + horizon = {need_rows} rows"
+                    have = b - a
+                else:
+                    need = (
+                        f"it needs at least horizon = {self.horizon} rows of its own (its windows take "
+                        f"their context_length = {ctx} input rows from the rows before it)"
+                    )
+                    have = b - a - ctx
                 raise DataError(
-                    f"{self.source}: the {name} split has {have} rows"
-                    + ("" if name == "train" else f" (+{ctx} context rows borrowed from the split before)")
-                    + f" but one window needs context_length + horizon = {need_rows} rows"
-                    + ("" if name == "train" else f" including the borrowed {ctx}")
-                    + f". Fix: lower data.context_length ({ctx}) or data.horizon ({self.horizon}), or "
-                    f"give the {name} split more rows (data.split / data.split_ratios / data.split_rows)"
+                    f"{self.source}: the {name} split has {have} rows but {need}. Fix: lower "
+                    f"data.context_length ({ctx}) or data.horizon ({self.horizon}), or give the {name} "
+                    "split more rows (data.split / data.split_ratios / data.split_rows)"
                 )
         return bounds
 
@@ -700,10 +721,13 @@ class TimeSeriesDataModule(L.LightningDataModule):
         return self._datasets[name]
 
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
+        ds = self.dataset(name)
+        # the order is a function of (shuffle_seed, epoch) only, so resumed runs replay it exactly
+        sampler = EpochShuffleSampler(len(ds), seed=self.shuffle_seed) if shuffle else None
         return DataLoader(
-            self.dataset(name),
+            ds,
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,

@@ -45,7 +45,7 @@ def print_comparison(summary: dict[str, Any], console: Console) -> None:
     table = Table(title=f"{summary['pipeline']}: test split of {ev.get('data', '')}")
     table.add_column("model")
     for m in metrics:
-        table.add_column(m.upper() if m in ("mse", "mae", "mase", "crps") else m, justify="right")
+        table.add_column({"smape": "sMAPE"}.get(m, m.upper()), justify="right")
     best = {m: min(r.get(m, float("inf")) for r in ev["rows"]) for m in metrics}
     for r in ev["rows"]:
         cells = []

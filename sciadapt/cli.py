@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     debug = os.environ.get("SCIADAPT_DEBUG") == "1"
     if not debug:
+        import lightning.pytorch  # noqa: F401  (sets its own log level on import; override it after)
+
         # Lightning's banners ("GPU available: ...") and tips drown the table users came for
         for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -262,6 +262,8 @@ def _dataclass_schema(cls: Any) -> dict[str, tuple[Any, Any]]:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
+            if dataclasses.is_dataclass(default):
+                default = dataclasses.asdict(default)  # type: ignore[arg-type]
         else:
             default = _REQUIRED
         out[f.name] = (hints[f.name], default)
@@ -291,6 +293,7 @@ def _check_fields(
     for key, value in values.items():
         if value == "???":
             problems.append(f"{path}.{key}: required, give it on the command line: {path}.{key}=...")
+            out[key] = value
             continue
         if key not in schema:
             problems.append(
@@ -301,9 +304,10 @@ def _check_fields(
     for key, (_tp, default) in schema.items():
         if key in out:
             continue
+        if key in optional:
+            continue  # filled from the data at build time
         if default is _REQUIRED:
-            if key not in optional:
-                problems.append(f"{path}.{key}: required ({_type_name(_tp)}), add it to the config")
+            problems.append(f"{path}.{key}: required ({_type_name(_tp)}), add it to the config")
             continue
         out[key] = copy.deepcopy(default)
     return out

@@ -431,13 +431,13 @@ def _validate(
             "backbone.pool_kernel_sizes, downsample_freqs and n_blocks need one entry per stack, "
             f"got lengths {lengths}"
         )
-    for name, value, choices in (
+    for name, choice, choices in (
         ("pooling", pooling, tuple(POOLING)),
         ("interpolation", interpolation, INTERPOLATION),
         ("activation", activation, tuple(ACTIVATIONS)),
     ):
-        if value not in choices:
-            problems.append(f"backbone.{name}: expected one of {', '.join(choices)}, got {value!r}")
+        if choice not in choices:
+            problems.append(f"backbone.{name}: expected one of {', '.join(choices)}, got {choice!r}")
     if not 0.0 <= dropout < 1.0:
         problems.append(f"backbone.dropout: expected 0 <= dropout < 1, got {dropout!r}")
     if problems:

@@ -137,6 +137,8 @@ class QuantileHead(nn.Module):
         quantiles: Quantile levels, strictly increasing in ``(0, 1)``.
     """
 
+    levels: Tensor
+
     def __init__(self, in_features: int, horizon: int, in_layout: str, quantiles: list[float]) -> None:
         super().__init__()
         self.in_features = in_features
@@ -170,7 +172,7 @@ class QuantileHead(nn.Module):
         Returns:
             A scalar tensor.
         """
-        check_shape(pred, FORECAST_QUANTILES, name="prediction", Q=len(self.levels))
+        check_shape(pred, FORECAST_QUANTILES, name="prediction", Q=self.levels.numel())
         _check_target(tuple(pred.shape[:-1]), y, mask)
         levels = self.levels.to(pred.dtype)
         err = y.unsqueeze(-1) - pred  # (B, L, C, Q)
@@ -179,7 +181,7 @@ class QuantileHead(nn.Module):
 
     def point(self, pred: Tensor) -> Tensor:
         """The forecast at the quantile nearest 0.5, ``(B, L, C)``."""
-        check_shape(pred, FORECAST_QUANTILES, name="prediction", Q=len(self.levels))
+        check_shape(pred, FORECAST_QUANTILES, name="prediction", Q=self.levels.numel())
         return pred[..., self.median_index]
 
 

@@ -1,13 +1,14 @@
 """Forecast evaluation on whole arrays, with the metric definitions of gluonts.
 
-Every ``(window, channel)`` pair is one series. The arrays are reshaped to ``(series, L)`` once and
-handed to gluonts' vectorised evaluation metrics (``gluonts.ev``), so MASE, sMAPE and the weighted
-quantile loss follow gluonts' definitions exactly while running on all series at once.
+Every ``(window, channel)`` pair is one series. The ``(N, L, C)`` arrays go to gluonts' vectorised
+evaluation metrics (``gluonts.ev``) as they are, with the aggregation axes chosen per metric (time
+axis 1 for per-series values, axes 0 and 2 for per-step values), so MASE, sMAPE and the weighted
+quantile loss follow gluonts' definitions exactly while running on all series at once, without copies.
 
 Missing targets (``mask == 0``) are excluded. gluonts aggregates in two ways, and each wants the gap
-marked differently: means over all entries (``axis=None``) or per step (``axis=0``) use
-``numpy.ma`` counts, so they get a masked array; per-series means (``axis=1``) and sums use
-``nanmean``/``nansum``, so they get NaN at the missing entries.
+marked differently: means over all entries or per step (the axes include 0) use ``numpy.ma`` counts,
+so they get a masked array; per-series means (axis 1 only) and sums use ``nanmean``/``nansum``, so
+they get NaN at the missing entries.
 """
 
 from __future__ import annotations
@@ -16,18 +17,20 @@ import warnings
 from typing import Any
 
 import numpy as np
-from einops import rearrange
 from gluonts.ev.metrics import MAE, MASE, MSE, SMAPE, Coverage, MeanWeightedSumQuantileLoss
 from gluonts.ev.ts_stats import seasonal_error
 
 from sciadapt.errors import ShapeError
 
 _POINT = "mean"  # the gluonts forecast_type under which the point forecast is stored
+_SERIES_AXIS = 1  # mean over time: one value per (window, channel) series
+_STEP_AXES = (0, 2)  # mean over windows and channels: one value per horizon step
 
 
-def _as_series(a: np.ndarray) -> np.ndarray:
-    """``(N, L, C)`` -> ``(N * C, L)``: one row per (window, channel) series."""
-    return rearrange(np.asarray(a, dtype=np.float64), "n l c -> (n c) l")
+def _as_float(a: np.ndarray) -> np.ndarray:
+    """Float32/64 arrays as they are (no copy of large model outputs), anything else as float64."""
+    a = np.asarray(a)
+    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
 
 
 def _check(name: str, a: np.ndarray, expected: tuple[int, ...], layout: str) -> None:
@@ -95,25 +98,25 @@ def forecast_metrics(
     if (quantile_pred is None) != (quantiles is None):
         raise ValueError("pass quantile_pred and quantiles together, or neither")
 
-    label = _as_series(y_true)  # (S, L)
-    forecasts = {_POINT: _as_series(y_pred)}  # (S, L)
+    label = _as_float(y_true)  # (N, L, C)
+    forecasts = {_POINT: _as_float(y_pred)}  # (N, L, C)
     levels: list[float] = []
     if quantile_pred is not None and quantiles is not None:
         levels = [float(q) for q in quantiles]
-        _check("quantile_pred", np.asarray(quantile_pred), (n, horizon, channels, len(levels)), "N L C Q")
-        series_q = rearrange(np.asarray(quantile_pred, dtype=np.float64), "n l c q -> q (n c) l")
-        forecasts.update({str(q): series_q[i] for i, q in enumerate(levels)})
+        quantile_pred = _as_float(quantile_pred)
+        _check("quantile_pred", quantile_pred, (n, horizon, channels, len(levels)), "N L C Q")
+        forecasts.update({str(q): quantile_pred[..., i] for i, q in enumerate(levels)})  # (N, L, C)
 
     # gluonts' evaluation.metrics.calculate_seasonal_error falls back to lag 1 when m >= T; ev's
     # seasonal_error only does so for m > T, so clamp here to keep the classic definition.
-    context = rearrange(np.asarray(past, dtype=np.float64), "n t c -> (n c) t")  # (S, T)
+    context = _as_float(past)  # (N, T, C)
     lag = seasonality if seasonality < context.shape[1] else 1
-    scale = seasonal_error(context, lag, time_axis=1)  # (S, 1)
+    scale = seasonal_error(context, lag, time_axis=1)  # (N, 1, C)
 
     observed = None
     if mask is not None:
         _check("mask", np.asarray(mask), y_true.shape, "N L C")
-        observed = _as_series(mask) > 0
+        observed = np.asarray(mask) > 0  # (N, L, C)
     if observed is None or observed.all():
         entries = {"label": label, **forecasts}
         series = {"label": label, "seasonal_error": scale, **forecasts}
@@ -128,19 +131,19 @@ def forecast_metrics(
             "mse": float(MSE(forecast_type=_POINT)(axis=None).update(entries).get()),
             "mae": float(MAE(forecast_type=_POINT)(axis=None).update(entries).get()),
         }
-        mase = MASE(forecast_type=_POINT)(axis=1).update(series).get()  # (S,)
-        smape = SMAPE(forecast_type=_POINT)(axis=1).update(series).get()  # (S,)
+        mase = MASE(forecast_type=_POINT)(axis=_SERIES_AXIS).update(series).get()  # (N, C)
+        smape = SMAPE(forecast_type=_POINT)(axis=_SERIES_AXIS).update(series).get()  # (N, C)
         per_step = {
-            "mse": MSE(forecast_type=_POINT)(axis=0).update(entries).get(),  # (L,)
-            "mae": MAE(forecast_type=_POINT)(axis=0).update(entries).get(),  # (L,)
+            "mse": MSE(forecast_type=_POINT)(axis=_STEP_AXES).update(entries).get(),  # (L,)
+            "mae": MAE(forecast_type=_POINT)(axis=_STEP_AXES).update(entries).get(),  # (L,)
         }
         if levels:
             wql = MeanWeightedSumQuantileLoss(quantile_levels=levels)(axis=None).update(series).get()
             result["crps"] = float(wql)
             for q in levels:
                 result[f"coverage_{q}"] = float(Coverage(q=q)(axis=None).update(entries).get())
-    result["mase"] = _mean_over_series(np.asarray(mase), "mase")
-    result["smape"] = _mean_over_series(np.asarray(smape), "smape")
+    result["mase"] = _mean_over_series(np.asarray(mase).ravel(), "mase")
+    result["smape"] = _mean_over_series(np.asarray(smape).ravel(), "smape")
     result["per_step"] = {k: [float(v) for v in np.asarray(arr)] for k, arr in per_step.items()}
     return result
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import json
 import logging
 import time
 import warnings
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 
-from sciadapt.config import build_datamodule, build_task, data_facts, to_yaml
+from sciadapt.config import build_datamodule, build_task, data_facts, stage_data_config, to_yaml
 from sciadapt.errors import CheckpointError, ConfigError
 from sciadapt.metrics.forecasting import forecast_metrics, seasonal_naive
 from sciadapt.runs import (
@@ -124,13 +125,31 @@ class PipelineRunner:
         )
         self.task: Any = None
         self.facts: dict[str, Any] | None = None
+        self._dms: dict[str, Any] = {}
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def create(cls, cfg: dict[str, Any], console: Any = None) -> PipelineRunner:
-        run_dir = new_run_dir(cfg["run_dir"], cfg["name"])
-        atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-        return cls(cfg, run_dir, console)
+        """Preflight every stage (data read, model built, patterns checked), then make the run dir.
+
+        Bad data in the last stage fails now, not after the first stage's hours of training,
+        and an invalid pipeline leaves nothing in ``runs/``.
+        """
+        runner = cls(cfg, Path(cfg["run_dir"]) / "_pending", console)
+        runner.preflight()
+        runner.run_dir = new_run_dir(cfg["run_dir"], cfg["name"])
+        runner.state_path = runner.run_dir / "state.json"
+        runner.summary_path = runner.run_dir / "summary.json"
+        runner.summary["run_dir"] = str(runner.run_dir)
+        atomic_write_text(runner.run_dir / "config.yaml", to_yaml(cfg))
+        return runner
+
+    def preflight(self) -> None:
+        pl.seed_everything(self.cfg["seed"], workers=True, verbose=False)
+        for i, spec in enumerate(self.cfg["stages"]):
+            dm = self._datamodule(i)
+            self._ensure_task(dm, spec["name"])
+            apply_trainable(self.task, spec["trainable"], spec["frozen"], f"stages[{i}] ({spec['name']})")
 
     @classmethod
     def resume(cls, run_dir: Path, cfg: dict[str, Any] | None = None, console: Any = None) -> PipelineRunner:
@@ -160,9 +179,13 @@ class PipelineRunner:
         return self.stage_dir(name) / "final.ckpt"
 
     def _datamodule(self, i: int) -> Any:
-        dm = build_datamodule(self.cfg, i)
+        key = json.dumps(stage_data_config(self.cfg, i), sort_keys=True, default=str)
+        if key not in self._dms:
+            dm = build_datamodule(self.cfg, i)
+            dm.setup("fit")
+            self._dms[key] = dm
+        dm = self._dms[key]
         dm.shuffle_seed = self.cfg["seed"] * 131 + i
-        dm.setup("fit")
         return dm
 
     def _ensure_task(self, dm: Any, stage_name: str) -> None:
@@ -261,6 +284,8 @@ class PipelineRunner:
 
     def run(self) -> dict[str, Any]:
         """Run (or continue) every stage, then the comparison; returns the summary."""
+        if self.task is None:
+            self.preflight()
         pl.seed_everything(self.cfg["seed"], workers=True, verbose=False)
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*ended before the epoch ended.*")
@@ -368,7 +393,9 @@ class PipelineRunner:
         for name in names:
             load_into(self.task, load_weights(self.final_ckpt(name)), self.final_ckpt(name))
             rows.append({"model": labels.get(name, name), "stage": name, **self.test(None, dm)})
-        return {"data": getattr(dm, "describe", lambda: "")(), "metrics": ev["metrics"], "rows": rows}
+        test_windows = len(dm.test_dataloader().dataset)
+        where = f"{Path(str(getattr(dm, 'path', 'data'))).name} test split ({test_windows:,} windows)"
+        return {"data": where, "metrics": ev["metrics"], "rows": rows}
 
     def _baseline(self, dm: Any, name: str) -> dict[str, Any]:
         season = dm.seasonality if name == "seasonal_naive" else 1

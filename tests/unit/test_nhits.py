@@ -30,7 +30,9 @@ def zero_theta(model: NHiTS) -> None:
         nn.init.zeros_(block.theta.bias)
 
 
-def sine_windows(n: int, ctx: int = CTX, horizon: int = H, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def sine_windows(
+    n: int, ctx: int = CTX, horizon: int = H, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, ctx, 1) inputs and (n, horizon, 1) targets cut from sines of random phase."""
     g = torch.Generator().manual_seed(seed)
     phase = torch.rand(n, 1, generator=g) * 2 * math.pi

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny seeded series in real file formats, written per test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def make_series_csv(path: Path, n: int = 1200, seed: int = 0, channels: int = 2, exog: bool = True) -> Path:
+    """Hourly series with a daily cycle, a trend and noise; `load` is exogenous."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    frame = {"date": pd.date_range("2021-01-01", periods=n, freq="h")}
+    for c in range(channels):
+        frame[f"y{c}"] = (
+            np.sin(2 * np.pi * t / 24 + c) * (1 + 0.3 * c) + 0.001 * t + 0.1 * rng.standard_normal(n)
+        )
+    if exog:
+        frame["load"] = np.cos(2 * np.pi * t / 24) + 0.05 * rng.standard_normal(n)
+    pd.DataFrame(frame).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def series_csv(tmp_path: Path) -> Path:
+    return make_series_csv(tmp_path / "series.csv")
+
+
+def tiny_pipeline(path: Path, data_path: Path, run_dir: Path, extra: str = "") -> Path:
+    """A three-stage pipeline on the tiny N-HiTS: source -> probe -> finetune."""
+    path.write_text(
+        f"""
+name: tiny
+seed: 0
+run_dir: {run_dir}
+backbone: {{name: nhits_tiny}}
+head: {{name: point}}
+data:
+  name: timeseries
+  path: {data_path}
+  target_columns: [y0, y1]
+  context_length: 48
+  horizon: 12
+  split: ratio
+  batch_size: 32
+trainer: {{accelerator: cpu, enable_progress_bar: false}}
+stages:
+  - name: source
+    max_epochs: 2
+    limit_train_batches: 8
+    optim: {{lr: 3.0e-3}}
+  - name: probe
+    frozen: [backbone]
+    max_epochs: 3
+    limit_train_batches: 8
+  - name: finetune
+    max_epochs: 2
+    limit_train_batches: 8
+    optim: {{lr: 1.0e-3}}
+    schedule: {{name: cosine, warmup_steps: 2}}
+{extra}
+"""
+    )
+    return path

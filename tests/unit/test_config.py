@@ -1,0 +1,106 @@
+"""Config composition, overrides and validation: every problem, its key path, a suggestion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sciadapt.cli import main
+from sciadapt.config import apply_overrides, load_config
+from sciadapt.errors import ConfigError, UnknownComponentError
+from sciadapt.registry import BACKBONES
+
+
+def test_bundled_pipelines_validate() -> None:
+    cfg = load_config("quickstart")
+    assert [s["name"] for s in cfg["stages"]] == ["source", "probe", "finetune"]
+    # defaults composed from configs/ and filled from the builders' signatures
+    assert cfg["backbone"]["name"] == "nhits" and cfg["backbone"]["mlp_units"] == [128, 128]
+    assert cfg["stages"][1]["frozen"] == ["backbone"]
+    assert cfg["stages"][0]["optim"]["weight_decay"] == 0.0
+    ltsf = load_config("nhits_ltsf", ["data.path=x.csv"])
+    assert ltsf["data"]["path"] == "x.csv"
+
+
+def test_every_problem_is_reported_with_path_and_suggestion() -> None:
+    with pytest.raises(ConfigError) as ei:
+        load_config(
+            "quickstart",
+            ["data.contxt_length=5", "backbone.mlp_unit=[4]", "stages.0.max_epochs=abc", "stages.probe.optim.lrr=1"],
+        )
+    msg = str(ei.value)
+    assert len(ei.value.problems) == 4
+    assert "data.contxt_length: unknown key" in msg and "'context_length'" in msg
+    assert "backbone.mlp_unit" in msg and "'mlp_units'" in msg
+    assert "stages[0] (source).max_epochs: expected int or null, got 'abc'" in msg
+    assert "stages[1] (probe).optim.lrr" in msg and "'lr'" in msg
+
+
+def test_unknown_component_and_choices() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'nhits'"):
+        load_config("quickstart", ["backbone.name=nhit"])
+    with pytest.raises(ConfigError, match="cosine"):
+        load_config("quickstart", ["stages.*.schedule.name=cosin"])
+    with pytest.raises(UnknownComponentError, match="quickstart"):
+        load_config("quickstar")
+    with pytest.raises(UnknownComponentError, match="did you mean"):
+        BACKBONES.get("nhts")
+
+
+def test_required_and_missing_values() -> None:
+    with pytest.raises(ConfigError, match=r"data.path: required.*data.path=\.\.\."):
+        load_config("nhits_ltsf")
+
+
+def test_overrides_address_stages_by_name_index_and_star() -> None:
+    base = {"stages": [{"name": "a", "max_epochs": 1}, {"name": "b", "max_epochs": 1}]}
+    out = apply_overrides(base, ["stages.b.max_epochs=5", "stages.0.optim.lr=0.1", "stages.*.max_steps=7"])
+    assert out["stages"][1]["max_epochs"] == 5 and out["stages"][0]["optim"] == {"lr": 0.1}
+    assert all(s["max_steps"] == 7 for s in out["stages"])
+    assert base["stages"][1]["max_epochs"] == 1  # the input is not mutated
+    with pytest.raises(ConfigError, match="no stage 'c'"):
+        apply_overrides(base, ["stages.c.max_epochs=1"])
+
+
+def test_defaults_unknown_block(tmp_path: Path) -> None:
+    p = tmp_path / "p.yaml"
+    p.write_text("defaults:\n  - backbone: nhits_smal\nstages: []\n")
+    with pytest.raises(ConfigError, match="did you mean 'nhits_small'"):
+        load_config(str(p))
+
+
+def test_stage_rules(tmp_path: Path) -> None:
+    p = tmp_path / "p.yaml"
+    p.write_text(
+        "backbone: {name: nhits_tiny}\ndata: {name: timeseries, path: x.csv}\n"
+        "stages:\n  - {name: a}\n  - {name: a, max_epochs: 1, init_from: 'stage:zz'}\n"
+    )
+    with pytest.raises(ConfigError) as ei:
+        load_config(str(p))
+    msg = str(ei.value)
+    assert "set max_epochs or max_steps" in msg
+    assert "duplicate stage name 'a'" in msg
+    assert "names no earlier stage" in msg
+
+
+def test_cli_validate_exit_code_and_no_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "quickstart"]) == 0
+    assert main(["validate", "quickstart", "data.contxt_length=5"]) == 2
+    err = capsys.readouterr().err
+    assert "data.contxt_length" in err and "context_length" in err
+    assert "Traceback" not in err
+
+
+def test_invalid_config_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", "quickstart", "trainer.acelerator=cpu"]) == 2
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "nhits" in out and "quickstart" in out and "timeseries" in out
+    assert main(["list", "backbone"]) == 2
+    assert "did you mean 'backbones'" in capsys.readouterr().err
