@@ -102,6 +102,21 @@ class MetricsCSV(Callback):
         write_csv_rows(self.path, rows)
 
 
+class EpochEndCheckpoint(Callback):
+    """``last.ckpt`` at every epoch end: what ``--resume`` continues from.
+
+    Epoch ends (after validation) are the resume points because Lightning cannot replay the
+    rest of a half-finished epoch exactly; with the seeded sampler an epoch boundary can.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            trainer.save_checkpoint(str(self.path))
+
+
 # ---------------------------------------------------------------------------------------------
 # the runner
 
@@ -307,22 +322,23 @@ class PipelineRunner:
                 f"({100 * n_train / n_total:.1f} %), {dm.describe() if hasattr(dm, 'describe') else ''}"
             )
             sdir = self.stage_dir(name)
-            monitor_best = spec.get("restore_best") or spec.get("early_stopping")
             ckpt_cb = ModelCheckpoint(
                 dirpath=str(sdir),
                 filename="best",
-                monitor="val/loss" if monitor_best else None,
-                save_top_k=1 if monitor_best else 0,
-                save_last=True,
-                every_n_epochs=1,
+                monitor="val/loss",
+                save_top_k=1 if spec.get("restore_best") else 0,
                 enable_version_counter=False,
             )
-            callbacks: list[Callback] = [ckpt_cb, MetricsCSV(self.run_dir / "metrics.csv", name)]
+            resume_from = sdir / "last.ckpt"
+            callbacks: list[Callback] = [
+                ckpt_cb,
+                MetricsCSV(self.run_dir / "metrics.csv", name),
+                EpochEndCheckpoint(resume_from),
+            ]
             es = spec.get("early_stopping")
             if es:
                 callbacks.append(EarlyStopping(monitor=es["monitor"], patience=es["patience"], mode=es["mode"], min_delta=es["min_delta"]))
             trainer = self._trainer(spec, callbacks)
-            resume_from = sdir / "last.ckpt"
             self.state["current"] = name
             write_json(self.state_path, self.state)
             t0 = time.perf_counter()
@@ -351,6 +367,7 @@ class PipelineRunner:
             self.state["completed"].append(name)
             write_json(self.state_path, self.state)
             resume_from.unlink(missing_ok=True)
+            (sdir / "best.ckpt").unlink(missing_ok=True)
             self._weights_stage = name
         if dm is None:  # every stage was already complete: rebuild for the comparison
             dm = self._datamodule(len(stages) - 1)
