@@ -236,6 +236,12 @@ def _check_type(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
             problems.append(f"{path}: expected a mapping, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-3` (no dot) as a string; everyone writes learning rates that way
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"{path}: expected float, got {value!r}")
             return value

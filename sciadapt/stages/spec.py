@@ -75,6 +75,7 @@ class TrainerSpec:
     num_nodes: int = 1
     log_every_n_steps: int = 10
     enable_progress_bar: bool = True
+    progress_refresh_steps: int = 10  # redraw the progress bar every N steps
     deterministic: bool = False
     val_check_interval: float | None = None
     num_sanity_val_steps: int = 0

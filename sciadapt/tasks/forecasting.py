@@ -21,15 +21,34 @@ class ForecastingTask(Task):
     sMAPE and (for quantile heads) CRPS come from gluonts' definitions.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, n_targets: int, seasonality: int = 1) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        n_targets: int,
+        seasonality: int = 1,
+        instance_norm: bool = False,
+    ) -> None:
         super().__init__(backbone, head)
         self.n_targets = n_targets
         self.seasonality = seasonality
+        self.instance_norm = instance_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
             raise ShapeError(f"forecasting input: expected B T C, got {tuple(x.shape)}")
-        return super().forward(x)
+        if not self.instance_norm:
+            return super().forward(x)
+        # Each window is standardised by its own context statistics and the forecast mapped
+        # back (as neuralforecast's temporal "standard" scaler and RevIN do): level and scale
+        # shifts between domains or seasons then never reach the backbone.
+        mean = x.mean(dim=1, keepdim=True)  # (B, 1, C)
+        std = x.std(dim=1, keepdim=True, unbiased=False).clamp_min(1e-5)
+        out = super().forward((x - mean) / std)
+        m, s = mean[:, :, : self.n_targets], std[:, :, : self.n_targets]  # (B, 1, C_targets)
+        if out.dim() == 4:  # (B, L, C, Q)
+            return out * s.unsqueeze(-1) + m.unsqueeze(-1)
+        return out * s + m
 
     def point(self, pred: torch.Tensor) -> torch.Tensor:
         return self.head.point(pred)  # (B, L, C)
@@ -71,6 +90,24 @@ class ForecastingTask(Task):
 
 
 @TASKS.register("forecasting")
-def build_forecasting(backbone: nn.Module, head: nn.Module, n_targets: int = 1, seasonality: int = 1) -> ForecastingTask:
-    """Forecasting task. ``n_targets`` and ``seasonality`` follow the data unless set."""
-    return ForecastingTask(backbone, head, n_targets=n_targets, seasonality=seasonality)
+def build_forecasting(
+    backbone: nn.Module,
+    head: nn.Module,
+    n_targets: int = 1,
+    seasonality: int = 1,
+    instance_norm: bool = False,
+) -> ForecastingTask:
+    """Forecasting task.
+
+    Args:
+        backbone: injected by the runner.
+        head: injected by the runner.
+        n_targets: follows the data unless set.
+        seasonality: season length for MASE and the seasonal-naive baseline; follows the data's
+            frequency unless set.
+        instance_norm: standardise every window by its own context mean and std before the
+            backbone and undo it on the forecast (RevIN without affine parameters).
+    """
+    return ForecastingTask(
+        backbone, head, n_targets=n_targets, seasonality=seasonality, instance_norm=instance_norm
+    )
