@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from sciadapt.sampling import EpochShuffleSampler
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES, suggest
+from sciadapt.sampling import EpochShuffleSampler
 
 LAYOUTS = ("wide", "long")
 SPLITS = ("ett_hourly", "ett_minutely", "ratio", "rows")
@@ -66,9 +66,7 @@ def _bundled_files() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name != "README.md" and not p.name.startswith("_"))
 
 
-def read_table(
-    path: Path, encoding: str = "utf-8", skiprows: int = 0, label: str | None = None
-) -> pd.DataFrame:
+def read_table(path: Path, encoding: str = "utf-8", skiprows: int = 0, label: str | None = None) -> pd.DataFrame:
     """Read a ``.csv`` (optionally compressed, e.g. ``.csv.gz``) or ``.parquet`` file.
 
     Args:
@@ -118,9 +116,7 @@ def read_table(
     return frame
 
 
-def _missing_column_error(
-    source: str, key: str, missing: list[str], available: list[str], fix: str
-) -> DataError:
+def _missing_column_error(source: str, key: str, missing: list[str], available: list[str], fix: str) -> DataError:
     hints = "".join(f" '{m}':{hint}" for m in missing if (hint := suggest(m, available)))
     names = ", ".join(repr(m) for m in missing)
     return DataError(
@@ -174,9 +170,7 @@ def _to_numeric(frame: pd.DataFrame, columns: list[str], source: str, key: str) 
     out = {}
     for col in columns:
         series = frame[col]
-        if series.dtype == bool or not (
-            pd.api.types.is_numeric_dtype(series) or pd.api.types.is_object_dtype(series)
-        ):
+        if series.dtype == bool or not (pd.api.types.is_numeric_dtype(series) or pd.api.types.is_object_dtype(series)):
             raise DataError(
                 f"{source}: column '{col}' ({key}) has dtype {series.dtype}, not numbers. "
                 f"Fix: remove '{col}' from {key}"
@@ -330,8 +324,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
         ):
             if value not in choices:
                 problems.append(
-                    f"data.{key}: unknown value {value!r}.{suggest(value, choices)} Choose one of: "
-                    f"{', '.join(choices)}"
+                    f"data.{key}: unknown value {value!r}.{suggest(value, choices)} Choose one of: {', '.join(choices)}"
                 )
         for key, minimum in (
             ("context_length", 1),
@@ -351,9 +344,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
             if dupes:
                 problems.append(f"data.{key}: lists {', '.join(map(repr, dupes))} more than once")
             if self.layout == "wide" and self.timestamp_column in cols:
-                problems.append(
-                    f"data.{key}: contains the timestamp column {self.timestamp_column!r}; remove it"
-                )
+                problems.append(f"data.{key}: contains the timestamp column {self.timestamp_column!r}; remove it")
         if self.requested_targets is not None and not self.requested_targets:
             problems.append("data.target_columns: is empty; list at least one column or leave it null")
         both = sorted(set(targets) & set(self.requested_exog))
@@ -367,9 +358,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
         if self.split == "ratio":
             r = self.split_ratios
             if len(r) != 3 or any(not isinstance(v, int | float) or v <= 0 for v in r):
-                problems.append(
-                    f"data.split_ratios: expected three positive numbers [train, val, test], got {r}"
-                )
+                problems.append(f"data.split_ratios: expected three positive numbers [train, val, test], got {r}")
             elif not math.isclose(sum(r), 1.0, abs_tol=1e-6):
                 # The Autoformer rule derives val as the remainder, so ratios that do not sum to 1
                 # would be silently reinterpreted; refuse instead.
@@ -426,9 +415,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
             need = {"data.id_column": self.id_column, "data.value_column": self.value_column}
             for key, col in need.items():
                 if col not in available:
-                    raise _missing_column_error(
-                        source, key, [col], available, f"set {key} to the right column"
-                    )
+                    raise _missing_column_error(source, key, [col], available, f"set {key} to the right column")
             stamps = _parse_timestamps(raw[self.timestamp_column], source, self.timestamp_column)
             ids = raw[self.id_column].astype(str)
             values = _to_numeric(raw, [self.value_column], source, "data.value_column")[self.value_column]
@@ -773,9 +760,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
         keys = ("columns", "mean", "std", "target_columns", "exog_columns", "timestamp_column", "freq")
         missing = [k for k in keys if k not in state]
         if missing:
-            raise DataError(
-                f"scaler state lacks key(s) {', '.join(missing)}; it was not written by scaler_state()"
-            )
+            raise DataError(f"scaler state lacks key(s) {', '.join(missing)}; it was not written by scaler_state()")
         targets, exog = list(state["target_columns"]), list(state["exog_columns"])
         n = len(targets) + len(exog)
         if list(state["columns"]) != targets + exog or len(state["mean"]) != n or len(state["std"]) != n:

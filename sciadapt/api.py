@@ -9,13 +9,16 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from sciadapt.config import bundled_pipelines, load_config, to_yaml, validate as validate_cfg
-from sciadapt.registry import KINDS, suggest
+from sciadapt.config import bundled_pipelines, load_config, to_yaml
+from sciadapt.config import validate as validate_cfg
 from sciadapt.errors import UnknownComponentError
+from sciadapt.registry import KINDS, suggest
 from sciadapt.runs import open_run
 
 
-def fit(pipeline: str | None, overrides: list[str], resume: str | None = None, console: Console | None = None) -> dict[str, Any]:
+def fit(
+    pipeline: str | None, overrides: list[str], resume: str | None = None, console: Console | None = None
+) -> dict[str, Any]:
     """Validate a pipeline (nothing is written if invalid), run its stages, print the comparison."""
     from sciadapt.stages.runner import PipelineRunner
 
@@ -60,8 +63,10 @@ def print_comparison(summary: dict[str, Any], console: Console) -> None:
 def validate(pipeline: str, overrides: list[str], console: Console | None = None) -> dict[str, Any]:
     console = console or Console()
     cfg = load_config(pipeline, overrides)
-    console.print(f"[green]ok[/green]: {pipeline} is valid ({len(cfg['stages'])} stages: "
-                  f"{', '.join(s['name'] for s in cfg['stages'])})")
+    console.print(
+        f"[green]ok[/green]: {pipeline} is valid ({len(cfg['stages'])} stages: "
+        f"{', '.join(s['name'] for s in cfg['stages'])})"
+    )
     return cfg
 
 
@@ -81,7 +86,9 @@ def test(run: str, data: str | None = None, console: Console | None = None) -> d
     runner = PipelineRunner(cfg, run_dir, console)
     last = cfg["stages"][-1]["name"]
     if not runner.final_ckpt(last).exists():
-        raise UnknownComponentError(f"{run_dir} has no final weights for stage {last!r}: finish it with `sciadapt fit --resume {run_dir}`")
+        raise UnknownComponentError(
+            f"{run_dir} has no final weights for stage {last!r}: finish it with `sciadapt fit --resume {run_dir}`"
+        )
     dm = runner._datamodule(len(cfg["stages"]) - 1)
     runner._ensure_task(dm, last)
     from sciadapt.runs import load_into, load_weights

@@ -87,7 +87,7 @@ def _compose(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     defaults = raw.pop("defaults", []) or []
     if not isinstance(defaults, list):
         raise ConfigError(f"{path}: `defaults` must be a list like [{{backbone: nhits}}, {{data: ett}}]")
-    merged = OmegaConf.create({})
+    merged: Any = OmegaConf.create({})
     problems = []
     for entry in defaults:
         if not (isinstance(entry, dict) and len(entry) == 1):
@@ -222,7 +222,7 @@ def _check_type(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            problems.append(f"{path}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            problems.append(f"{path}: expected a mapping of {getattr(tp, '__name__', tp)} fields, got {value!r}")
             return value
         return _check_fields(_dataclass_schema(tp), value, path, problems)
     if origin is list:
@@ -302,9 +302,7 @@ def _check_fields(
             out[key] = value
             continue
         if key not in schema:
-            problems.append(
-                f"{path}.{key}: unknown key.{suggest(key, schema)} Valid keys: {', '.join(schema)}"
-            )
+            problems.append(f"{path}.{key}: unknown key.{suggest(key, schema)} Valid keys: {', '.join(schema)}")
             continue
         out[key] = _check_type(value, schema[key][0], f"{path}.{key}", problems)
     for key, (_tp, default) in schema.items():

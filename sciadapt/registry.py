@@ -40,8 +40,7 @@ class Registry(Generic[T]):
         _load_builtin()
         if name not in self._items:
             raise UnknownComponentError(
-                f"unknown {self.kind} {name!r}.{suggest(name, self._items)} "
-                f"Available: {', '.join(sorted(self._items))}"
+                f"unknown {self.kind} {name!r}.{suggest(name, self._items)} Available: {', '.join(sorted(self._items))}"
             )
         return self._items[name]
 

@@ -93,7 +93,7 @@ def open_run(run: str | Path) -> Path:
     if not (path / "config.yaml").is_file():
         hint = ""
         if path.is_dir():
-            subs = sorted(p for p in path.glob("*/config.yaml"))
+            subs = sorted([*path.glob("*/config.yaml"), *path.glob("*/*/config.yaml")])
             if subs:
                 hint = f" It contains runs, e.g. {subs[-1].parent}"
         raise ConfigError(f"{path} is not a sciadapt run directory (no config.yaml).{hint}")

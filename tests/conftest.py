@@ -18,9 +18,7 @@ def make_series_csv(path: Path, n: int = 1200, seed: int = 0, channels: int = 2,
     t = np.arange(n)
     frame = {"date": pd.date_range("2021-01-01", periods=n, freq="h")}
     for c in range(channels):
-        frame[f"y{c}"] = (
-            np.sin(2 * np.pi * t / 24 + c) * (1 + 0.3 * c) + 0.001 * t + 0.1 * rng.standard_normal(n)
-        )
+        frame[f"y{c}"] = np.sin(2 * np.pi * t / 24 + c) * (1 + 0.3 * c) + 0.001 * t + 0.1 * rng.standard_normal(n)
     if exog:
         frame["load"] = np.cos(2 * np.pi * t / 24) + 0.05 * rng.standard_normal(n)
     pd.DataFrame(frame).to_csv(path, index=False)

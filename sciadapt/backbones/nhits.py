@@ -349,9 +349,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     """Read a flat ``name -> tensor`` mapping from a safetensors or torch checkpoint file."""
     suffix = path.suffix.lower()
     if suffix not in _CHECKPOINT_SUFFIXES:
-        raise CheckpointError(
-            f"unsupported checkpoint format {path}: use one of {', '.join(_CHECKPOINT_SUFFIXES)}"
-        )
+        raise CheckpointError(f"unsupported checkpoint format {path}: use one of {', '.join(_CHECKPOINT_SUFFIXES)}")
     try:
         if suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -428,8 +426,7 @@ def _validate(
     lengths = {name: len(values) for name, values in per_stack.items()}
     if len(set(lengths.values())) > 1:
         problems.append(
-            "backbone.pool_kernel_sizes, downsample_freqs and n_blocks need one entry per stack, "
-            f"got lengths {lengths}"
+            f"backbone.pool_kernel_sizes, downsample_freqs and n_blocks need one entry per stack, got lengths {lengths}"
         )
     for name, choice, choices in (
         ("pooling", pooling, tuple(POOLING)),

@@ -57,7 +57,13 @@ def predict_run(run_dir: Path, data: str | None, out: Path) -> Path:
     return out
 
 
-def _plot(history: pd.DataFrame, forecast: pd.DataFrame, targets: list[str], quantiles: list[float] | None, path: Path) -> None:
+def _plot(
+    history: pd.DataFrame,
+    forecast: pd.DataFrame,
+    targets: list[str],
+    quantiles: list[float] | None,
+    path: Path,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,8 +76,14 @@ def _plot(history: pd.DataFrame, forecast: pd.DataFrame, targets: list[str], qua
         ax.plot(forecast.index, forecast[col], color="tab:blue", lw=1.5, label="forecast")
         if quantiles and len(quantiles) >= 2:
             lo, hi = f"{col}_q{quantiles[0]:g}", f"{col}_q{quantiles[-1]:g}"
-            ax.fill_between(forecast.index, forecast[lo], forecast[hi], color="tab:blue", alpha=0.25,
-                            label=f"{quantiles[0]:g}-{quantiles[-1]:g} interval")
+            ax.fill_between(
+                forecast.index,
+                forecast[lo],
+                forecast[hi],
+                color="tab:blue",
+                alpha=0.25,
+                label=f"{quantiles[0]:g}-{quantiles[-1]:g} interval",
+            )
         ax.set_ylabel(col)
         ax.legend(loc="upper left", fontsize=8)
     fig.autofmt_xdate()

@@ -58,11 +58,11 @@ def apply_trainable(model: torch.nn.Module, trainable: list[str], frozen: list[s
     names = [n for n, _ in model.named_parameters()]
     problems = []
     for key, pats in (("trainable", trainable), ("frozen", frozen)):
-        for p in pats:
-            if not any(_matches(n, p) for n in names):
+        for pat in pats:
+            if not any(_matches(n, pat) for n in names):
                 tops = sorted({n.split(".")[0] for n in names})
                 problems.append(
-                    f"{where}.{key}: pattern {p!r} matches no parameter. Parameter names start with "
+                    f"{where}.{key}: pattern {pat!r} matches no parameter. Parameter names start with "
                     f"{', '.join(t + '.' for t in tops)} (e.g. {names[0]!r})"
                 )
     if problems:
@@ -92,8 +92,16 @@ class MetricsCSV(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        rows = [r for r in read_csv_rows(self.path) if not (r["stage"] == self.stage and int(r["epoch"]) >= trainer.current_epoch)]
-        row: dict[str, Any] = {"stage": self.stage, "epoch": trainer.current_epoch, "step": trainer.global_step}
+        rows = [
+            r
+            for r in read_csv_rows(self.path)
+            if not (r["stage"] == self.stage and int(r["epoch"]) >= trainer.current_epoch)
+        ]
+        row: dict[str, Any] = {
+            "stage": self.stage,
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+        }
         for k, v in sorted(trainer.callback_metrics.items()):
             if k.endswith("_step"):
                 continue
@@ -168,9 +176,9 @@ class PipelineRunner:
 
     @classmethod
     def resume(cls, run_dir: Path, cfg: dict[str, Any] | None = None, console: Any = None) -> PipelineRunner:
-        from sciadapt.config import validate
-
         import yaml
+
+        from sciadapt.config import validate
 
         saved = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), source=str(run_dir / "config.yaml"))
         if cfg is not None and cfg["name"] != saved["name"]:
@@ -209,10 +217,16 @@ class PipelineRunner:
             self.facts = facts
             self.task = build_task(self.cfg, facts)
             self.task.seed = self.cfg["seed"]
-            self.task.data_signature = {**facts, "target_columns": list(dm.target_columns), "exog_columns": list(dm.exog_columns)}
+            self.task.data_signature = {
+                **facts,
+                "target_columns": list(dm.target_columns),
+                "exog_columns": list(dm.exog_columns),
+            }
             return
         assert self.facts is not None
-        diff = {k: (self.facts[k], facts[k]) for k in ("context_length", "horizon", "n_exog") if self.facts[k] != facts[k]}
+        diff = {
+            k: (self.facts[k], facts[k]) for k in ("context_length", "horizon", "n_exog") if self.facts[k] != facts[k]
+        }
         if diff:
             desc = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
             raise ConfigError(
@@ -341,7 +355,14 @@ class PipelineRunner:
             ]
             es = spec.get("early_stopping")
             if es:
-                callbacks.append(EarlyStopping(monitor=es["monitor"], patience=es["patience"], mode=es["mode"], min_delta=es["min_delta"]))
+                callbacks.append(
+                    EarlyStopping(
+                        monitor=es["monitor"],
+                        patience=es["patience"],
+                        mode=es["mode"],
+                        min_delta=es["min_delta"],
+                    )
+                )
             trainer = self._trainer(spec, callbacks)
             self.state["current"] = name
             write_json(self.state_path, self.state)

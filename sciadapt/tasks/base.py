@@ -22,8 +22,9 @@ class Task(pl.LightningModule):
 
     def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
         super().__init__()
-        self.backbone = backbone
-        self.head = head
+        # typed Any: the backbone/head contracts (forward_features, loss, point...) are duck-typed
+        self.backbone: Any = backbone
+        self.head: Any = head
         self.stage: dict[str, Any] = {}
         self.stage_index = 0
         self.seed = 0

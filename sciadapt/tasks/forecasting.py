@@ -108,6 +108,4 @@ def build_forecasting(
         instance_norm: standardise every window by its own context mean and std before the
             backbone and undo it on the forecast (RevIN without affine parameters).
     """
-    return ForecastingTask(
-        backbone, head, n_targets=n_targets, seasonality=seasonality, instance_norm=instance_norm
-    )
+    return ForecastingTask(backbone, head, n_targets=n_targets, seasonality=seasonality, instance_norm=instance_norm)

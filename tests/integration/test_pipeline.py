@@ -61,9 +61,7 @@ def test_fit_writes_run_and_predict_returns_original_units(tmp_path: Path, serie
 
 
 def test_quantile_head_predicts_quantile_columns(tmp_path: Path, series_csv: Path) -> None:
-    pipe = tiny_pipeline(
-        tmp_path / "p.yaml", series_csv, tmp_path / "runs", extra="evaluation: {metrics: [mse, crps]}"
-    )
+    pipe = tiny_pipeline(tmp_path / "p.yaml", series_csv, tmp_path / "runs", extra="evaluation: {metrics: [mse, crps]}")
     assert main(["fit", str(pipe), "head.name=quantile", "stages.*.max_epochs=1"]) == 0
     run = _only_run(tmp_path / "runs")
     summary = json.loads((run / "summary.json").read_text())
@@ -75,12 +73,20 @@ def test_quantile_head_predicts_quantile_columns(tmp_path: Path, series_csv: Pat
     assert (fc["y0_q0.1"] <= fc["y0_q0.9"]).all()
 
 
-def test_checkpoint_from_other_channels_is_refused(tmp_path: Path, series_csv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_checkpoint_from_other_channels_is_refused(
+    tmp_path: Path, series_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     pipe = tiny_pipeline(tmp_path / "p.yaml", series_csv, tmp_path / "runs")
     assert main(["fit", str(pipe), "stages.*.max_epochs=1"]) == 0
     ckpt = _only_run(tmp_path / "runs") / "checkpoints" / "finetune" / "final.ckpt"
     code = main(
-        ["fit", str(pipe), "data.exog_columns=[load]", "data.target_columns=[y0]", f"stages.source.init_from={ckpt}"]
+        [
+            "fit",
+            str(pipe),
+            "data.exog_columns=[load]",
+            "data.target_columns=[y0]",
+            f"stages.source.init_from={ckpt}",
+        ]
     )
     assert code == 2
     err = capsys.readouterr().err
@@ -121,7 +127,9 @@ def test_kill_in_stage_two_then_resume_matches_uninterrupted(tmp_path: Path) -> 
             killed_at = time.time()
             break
         time.sleep(0.02)
-    assert killed_at is not None, f"the run ended before stage 2 checkpointed: {proc.stderr.read() if proc.stderr else ''}"
+    assert killed_at is not None, (
+        f"the run ended before stage 2 checkpointed: {proc.stderr.read() if proc.stderr else ''}"
+    )
     run = _only_run(tmp_path / "runs")
     state = json.loads((run / "state.json").read_text())
     assert state["completed"] == ["source"] and state["current"] == "probe"

@@ -14,7 +14,9 @@ from sciadapt.cli import main
 from tests.conftest import REPO
 
 
-def test_quickstart_runs_from_bundled_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quickstart_runs_from_bundled_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     # one epoch per stage: the full recipe is measured in the benchmark notes, not here
     assert main(["fit", "quickstart", "stages.*.max_epochs=1", "trainer.enable_progress_bar=false"]) == 0
@@ -30,7 +32,18 @@ def test_quickstart_runs_from_bundled_name(tmp_path: Path, monkeypatch: pytest.M
 def test_wheel_has_pipelines_configs_data_and_runs_elsewhere(tmp_path: Path) -> None:
     wheel_dir = tmp_path / "wheel"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir), str(REPO)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheel_dir),
+            str(REPO),
+        ],
         check=True,
         capture_output=True,
     )
@@ -46,17 +59,33 @@ def test_wheel_has_pipelines_configs_data_and_runs_elsewhere(tmp_path: Path) -> 
     env = {**os.environ, "PYTHONPATH": str(target)}
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "sciadapt.cli", *args], cwd=elsewhere, env=env, capture_output=True, text=True)
+        return subprocess.run(
+            [sys.executable, "-m", "sciadapt.cli", *args],
+            cwd=elsewhere,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
 
     where = subprocess.run(
         [sys.executable, "-c", "import sciadapt, sciadapt.datamodules; print(sciadapt.__file__)"],
-        cwd=elsewhere, env=env, capture_output=True, text=True, check=True,
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert where.startswith(str(target)), where  # the wheel, not the checkout
     listed = cli("list", "pipelines")
     assert "quickstart" in listed.stdout and "nhits_ltsf" in listed.stdout, listed.stderr
     ok = cli("validate", "quickstart")
     assert ok.returncode == 0, ok.stderr
-    run = cli("fit", "quickstart", "stages.*.max_epochs=1", "stages.*.limit_train_batches=2", "trainer.enable_progress_bar=false")
+    run = cli(
+        "fit",
+        "quickstart",
+        "stages.*.max_epochs=1",
+        "stages.*.limit_train_batches=2",
+        "trainer.enable_progress_bar=false",
+    )
     assert run.returncode == 0, run.stderr
     assert "adapted (AK -> NC)" in run.stdout

@@ -27,7 +27,12 @@ def test_every_problem_is_reported_with_path_and_suggestion() -> None:
     with pytest.raises(ConfigError) as ei:
         load_config(
             "quickstart",
-            ["data.contxt_length=5", "backbone.mlp_unit=[4]", "stages.0.max_epochs=abc", "stages.probe.optim.lrr=1"],
+            [
+                "data.contxt_length=5",
+                "backbone.mlp_unit=[4]",
+                "stages.0.max_epochs=abc",
+                "stages.probe.optim.lrr=1",
+            ],
         )
     msg = str(ei.value)
     assert len(ei.value.problems) == 4

@@ -66,8 +66,7 @@ def test_quantile_metrics_equal_gluonts() -> None:
     result = forecast_metrics(y, pred, past, 3, quantile_pred=qpred, quantiles=QUANTILES)
     abs_sum = sum(gm.abs_target_sum(t) for t in series(y))
     weighted = [
-        sum(gm.quantile_loss(t, f, q) for t, f in zip(series(y), series(qpred[..., i]), strict=True))
-        / abs_sum
+        sum(gm.quantile_loss(t, f, q) for t, f in zip(series(y), series(qpred[..., i]), strict=True)) / abs_sum
         for i, q in enumerate(QUANTILES)
     ]
     assert result["crps"] == pytest.approx(np.mean(weighted), rel=1e-12)

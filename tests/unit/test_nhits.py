@@ -30,9 +30,7 @@ def zero_theta(model: NHiTS) -> None:
         nn.init.zeros_(block.theta.bias)
 
 
-def sine_windows(
-    n: int, ctx: int = CTX, horizon: int = H, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def sine_windows(n: int, ctx: int = CTX, horizon: int = H, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, ctx, 1) inputs and (n, horizon, 1) targets cut from sines of random phase."""
     g = torch.Generator().manual_seed(seed)
     phase = torch.rand(n, 1, generator=g) * 2 * math.pi
@@ -104,9 +102,7 @@ def test_level_init_gives_naive_forecast(feature_dim: int) -> None:
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize(
-    ("interpolation", "pooling"), [("linear", "max"), ("nearest", "avg"), ("cubic", "max")]
-)
+@pytest.mark.parametrize(("interpolation", "pooling"), [("linear", "max"), ("nearest", "avg"), ("cubic", "max")])
 def test_interpolation_and_pooling_modes(interpolation: str, pooling: str) -> None:
     model = tiny(interpolation=interpolation, pooling=pooling, feature_dim=2, context_length=CTX + 1)
     out = model(torch.randn(2, CTX + 1, 3))  # odd length: exercises ceil_mode pooling

@@ -9,26 +9,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+
 from sciadapt.datamodules import timeseries as ts
 from sciadapt.datamodules.timeseries import TimeSeriesDataModule, build_timeseries
-
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES
 
 ETTH1 = Path(__file__).parents[3] / "shared/data/ett/ETTh1.csv"
 
 
-def make_frame(
-    n: int, freq: str = "h", columns: tuple[str, ...] = ("a", "b", "c"), seed: int = 0
-) -> pd.DataFrame:
+def make_frame(n: int, freq: str = "h", columns: tuple[str, ...] = ("a", "b", "c"), seed: int = 0) -> pd.DataFrame:
     """A seeded wide frame: daily sine + trend + noise per channel, so splits differ in level."""
     rng = np.random.default_rng(seed)
     t = np.arange(n)
     data = {"date": pd.date_range("2020-01-01", periods=n, freq=freq)}
     for k, col in enumerate(columns):
-        data[col] = (
-            10.0 * (k + 1) + np.sin(2 * np.pi * t / 24 + k) + 0.01 * (k + 1) * t + rng.normal(0.0, 0.1, n)
-        )
+        data[col] = 10.0 * (k + 1) + np.sin(2 * np.pi * t / 24 + k) + 0.01 * (k + 1) * t + rng.normal(0.0, 0.1, n)
     return pd.DataFrame(data)
 
 
@@ -253,9 +249,7 @@ def test_scaler_state_is_json_and_reloads(tmp_path: Path) -> None:
     assert state["columns"] == ["b", "a"] and state["freq"] == "h" and state["timestamp_column"] == "date"
     fresh = build(path, target_columns=["b"], exog_columns=["a"], context_length=24, horizon=6)
     fresh.load_scaler_state(state)
-    np.testing.assert_allclose(
-        fresh.inverse_transform(np.zeros((1, 1))), np.array([[state["mean"][0]]]), rtol=1e-12
-    )
+    np.testing.assert_allclose(fresh.inverse_transform(np.zeros((1, 1))), np.array([[state["mean"][0]]]), rtol=1e-12)
     other = build(path, target_columns=["c"], context_length=24, horizon=6)
     with pytest.raises(DataError, match="data.target_columns"):
         other.load_scaler_state(state)
@@ -290,9 +284,7 @@ def test_long_layout_pivots_to_the_wide_tensors(tmp_path: Path) -> None:
 def test_long_layout_exog_ids_and_duplicates(tmp_path: Path) -> None:
     frame = make_frame(300)
     long = frame.melt(id_vars="date", var_name="id", value_name="value")
-    dm = build(
-        write_csv(tmp_path, long, "l.csv"), layout="long", exog_columns=["a"], context_length=24, horizon=6
-    )
+    dm = build(write_csv(tmp_path, long, "l.csv"), layout="long", exog_columns=["a"], context_length=24, horizon=6)
     assert dm.target_columns == ["b", "c"] and dm.exog_columns == ["a"]
     dup = pd.concat([long, long.iloc[[5]]])
     with pytest.raises(DataError, match="more than once"):
@@ -484,9 +476,7 @@ def test_nan_policy_mask_zero_fills_and_masks(tmp_path: Path) -> None:
 
 def test_nan_policy_interpolate_is_linear_in_time(tmp_path: Path) -> None:
     frame = frame_with_nans()
-    dm = build(
-        write_csv(tmp_path, frame), context_length=24, horizon=6, nan_policy="interpolate", scale=False
-    )
+    dm = build(write_csv(tmp_path, frame), context_length=24, horizon=6, nan_policy="interpolate", scale=False)
     values = dm.dataset("train").values
     assert values[50, 1] == pytest.approx((frame.loc[49, "b"] + frame.loc[51, "b"]) / 2, rel=1e-5)
     assert values[0, 2] == pytest.approx(frame.loc[1, "c"], rel=1e-5)  # leading gap: nearest value
@@ -509,9 +499,7 @@ def test_predict_inputs_from_own_file(tmp_path: Path) -> None:
         out["history"].reset_index(drop=True), frame[["a", "b", "c"]].iloc[-24:].reset_index(drop=True)
     )
     assert out["history"].index[-1] == last
-    np.testing.assert_allclose(
-        dm.inverse_transform(out["x"][0]).numpy(), out["history"].to_numpy(), rtol=1e-5
-    )
+    np.testing.assert_allclose(dm.inverse_transform(out["x"][0]).numpy(), out["history"].to_numpy(), rtol=1e-5)
 
 
 def test_predict_inputs_after_loading_state_without_training_file(tmp_path: Path) -> None:
