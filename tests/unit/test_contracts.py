@@ -1,0 +1,59 @@
+"""Contract tests parametrised over the registries: a new entry is tested without editing this file."""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+import typing
+
+import pytest
+import torch
+
+from sciadapt.config import builder_schema
+from sciadapt.registry import BACKBONES, DATAMODULES, HEADS, TASKS
+
+
+@pytest.mark.parametrize("registry", [BACKBONES, HEADS, DATAMODULES, TASKS], ids=lambda r: r.kind)
+def test_builders_are_config_schemas(registry) -> None:  # type: ignore[no-untyped-def]
+    for name in registry.list():
+        fn = registry.get(name)
+        params = inspect.signature(fn).parameters.values()
+        assert not any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params), f"{name}: no **kwargs"
+        hints = typing.get_type_hints(fn)
+        for p in params:
+            if p.name in ("backbone", "head"):
+                continue
+            assert p.name in hints, f"{registry.kind} {name}: parameter {p.name} needs a type hint"
+            assert not isinstance(p.default, (list, dict, set)), f"{name}.{p.name}: mutable default"
+        assert fn.__doc__, f"{registry.kind} {name}: the builder needs a docstring"
+        builder_schema(fn)  # resolvable
+
+
+@pytest.mark.parametrize("name", BACKBONES.list())
+def test_series_backbone_contract(name: str) -> None:
+    fn = BACKBONES.get(name)
+    kwargs = {"context_length": 48, "horizon": 12, "n_exog": 1}
+    kwargs = {k: v for k, v in kwargs.items() if k in inspect.signature(fn).parameters}
+    model = fn(**kwargs)
+    assert model.input_layout == "B T C"
+    info = model.feature_info[-1]
+    x = torch.randn(3, 48, 2 + 1)
+    feats = model.forward_features(x)
+    if info["layout"] == "B L C D":
+        assert feats.shape == (3, 12, 2, info["channels"])
+    # the default PEFT targets name real modules
+    names = [n for n, _ in model.named_modules()]
+    for pat in model.default_peft_targets:
+        assert any(fnmatch.fnmatchcase(n, pat) for n in names), (name, pat)
+    assert callable(model.load_pretrained)
+
+
+@pytest.mark.parametrize("name", HEADS.list())
+def test_forecast_head_contract(name: str) -> None:
+    head = HEADS.get(name)(in_features=4, horizon=12, in_layout="B L C D")
+    feats = torch.randn(3, 12, 2, 4)
+    pred = head(feats)
+    y = torch.randn(3, 12, 2)
+    loss = head.loss(pred, y, torch.ones_like(y))
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert head.point(pred).shape == (3, 12, 2)
