@@ -14,10 +14,10 @@ from sciadapt.registry import BACKBONES
 
 def test_bundled_pipelines_validate() -> None:
     cfg = load_config("quickstart")
-    assert [s["name"] for s in cfg["stages"]] == ["source", "probe", "finetune"]
+    assert [s["name"] for s in cfg["stages"]] == ["target_only", "source", "probe", "finetune"]
     # defaults composed from configs/ and filled from the builders' signatures
     assert cfg["backbone"]["name"] == "nhits" and cfg["backbone"]["mlp_units"] == [128, 128]
-    assert cfg["stages"][1]["frozen"] == ["backbone"]
+    assert cfg["stages"][2]["frozen"] == ["backbone"]
     assert cfg["stages"][0]["optim"]["weight_decay"] == 0.0
     ltsf = load_config("nhits_ltsf", ["data.path=x.csv"])
     assert ltsf["data"]["path"] == "x.csv"
@@ -30,7 +30,7 @@ def test_every_problem_is_reported_with_path_and_suggestion() -> None:
             [
                 "data.contxt_length=5",
                 "backbone.mlp_unit=[4]",
-                "stages.0.max_epochs=abc",
+                "stages.source.max_epochs=abc",
                 "stages.probe.optim.lrr=1",
             ],
         )
@@ -38,8 +38,8 @@ def test_every_problem_is_reported_with_path_and_suggestion() -> None:
     assert len(ei.value.problems) == 4
     assert "data.contxt_length: unknown key" in msg and "'context_length'" in msg
     assert "backbone.mlp_unit" in msg and "'mlp_units'" in msg
-    assert "stages[0] (source).max_epochs: expected int or null, got 'abc'" in msg
-    assert "stages[1] (probe).optim.lrr" in msg and "'lr'" in msg
+    assert "stages[1] (source).max_epochs: expected int or null, got 'abc'" in msg
+    assert "stages[2] (probe).optim.lrr" in msg and "'lr'" in msg
 
 
 def test_unknown_component_and_choices() -> None:
