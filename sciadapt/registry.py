@@ -85,4 +85,5 @@ def _load_builtin() -> None:
     import sciadapt.backbones  # noqa: F401
     import sciadapt.datamodules  # noqa: F401
     import sciadapt.heads  # noqa: F401
+    import sciadapt.peft  # noqa: F401
     import sciadapt.tasks  # noqa: F401

@@ -1,1 +1,3 @@
-"""peft."""
+"""Parameter-efficient fine-tuning: the core plus one file per method."""
+
+from sciadapt.peft import lora  # noqa: F401

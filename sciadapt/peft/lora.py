@@ -1,0 +1,336 @@
+"""LoRA and DoRA on Linear, Conv1d/2d/3d and fused-qkv Linear slices.
+
+Key layout and initialisation follow Hugging Face PEFT (``lora_A`` / ``lora_B`` /
+``lora_magnitude_vector`` ModuleDicts keyed by adapter name; kaiming-uniform A, zero B), so
+adapters on whole layers round-trip with ``peft``. Slices of a fused qkv projection
+(``qkv[q,v]``) have their own A/B per slice — a layout PEFT cannot express.
+
+DoRA (Liu et al. 2024) rescales every output unit: ``y = m / ||W + sBA|| * (W x + s B A x) + b``.
+PEFT materialises ``W + sBA`` each step to take that norm; here the squared row norms come
+from ``||W||^2`` (cached), ``A W^T`` (r x out) and ``A A^T`` (r x r), so a DoRA step costs about
+what a LoRA step does. As in the paper and PEFT, the norm is treated as a constant in the
+backward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sciadapt.errors import ConfigError
+from sciadapt.peft.core import HF_PREFIX, PeftLayer, logical_modules
+from sciadapt.registry import PEFT_METHODS
+
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+INITS = ("default", "gaussian", "pissa", "eva", "lora_fa")
+
+
+class _Magnitude(nn.Module):
+    """Holds DoRA's magnitude as ``.weight`` so the key is PEFT's ``lora_magnitude_vector.<name>.weight``."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(value)
+
+
+def _flat(w: torch.Tensor) -> torch.Tensor:
+    return w.reshape(w.shape[0], -1)  # (out, in * kernel)
+
+
+class LoraLayer(PeftLayer):
+    """A Linear or ConvNd with LoRA/DoRA adapters."""
+
+    method_name = "lora"
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.lora_dropout = nn.ModuleDict()
+        self.lora_magnitude_vector = nn.ModuleDict()
+        self.scaling: dict[str, float] = {}
+        self.slices: dict[str, tuple[str, ...] | None] = {}
+        self._dora_scale: dict[str, torch.Tensor] = {}  # m / ||W + sBA|| at merge time
+        self._w_norm_sq: tuple[int, int, torch.Tensor] | None = None
+
+    # -- construction -------------------------------------------------------------------
+    def _pair(self, r: int) -> tuple[nn.Module, nn.Module]:
+        base = self.base_layer
+        if isinstance(base, nn.Linear):
+            return nn.Linear(base.in_features, r, bias=False), nn.Linear(r, base.out_features, bias=False)
+        assert isinstance(base, CONVS)
+        conv = type(base)
+        a = conv(
+            base.in_channels,
+            r,
+            base.kernel_size,  # type: ignore[arg-type]
+            stride=base.stride,  # type: ignore[arg-type]
+            padding=base.padding,  # type: ignore[arg-type]
+            dilation=base.dilation,  # type: ignore[arg-type]
+            bias=False,
+        )
+        return a, conv(r, base.out_channels, 1, bias=False)
+
+    def add_lora(self, name: str, method: LoRA, slices: tuple[str, ...] | None) -> None:
+        base = self.base_layer
+        if isinstance(base, CONVS) and base.groups != 1:
+            raise ConfigError(f"{method.name} on grouped/depthwise convolutions (groups={base.groups}) is not supported")
+        w = base.weight
+        max_rank = min(_flat(w).shape) if slices is None else min(w.shape[0] // 3, w.shape[1])
+        if method.r > max_rank:
+            raise ConfigError(
+                f"peft.r={method.r} exceeds the rank this layer allows ({max_rank}, weight {tuple(w.shape)}); lower peft.r"
+            )
+        if slices is not None and method.use_dora:
+            raise ConfigError("dora on fused-qkv slices is not supported; use lora for qkv[...] targets")
+        self.register_adapter(name)
+        self.scaling[name] = method.alpha / (math.sqrt(method.r) if method.rslora else method.r)
+        self.slices[name] = slices
+        self.lora_dropout[name] = nn.Dropout(method.dropout) if method.dropout > 0 else nn.Identity()
+        if slices is None:
+            a, b = self._pair(method.r)
+            self.lora_A[name], self.lora_B[name] = a, b
+        else:
+            d = base.out_features // 3  # type: ignore[operator]
+            a_parts, b_parts = nn.ModuleDict(), nn.ModuleDict()
+            for s in slices:
+                a_parts[s] = nn.Linear(base.in_features, method.r, bias=False)  # type: ignore[arg-type]
+                b_parts[s] = nn.Linear(method.r, d, bias=False)
+            self.lora_A[name], self.lora_B[name] = a_parts, b_parts
+        for mod in (self.lora_A[name], self.lora_B[name]):
+            mod.to(device=w.device, dtype=w.dtype)
+        self._init(name, method.init)
+        if method.use_dora:
+            with torch.no_grad():
+                norm = self._row_norm(name)  # equals ||W|| at init (B = 0)
+            self.lora_magnitude_vector[name] = _Magnitude(self._channel_shape(norm.clone()))
+        if method.init == "lora_fa":
+            for p in self.lora_A[name].parameters():
+                p.requires_grad_(False)
+
+    def _init(self, name: str, init: str) -> None:
+        with torch.no_grad():
+            for a in _leaves(self.lora_A[name]):
+                if init == "gaussian":
+                    nn.init.normal_(a.weight, std=1 / a.weight.shape[0])
+                else:
+                    nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
+            for b in _leaves(self.lora_B[name]):
+                nn.init.zeros_(b.weight)
+
+    def _channel_shape(self, v: torch.Tensor) -> torch.Tensor:
+        """PEFT stores a conv magnitude as (1, out, 1, ...) and a Linear one as (out,)."""
+        if isinstance(self.base_layer, CONVS):
+            return v.reshape(1, -1, *([1] * (self.base_layer.weight.dim() - 2)))
+        return v
+
+    # -- maths ---------------------------------------------------------------------------
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """``s * B A`` in the shape of the base weight."""
+        w = self.base_layer.weight
+        s = self.scaling[name]
+        if self.slices[name] is None:
+            a, b = self.lora_A[name].weight, self.lora_B[name].weight
+            return (s * (_flat(b) @ _flat(a))).reshape(w.shape)
+        d = w.shape[0] // 3
+        delta = torch.zeros_like(w)
+        for sl in self.slices[name]:  # type: ignore[union-attr]
+            i = "qkv".index(sl)
+            delta[i * d : (i + 1) * d] = s * (self.lora_B[name][sl].weight @ self.lora_A[name][sl].weight)
+        return delta
+
+    def _base_norm_sq(self) -> torch.Tensor:
+        w = self.base_layer.weight
+        key = (w.data_ptr(), w._version)
+        if self._w_norm_sq is None or self._w_norm_sq[:2] != key:
+            self._w_norm_sq = (*key, _flat(w.detach()).pow(2).sum(1))
+        return self._w_norm_sq[2]
+
+    def _row_norm(self, name: str) -> torch.Tensor:
+        """``||W + sBA||`` per output unit without forming ``W + sBA`` (no graph)."""
+        with torch.no_grad():
+            w = _flat(self.base_layer.weight.detach())  # (out, k)
+            a = _flat(self.lora_A[name].weight.detach())  # (r, k)
+            b = _flat(self.lora_B[name].weight.detach())  # (out, r)
+            s = self.scaling[name]
+            aw = a @ w.T  # (r, out)
+            cross = (b * aw.T).sum(1)  # (out,) = diag(B A W^T)
+            quad = ((b @ (a @ a.T)) * b).sum(1)  # (out,) = diag(B A A^T B^T)
+            sq = self._base_norm_sq() + 2 * s * cross + s * s * quad
+            return sq.clamp_min(0).sqrt()
+
+    def _lora_out(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        xd = self.lora_dropout[name](x)
+        if self.slices[name] is None:
+            return self.lora_B[name](self.lora_A[name](xd)) * self.scaling[name]
+        parts = []
+        d = self.base_layer.out_features // 3  # type: ignore[operator]
+        for sl in "qkv":
+            if sl in self.slices[name]:  # type: ignore[operator]
+                parts.append(self.lora_B[name][sl](self.lora_A[name][sl](xd)) * self.scaling[name])
+            else:
+                parts.append(x.new_zeros(*x.shape[:-1], d))
+        return torch.cat(parts, dim=-1)
+
+    def _channel(self, v: torch.Tensor, ndim: int) -> torch.Tensor:
+        """Broadcast a per-output-unit vector over an output of ``ndim`` dims."""
+        if isinstance(self.base_layer, CONVS):
+            return v.reshape(1, -1, *([1] * (ndim - 2)))
+        return v
+
+    def adapted_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.base_layer(x, *args, **kwargs)
+        for name in self.unmerged_active():
+            if name in self.lora_magnitude_vector:
+                g = self.lora_magnitude_vector[name].weight.reshape(-1) / self._row_norm(name)  # (out,)
+                bias = self.base_layer.bias
+                wx = out if bias is None else out - self._channel(bias, out.dim())
+                out = out + self._channel(g - 1, out.dim()) * wx + self._channel(g, out.dim()) * self._lora_out(name, x)
+            else:
+                out = out + self._lora_out(name, x)
+        return out
+
+    def merge_adapter(self, name: str) -> None:
+        w = self.base_layer.weight
+        if name in self.lora_magnitude_vector:
+            g = self.lora_magnitude_vector[name].weight.reshape(-1) / self._row_norm(name)
+            self._dora_scale[name] = g
+            w.data = ((w + self.delta_weight(name)) * g.reshape(-1, *([1] * (w.dim() - 1)))).to(w.dtype)
+        else:
+            w.data += self.delta_weight(name).to(w.dtype)
+
+    def unmerge_adapter(self, name: str) -> None:
+        w = self.base_layer.weight
+        if name in self.lora_magnitude_vector:
+            g = self._dora_scale.pop(name)
+            w.data = (w / g.reshape(-1, *([1] * (w.dim() - 1))) - self.delta_weight(name)).to(w.dtype)
+        else:
+            w.data -= self.delta_weight(name).to(w.dtype)
+
+
+def _leaves(mod: nn.Module) -> list[nn.Module]:
+    return [m for m in mod.modules() if isinstance(m, (nn.Linear, *CONVS))]
+
+
+class LoRA:
+    """The LoRA/DoRA method object (see :func:`build_lora`)."""
+
+    family = "lora"
+    layer_types: tuple[type[nn.Module], ...] = (nn.Linear, *CONVS)
+
+    def __init__(
+        self,
+        r: int,
+        alpha: float,
+        dropout: float,
+        rslora: bool,
+        init: str,
+        use_dora: bool,
+        name: str,
+    ) -> None:
+        if r < 1:
+            raise ConfigError(f"peft.r must be >= 1, got {r}")
+        if init not in INITS:
+            raise ConfigError(f"peft.init: {init!r} is not one of {', '.join(INITS)}")
+        if init in ("pissa", "eva"):
+            raise ConfigError(f"peft.init={init} needs the base weights / activations; not implemented yet, use default")
+        self.r, self.alpha, self.dropout, self.rslora = r, alpha, dropout, rslora
+        self.init, self.use_dora, self.name = init, use_dora, name
+
+    def config(self) -> dict[str, Any]:
+        return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout, "rslora": self.rslora, "init": self.init}
+
+    def wrap(self, module: nn.Module) -> LoraLayer:
+        return LoraLayer(module)
+
+    def add(self, layer: PeftLayer, adapter: str, module_name: str, slices: tuple[str, ...] | None) -> None:
+        assert isinstance(layer, LoraLayer)
+        try:
+            layer.add_lora(adapter, self, slices)
+        except ConfigError as e:
+            raise ConfigError(f"{module_name}: {e}") from None
+
+    def hf_config(self, targets: list[str]) -> dict[str, Any] | None:
+        """PEFT's adapter_config.json fields (the subset PEFT needs to rebuild the adapter)."""
+        return {
+            "peft_type": "LORA",
+            "r": self.r,
+            "lora_alpha": self.alpha,
+            "lora_dropout": self.dropout,
+            "use_rslora": self.rslora,
+            "use_dora": self.use_dora,
+            "target_modules": sorted(targets),
+            "bias": "none",
+            "fan_in_fan_out": False,
+            "init_lora_weights": True,
+            "modules_to_save": None,
+            "task_type": None,
+            "base_model_name_or_path": None,
+            "inference_mode": True,
+        }
+
+
+@PEFT_METHODS.register("lora")
+def build_lora(r: int = 8, alpha: float = 16.0, dropout: float = 0.0, rslora: bool = False, init: str = "default") -> LoRA:
+    """LoRA: ``y = W x + (alpha / r) B A x`` (``alpha / sqrt(r)`` with ``rslora``).
+
+    Args:
+        r: rank.
+        alpha: scaling numerator.
+        dropout: dropout on the adapter's input.
+        rslora: rank-stabilised scaling ``alpha / sqrt(r)``.
+        init: ``default`` (kaiming A, zero B, as PEFT), ``gaussian``, or ``lora_fa`` (A frozen).
+    """
+    return LoRA(r, alpha, dropout, rslora, init, use_dora=False, name="lora")
+
+
+@PEFT_METHODS.register("dora")
+def build_dora(r: int = 8, alpha: float = 16.0, dropout: float = 0.0, rslora: bool = False, init: str = "default") -> LoRA:
+    """DoRA: LoRA's direction update with a learned magnitude per output unit.
+
+    Args:
+        r: rank.
+        alpha: scaling numerator.
+        dropout: dropout on the adapter's input (the base term is not dropped, unlike PEFT).
+        rslora: rank-stabilised scaling.
+        init: as for LoRA.
+    """
+    return LoRA(r, alpha, dropout, rslora, init, use_dora=True, name="dora")
+
+
+def from_hf_config(cfg: dict[str, Any], model: nn.Module) -> tuple[LoRA, list[str]]:
+    """A method and the target module names from a PEFT ``adapter_config.json``."""
+    if cfg.get("peft_type") != "LORA":
+        raise ConfigError(f"cannot load a Hugging Face PEFT adapter of type {cfg.get('peft_type')!r}; only LORA (incl. DoRA)")
+    for key in ("fan_in_fan_out", "layers_to_transform"):
+        if cfg.get(key):
+            raise ConfigError(f"PEFT adapter option {key}={cfg[key]!r} is not supported")
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise ConfigError("PEFT adapters with rank_pattern/alpha_pattern are not supported")
+    method = LoRA(
+        int(cfg["r"]),
+        float(cfg["lora_alpha"]),
+        float(cfg.get("lora_dropout") or 0.0),
+        bool(cfg.get("use_rslora")),
+        "default",
+        use_dora=bool(cfg.get("use_dora")),
+        name="dora" if cfg.get("use_dora") else "lora",
+    )
+    tm = cfg.get("target_modules")
+    names = list(logical_modules(model))
+    if isinstance(tm, str):
+        import re
+
+        targets = [n for n in names if re.fullmatch(tm, n)]
+    else:
+        # PEFT matches a target name against the full module name or its dotted suffix
+        targets = [n for n in names if any(n == t or n.endswith("." + t) for t in tm or [])]
+    targets = [n for n in targets if isinstance(logical_modules(model)[n], LoRA.layer_types)]
+    return method, targets
+
+
+__all__ = ["HF_PREFIX", "LoRA", "LoraLayer", "build_dora", "build_lora", "from_hf_config"]
