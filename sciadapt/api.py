@@ -93,6 +93,7 @@ def test(run: str, data: str | None = None, console: Console | None = None) -> d
     runner._ensure_task(dm, last)
     from sciadapt.runs import load_into, load_weights
 
+    runner._fresh_task(len(cfg["stages"]) - 1)
     load_into(runner.task, load_weights(runner.final_ckpt(last)), runner.final_ckpt(last))
     res = runner.test(None, dm)
     table = Table(title=f"{run_dir} on {dm.describe() if hasattr(dm, 'describe') else 'test split'}")

@@ -21,8 +21,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sciadapt.errors import ConfigError, UnknownComponentError
-from sciadapt.registry import BACKBONES, DATAMODULES, HEADS, TASKS, Registry, suggest
-from sciadapt.stages.spec import TOP_LEVEL, EvaluationSpec, StageSpec, TrainerSpec
+from sciadapt.registry import BACKBONES, DATAMODULES, HEADS, PEFT_METHODS, TASKS, Registry, suggest
+from sciadapt.stages.spec import PEFT_COMMON, TOP_LEVEL, EvaluationSpec, StageSpec, TrainerSpec
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -397,6 +397,8 @@ def validate(cfg: dict[str, Any], source: str | None = None) -> dict[str, Any]:
             )
         if i == 0 and init == "previous":
             problems.append(f"{path}.init_from: the first stage has no previous stage (use scratch or pretrained)")
+        if isinstance(spec.get("peft"), dict):
+            spec["peft"] = _check_peft(spec["peft"], f"{path}.peft", problems)
         if isinstance(spec.get("data"), dict) and isinstance(out.get("data"), dict):
             merged = {**{k: v for k, v in out["data"].items()}, **spec["data"]}
             merged.pop("name", None)
@@ -414,6 +416,43 @@ def validate(cfg: dict[str, Any], source: str | None = None) -> dict[str, Any]:
     if problems:
         raise ConfigError(problems, source=source)
     return out
+
+
+def _check_peft(block: dict[str, Any], path: str, problems: list[str]) -> dict[str, Any]:
+    """A stage's ``peft:`` block: common keys plus the method builder's parameters."""
+    block = dict(block)
+    method = block.get("method")
+    if method is None:
+        problems.append(f"{path}.method: required; one of {', '.join(PEFT_METHODS.list())}")
+        return block
+    try:
+        fn = PEFT_METHODS.get(str(method))
+    except UnknownComponentError as e:
+        problems.append(f"{path}.method: {e}")
+        return block
+    common = {k: block.pop(k) for k in list(block) if k in PEFT_COMMON}
+    schema = builder_schema(fn)
+    for key in block:
+        if key not in schema:
+            valid = [*PEFT_COMMON, *schema]
+            problems.append(
+                f"{path}.{key}: unknown key for {method}.{suggest(key, valid)} Valid keys: {', '.join(valid)}"
+            )
+    checked = _check_fields(schema, {k: v for k, v in block.items() if k in schema}, path, problems)
+    for key in ("targets", "layer_types"):
+        if key in common and common[key] is not None:
+            common[key] = _check_type(common[key], list[str], f"{path}.{key}", problems)
+    if "merge_after" in common:
+        _check_type(common["merge_after"], bool, f"{path}.merge_after", problems)
+    return {
+        "method": method,
+        "adapter_name": None,
+        "targets": None,
+        "layer_types": None,
+        "merge_after": False,
+        **common,
+        **checked,
+    }
 
 
 def _check_choice(value: Any, choices: tuple[str, ...], path: str, problems: list[str]) -> None:

@@ -75,9 +75,7 @@ class PeftLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         if self.disabled and self.merged:
-            raise RuntimeError(
-                f"adapters {self.merged} are merged into this layer; unmerge() before disabling them"
-            )
+            raise RuntimeError(f"adapters {self.merged} are merged into this layer; unmerge() before disabling them")
         return self.adapted_forward(x, *args, **kwargs)
 
     def adapted_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -493,14 +491,18 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
     return json.loads(meta["sciadapt"]) if "sciadapt" in meta else None
 
 
-def load_adapter(model: nn.Module, directory: str | Path, adapter: str = "default", check_base: bool = True) -> list[str]:
+def load_adapter(
+    model: nn.Module, directory: str | Path, adapter: str = "default", check_base: bool = True
+) -> list[str]:
     """Attach and fill an adapter saved by sciadapt or by Hugging Face PEFT (LoRA / DoRA)."""
     from safetensors.torch import load_file
 
     d = Path(directory)
     cfg_path, weights_path = d / "adapter_config.json", d / "adapter_model.safetensors"
     if not cfg_path.is_file() or not weights_path.is_file():
-        raise CheckpointError(f"{d} is not an adapter directory (needs adapter_config.json + adapter_model.safetensors)")
+        raise CheckpointError(
+            f"{d} is not an adapter directory (needs adapter_config.json + adapter_model.safetensors)"
+        )
     cfg = json.loads(cfg_path.read_text())
     ours = _read_meta(weights_path)
     if ours:
@@ -518,7 +520,11 @@ def load_adapter(model: nn.Module, directory: str | Path, adapter: str = "defaul
     buffers = dict(model.named_buffers())
     own = {_hf_key(n, adapter): n for n in adapter_param_names(model, adapter)}
     missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own and k.removeprefix(HF_PREFIX) not in params and k.removeprefix(HF_PREFIX) not in buffers]
+    extra = [
+        k
+        for k in state
+        if k not in own and k.removeprefix(HF_PREFIX) not in params and k.removeprefix(HF_PREFIX) not in buffers
+    ]
     if missing or extra:
         raise CheckpointError(
             f"adapter {d} does not fit this model: missing {missing[:4]}{' ...' if len(missing) > 4 else ''}, "

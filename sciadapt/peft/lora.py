@@ -18,7 +18,6 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sciadapt.errors import ConfigError
@@ -78,7 +77,9 @@ class LoraLayer(PeftLayer):
     def add_lora(self, name: str, method: LoRA, slices: tuple[str, ...] | None) -> None:
         base = self.base_layer
         if isinstance(base, CONVS) and base.groups != 1:
-            raise ConfigError(f"{method.name} on grouped/depthwise convolutions (groups={base.groups}) is not supported")
+            raise ConfigError(
+                f"{method.name} on grouped/depthwise convolutions (groups={base.groups}) is not supported"
+            )
         w = base.weight
         max_rank = min(_flat(w).shape) if slices is None else min(w.shape[0] // 3, w.shape[1])
         if method.r > max_rank:
@@ -237,7 +238,9 @@ class LoRA:
         if init not in INITS:
             raise ConfigError(f"peft.init: {init!r} is not one of {', '.join(INITS)}")
         if init in ("pissa", "eva"):
-            raise ConfigError(f"peft.init={init} needs the base weights / activations; not implemented yet, use default")
+            raise ConfigError(
+                f"peft.init={init} needs the base weights / activations; not implemented yet, use default"
+            )
         self.r, self.alpha, self.dropout, self.rslora = r, alpha, dropout, rslora
         self.init, self.use_dora, self.name = init, use_dora, name
 
@@ -275,7 +278,9 @@ class LoRA:
 
 
 @PEFT_METHODS.register("lora")
-def build_lora(r: int = 8, alpha: float = 16.0, dropout: float = 0.0, rslora: bool = False, init: str = "default") -> LoRA:
+def build_lora(
+    r: int = 8, alpha: float = 16.0, dropout: float = 0.0, rslora: bool = False, init: str = "default"
+) -> LoRA:
     """LoRA: ``y = W x + (alpha / r) B A x`` (``alpha / sqrt(r)`` with ``rslora``).
 
     Args:
@@ -289,7 +294,9 @@ def build_lora(r: int = 8, alpha: float = 16.0, dropout: float = 0.0, rslora: bo
 
 
 @PEFT_METHODS.register("dora")
-def build_dora(r: int = 8, alpha: float = 16.0, dropout: float = 0.0, rslora: bool = False, init: str = "default") -> LoRA:
+def build_dora(
+    r: int = 8, alpha: float = 16.0, dropout: float = 0.0, rslora: bool = False, init: str = "default"
+) -> LoRA:
     """DoRA: LoRA's direction update with a learned magnitude per output unit.
 
     Args:
@@ -305,7 +312,9 @@ def build_dora(r: int = 8, alpha: float = 16.0, dropout: float = 0.0, rslora: bo
 def from_hf_config(cfg: dict[str, Any], model: nn.Module) -> tuple[LoRA, list[str]]:
     """A method and the target module names from a PEFT ``adapter_config.json``."""
     if cfg.get("peft_type") != "LORA":
-        raise ConfigError(f"cannot load a Hugging Face PEFT adapter of type {cfg.get('peft_type')!r}; only LORA (incl. DoRA)")
+        raise ConfigError(
+            f"cannot load a Hugging Face PEFT adapter of type {cfg.get('peft_type')!r}; only LORA (incl. DoRA)"
+        )
     for key in ("fan_in_fan_out", "layers_to_transform"):
         if cfg.get(key):
             raise ConfigError(f"PEFT adapter option {key}={cfg[key]!r} is not supported")

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 import yaml
 
-from sciadapt.config import build_datamodule, build_task, data_facts, validate
+from sciadapt.config import build_datamodule, data_facts, validate
 from sciadapt.errors import CheckpointError
 from sciadapt.runs import atomic_write_bytes, atomic_write_text, load_into, load_weights, read_json
 
@@ -32,7 +32,9 @@ def predict_run(run_dir: Path, data: str | None, out: Path) -> Path:
     dm = build_datamodule(cfg, -1)
     dm.load_scaler_state(read_json(scaler))
     inputs = dm.predict_inputs(data)
-    task = build_task(cfg, data_facts(dm))
+    from sciadapt.stages.runner import task_for_stage
+
+    task = task_for_stage(cfg, data_facts(dm), len(cfg["stages"]) - 1)
     load_into(task, load_weights(ckpt), ckpt)
     task.eval()
     with torch.no_grad():

@@ -79,6 +79,64 @@ def apply_trainable(model: torch.nn.Module, trainable: list[str], frozen: list[s
 
 
 # ---------------------------------------------------------------------------------------------
+# PEFT in stages
+
+
+def effective_init(cfg: dict[str, Any], i: int) -> str:
+    init = cfg["stages"][i].get("init_from")
+    if init is None:
+        init = "previous" if i > 0 else ("pretrained" if cfg["backbone"].get("weights") else "scratch")
+    return str(init)
+
+
+def adapter_name(cfg: dict[str, Any], i: int) -> str:
+    pf = cfg["stages"][i]["peft"]
+    return str(pf.get("adapter_name") or cfg["stages"][i]["name"])
+
+
+def attach_stage_peft(task: torch.nn.Module, cfg: dict[str, Any], i: int) -> str:
+    """Attach stage ``i``'s adapter; its initial values depend only on (seed, stage)."""
+    from sciadapt.peft import core as peft_core
+    from sciadapt.registry import PEFT_METHODS
+    from sciadapt.stages.spec import PEFT_COMMON
+
+    spec = cfg["stages"][i]
+    pf = spec["peft"]
+    name = adapter_name(cfg, i)
+    method = PEFT_METHODS.build(pf["method"], **{k: v for k, v in pf.items() if k not in PEFT_COMMON})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg["seed"] * 7919 + i * 104_729 + 17)
+        peft_core.attach(
+            task, method, name, pf.get("targets"), pf.get("layer_types"), where=f"stages[{i}] ({spec['name']}).peft"
+        )
+    return name
+
+
+def live_adapter_stages(cfg: dict[str, Any], j: int) -> list[int]:
+    """Indices of the stages whose (unmerged) adapters are part of the model after stage ``j``."""
+    names = [s["name"] for s in cfg["stages"]]
+    live: list[int] = []
+    for k in range(j + 1):
+        init = effective_init(cfg, k)
+        if init.startswith("stage:"):
+            live = live_adapter_stages(cfg, names.index(init[6:]))
+        elif init not in ("previous", "pretrained"):
+            live = []  # scratch or a plain checkpoint: the base structure
+        pf = cfg["stages"][k].get("peft")
+        if pf and not pf.get("merge_after"):
+            live.append(k)
+    return live
+
+
+def task_for_stage(cfg: dict[str, Any], facts: dict[str, Any], j: int) -> Any:
+    """A fresh task whose module structure matches the final checkpoint of stage ``j``."""
+    task = build_task(cfg, facts)
+    for k in live_adapter_stages(cfg, j):
+        attach_stage_peft(task, cfg, k)
+    return task
+
+
+# ---------------------------------------------------------------------------------------------
 # callbacks
 
 
@@ -172,7 +230,24 @@ class PipelineRunner:
         for i, spec in enumerate(self.cfg["stages"]):
             dm = self._datamodule(i)
             self._ensure_task(dm, spec["name"])
-            apply_trainable(self.task, spec["trainable"], spec["frozen"], f"stages[{i}] ({spec['name']})")
+            where = f"stages[{i}] ({spec['name']})"
+            apply_trainable(self.task, self._trainable(spec), spec["frozen"], where)
+            pf = spec.get("peft")
+            if pf:
+                from sciadapt.peft import core as peft_core
+                from sciadapt.registry import PEFT_METHODS
+                from sciadapt.stages.spec import PEFT_COMMON
+
+                method = PEFT_METHODS.build(pf["method"], **{k: v for k, v in pf.items() if k not in PEFT_COMMON})
+                peft_core.find_targets(
+                    self.task, method, pf.get("targets"), pf.get("layer_types"), where=f"{where}.peft.targets"
+                )
+
+    @staticmethod
+    def _trainable(spec: dict[str, Any]) -> list[str]:
+        if spec.get("trainable") is not None:
+            return list(spec["trainable"])
+        return ["head"] if spec.get("peft") else ["*"]
 
     @classmethod
     def resume(cls, run_dir: Path, cfg: dict[str, Any] | None = None, console: Any = None) -> PipelineRunner:
@@ -234,18 +309,22 @@ class PipelineRunner:
                 "so every stage's data must keep context_length, horizon and the exogenous columns"
             )
 
+    def _fresh_task(self, structure_of: int) -> None:
+        data_signature = self.task.data_signature
+        self.task = task_for_stage(self.cfg, self.facts or {}, structure_of)
+        self.task.seed = self.cfg["seed"]
+        self.task.data_signature = data_signature
+
     def _init_weights(self, i: int, spec: dict[str, Any]) -> None:
-        init = spec.get("init_from")
-        if init is None:
-            init = "previous" if i > 0 else ("pretrained" if self.cfg["backbone"].get("weights") else "scratch")
+        init = effective_init(self.cfg, i)
         if init == "scratch":
             if i > 0:
-                self.task = build_task(self.cfg, self.facts or {})
-                self.task.seed = self.cfg["seed"]
+                self._fresh_task(-1)
             return
         if init == "previous":
             prev = self.cfg["stages"][i - 1]["name"]
             if self._weights_stage != prev:  # resumed: the previous stage's weights are on disk only
+                self._fresh_task(i - 1)
                 load_into(self.task, load_weights(self.final_ckpt(prev)), self.final_ckpt(prev))
             return
         if init == "pretrained":
@@ -256,8 +335,10 @@ class PipelineRunner:
             return
         if init.startswith("stage:"):
             path = self.final_ckpt(init[6:])
+            self._fresh_task([s["name"] for s in self.cfg["stages"]].index(init[6:]))
         else:
             path = Path(init)
+            self._fresh_task(-1)
         self._check_signature(path)
         load_into(self.task, load_weights(path), path)
 
@@ -332,7 +413,16 @@ class PipelineRunner:
             dm = self._datamodule(i)
             self._ensure_task(dm, name)
             self._init_weights(i, spec)
-            n_train, n_total = apply_trainable(self.task, spec["trainable"], spec["frozen"], f"stages[{i}] ({name})")
+            where = f"stages[{i}] ({name})"
+            n_train, n_total = apply_trainable(self.task, self._trainable(spec), spec["frozen"], where)
+            adapter = None
+            if spec.get("peft"):
+                from sciadapt.peft import core as peft_core
+
+                adapter = attach_stage_peft(self.task, self.cfg, i)
+                n_train, n_total = peft_core.mark_trainable(
+                    self.task, adapter, also=[p for p in self._trainable(spec) if p not in spec["frozen"]]
+                )
             self.task.stage = spec
             self.task.stage_index = i
             self._print(
@@ -376,6 +466,12 @@ class PipelineRunner:
             seconds = time.perf_counter() - t0
             if spec.get("restore_best") and ckpt_cb.best_model_path:
                 load_into(self.task, load_weights(Path(ckpt_cb.best_model_path)), ckpt_cb.best_model_path)
+            if adapter is not None:
+                from sciadapt.peft import core as peft_core
+
+                peft_core.save_adapter(self.task, self.run_dir / "adapters" / name, adapter)
+                if spec["peft"].get("merge_after"):
+                    peft_core.merge_and_drop(self.task, adapter)
             trainer.save_checkpoint(str(self.final_ckpt(name)), weights_only=True)
             stage_summary: dict[str, Any] = {
                 "trainable_params": n_train,
@@ -432,7 +528,9 @@ class PipelineRunner:
         rows = []
         for b in ev.get("baselines") or []:
             rows.append({"model": b.replace("_", "-"), **self._baseline(dm, b)})
+        order = [s["name"] for s in self.cfg["stages"]]
         for name in names:
+            self._fresh_task(order.index(name))
             load_into(self.task, load_weights(self.final_ckpt(name)), self.final_ckpt(name))
             rows.append({"model": labels.get(name, name), "stage": name, **self.test(None, dm)})
         test_windows = len(dm.test_dataloader().dataset)

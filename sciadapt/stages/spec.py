@@ -52,8 +52,11 @@ class StageSpec:
     max_steps: int | None = None
     limit_train_batches: int | None = None  # batches per epoch (None = all)
     limit_val_batches: int | None = None
-    trainable: list[str] = field(default_factory=lambda: ["*"])  # globs over parameter names
-    frozen: list[str] = field(default_factory=list)  # globs; win over `trainable`
+    # globs over parameter names; default: everything, or only the head in a PEFT stage
+    trainable: list[str] | None = None
+    frozen: list[str] = field(default_factory=list)  # globs; win over `trainable` (never over adapters)
+    # {method: lora, r: 8, targets: [...], adapter_name: <stage name>, merge_after: false, ...}
+    peft: dict[str, Any] | None = None
     optim: OptimSpec = field(default_factory=OptimSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     gradient_clip_val: float | None = None
@@ -95,6 +98,15 @@ class EvaluationSpec:
     baselines: list[str] = field(default_factory=lambda: ["seasonal_naive"])
     metrics: list[str] = field(default_factory=lambda: ["mse", "mae", "mase", "smape"])
 
+
+# keys of a stage's `peft:` block that are not parameters of the method's builder
+PEFT_COMMON = {
+    "method": str,
+    "adapter_name": str,
+    "targets": list,
+    "layer_types": list,
+    "merge_after": bool,
+}
 
 # top-level keys of a pipeline YAML; data/backbone/head/task are registered components
 TOP_LEVEL = {

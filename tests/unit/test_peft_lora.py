@@ -95,7 +95,10 @@ def _models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
         "Linear": (nn.Sequential(nn.Linear(12, 10), nn.GELU(), nn.Linear(10, 6)), torch.randn(5, 12)),
         "Conv1d": (nn.Sequential(nn.Conv1d(3, 6, 3, padding=1), nn.GELU(), nn.Conv1d(6, 4, 3)), torch.randn(2, 3, 16)),
         "Conv2d": (nn.Sequential(nn.Conv2d(3, 6, 3, stride=2), nn.GELU(), nn.Conv2d(6, 4, 1)), torch.randn(2, 3, 9, 9)),
-        "Conv3d": (nn.Sequential(nn.Conv3d(2, 6, (2, 3, 3)), nn.GELU(), nn.Conv3d(6, 4, 1)), torch.randn(2, 2, 4, 7, 7)),
+        "Conv3d": (
+            nn.Sequential(nn.Conv3d(2, 6, (2, 3, 3)), nn.GELU(), nn.Conv3d(6, 4, 1)),
+            torch.randn(2, 2, 4, 7, 7),
+        ),
     }
 
 
