@@ -189,16 +189,17 @@ class BottleneckLayer(PeftLayer):
         self.kind[name] = method.name
         self.scale[name] = method.scale
         fk = factory_kwargs(self.base_layer)
-        self.adapter_down[name] = nn.Linear(d_out, method.bottleneck, **fk)
-        self.adapter_up[name] = nn.Linear(method.bottleneck, d_out, **fk)
-        self.adapter_act[name] = ACTIVATIONS[method.activation]()
-        self.adapter_dropout[name] = nn.Dropout(method.dropout) if method.dropout > 0 else nn.Identity()
+        down = nn.Linear(d_out, method.bottleneck, **fk)
+        up = nn.Linear(method.bottleneck, d_out, **fk)
         with torch.no_grad():
             # down keeps torch's kaiming-uniform init (as AdaptFormer); zero biases and a zero up
             # make the branch exactly 0, so the adapted model starts as the base model
-            nn.init.zeros_(self.adapter_down[name].bias)
-            nn.init.zeros_(self.adapter_up[name].weight)
-            nn.init.zeros_(self.adapter_up[name].bias)
+            nn.init.zeros_(down.bias)
+            nn.init.zeros_(up.weight)
+            nn.init.zeros_(up.bias)
+        self.adapter_down[name], self.adapter_up[name] = down, up
+        self.adapter_act[name] = ACTIVATIONS[method.activation]()
+        self.adapter_dropout[name] = nn.Dropout(method.dropout) if method.dropout > 0 else nn.Identity()
 
     def _branch(self, name: str, z: torch.Tensor) -> torch.Tensor:
         if z.shape[-1] != self.width:

@@ -55,7 +55,7 @@ class PeftLayer(nn.Module):
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
-        self.base_layer = base_layer
+        self.base_layer: Any = base_layer  # duck-typed: weight/bias/in_features differ per layer type
         self.adapters: list[str] = []
         self.active: list[str] = []
         self.merged: list[str] = []
@@ -298,7 +298,7 @@ def attach(
 def _methods(model: nn.Module) -> dict[str, Any]:
     if not hasattr(model, "_sciadapt_adapters"):
         object.__setattr__(model, "_sciadapt_adapters", {})
-    return model._sciadapt_adapters  # type: ignore[no-any-return]
+    return model.__dict__["_sciadapt_adapters"]  # type: ignore[no-any-return]
 
 
 def peft_layers(model: nn.Module) -> dict[str, PeftLayer]:
@@ -533,7 +533,7 @@ def load_adapter(
     with torch.no_grad():
         for key, tensor in state.items():
             name = own.get(key) or key.removeprefix(HF_PREFIX)
-            target = params.get(name)
+            target: torch.Tensor | None = params.get(name)
             if target is None:
                 target = buffers[name]
             if tuple(target.shape) != tuple(tensor.shape):

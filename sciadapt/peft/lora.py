@@ -47,10 +47,11 @@ class LoraLayer(PeftLayer):
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
-        self.lora_A = nn.ModuleDict()
-        self.lora_B = nn.ModuleDict()
-        self.lora_dropout = nn.ModuleDict()
-        self.lora_magnitude_vector = nn.ModuleDict()
+        # typed Any: entries are Linear/ConvNd or per-slice ModuleDicts
+        self.lora_A: Any = nn.ModuleDict()
+        self.lora_B: Any = nn.ModuleDict()
+        self.lora_dropout: Any = nn.ModuleDict()
+        self.lora_magnitude_vector: Any = nn.ModuleDict()
         self.scaling: dict[str, float] = {}
         self.slices: dict[str, tuple[str, ...] | None] = {}
         self._dora_scale: dict[str, torch.Tensor] = {}  # m / ||W + sBA|| at merge time
@@ -213,7 +214,7 @@ class LoraLayer(PeftLayer):
             w.data -= self.delta_weight(name).to(w.dtype)
 
 
-def _leaves(mod: nn.Module) -> list[nn.Module]:
+def _leaves(mod: nn.Module) -> list[Any]:
     return [m for m in mod.modules() if isinstance(m, (nn.Linear, *CONVS))]
 
 

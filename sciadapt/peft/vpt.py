@@ -8,7 +8,7 @@ Target the transformer *blocks* (``re:blocks\\.\\d+``). The caller always sees N
   blocks after it carry them along, and the last targeted block drops them.
 
 "First" and "last" are in the order ``attach`` adds the targets (module order for a single
-pattern). Prompts change the output from the start (the tokens attend), so unlike the other
+pattern); targets listed against their run order (``["blocks.2", "blocks.0"]``) are refused. Prompts change the output from the start (the tokens attend), so unlike the other
 methods an adapted model does not equal its base at init; ``core.enable(model, False)`` does.
 Not mergeable: prompts are inputs, not a weight update.
 
@@ -119,6 +119,24 @@ class VptLayer(PeftLayer):
         return y if rest is None else (y, *rest)
 
 
+def _check_run_order(before: str, after: str) -> None:
+    """Refuse shallow targets listed against the order their blocks run, where the names show it.
+
+    Shallow roles follow the order ``attach`` adds the targets, which is the order of the
+    patterns. Where two names first differ in an index (``blocks.2`` vs ``blocks.0``) the
+    smaller index runs first (ModuleList/Sequential order); other names cannot tell, so pass.
+    """
+    for a, b in zip(before.split("."), after.split("."), strict=False):
+        if a != b:
+            if a.isdigit() and b.isdigit() and int(b) < int(a):
+                raise ConfigError(
+                    f"peft.targets: shallow vpt adds its prompts at the first target and drops them after the "
+                    f"last, in the order the targets are listed, but {after} is listed after {before}, which "
+                    "runs later; list the blocks in the order they run (or use one pattern, e.g. 're:blocks\\.\\d+')"
+                )
+            return
+
+
 class VPT:
     """The visual-prompt-tuning method object (see :func:`build_vpt`)."""
 
@@ -154,9 +172,11 @@ class VPT:
         if slices is not None:
             raise ConfigError(f"{module_name}: vpt adapts whole blocks; drop the [q,k,v] slice")
         first = note_target(self._seen, adapter, module_name, self.name)
-        prev = None if first else self._last[adapter]()
-        if not (first or prev is not None):
+        prev = None if first or self.deep else self._last[adapter]()
+        if not (first or self.deep or prev is not None):
             raise RuntimeError(f"vpt: the block before {module_name} was freed during attach")
+        if prev is not None:
+            _check_run_order(self._seen[adapter][-2], module_name)
         layer.add_prompts(adapter, self, module_name, first)
         if not self.deep:
             if prev is not None:
