@@ -1,3 +1,3 @@
 """Parameter-efficient fine-tuning: the core plus one file per method."""
 
-from sciadapt.peft import lora  # noqa: F401
+from sciadapt.peft import adapters, lora, vpt  # noqa: F401

@@ -223,6 +223,9 @@ def find_targets(
                 f"Module names look like {', '.join(list(modules)[:4])}"
             )
             continue
+        if getattr(method, "whole_modules", False):
+            # `blocks.*` means the blocks, not every module inside them (fnmatch's * crosses dots)
+            names = [n for n in names if not any(n.startswith(m + ".") for m in names)]
         usable = [n for n in names if isinstance(_base_of(modules[n]), allowed)]
         if not usable:
             kinds = sorted({type(_base_of(modules[n])).__name__ for n in names})
@@ -242,7 +245,8 @@ def find_targets(
             found[n] = Target(n, modules[n], slices)
     if problems:
         raise ConfigError(problems)
-    return list(found.values())
+    order = {n: i for i, n in enumerate(modules)}
+    return sorted(found.values(), key=lambda t: order[t.name])
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -264,6 +268,8 @@ def attach(
     Everything is checked before the model is touched, so a bad target leaves it unchanged.
     """
     found = find_targets(model, method, targets, layer_types, where=f"{where}.targets")
+    if hasattr(method, "check_targets"):
+        method.check_targets(model, found, adapter)
     family = getattr(method, "family", method.name)
     for t in found:
         if isinstance(t.module, PeftLayer) and adapter in t.module.adapters:
@@ -365,7 +371,8 @@ def adapter_param_names(model: nn.Module, adapter: str) -> list[str]:
             if pname.startswith("base_layer."):
                 continue  # the base module's own tensors, or an inner wrapper's adapters
             parts = pname.split(".")
-            if adapter in parts:
+            # every method keys its per-adapter tensors as <attribute>.<adapter>[...]
+            if len(parts) > 1 and parts[1] == adapter:
                 out.append(f"{lname}.{pname}")
     return out
 
@@ -376,6 +383,8 @@ def mark_trainable(model: nn.Module, adapter: str, also: list[str] | None = None
     n_train = n_total = 0
     for name, p in model.named_parameters():
         on = name in own or any(fnmatch.fnmatchcase(name, a) or name.startswith(a + ".") for a in also or [])
+        # a method may pin some of its own tensors (LoRA-FA's A): they stay frozen
+        on = on and not getattr(p, "_sciadapt_frozen", False)
         p.requires_grad_(on)
         n_total += p.numel()
         n_train += p.numel() if on else 0
@@ -397,13 +406,28 @@ def fingerprint(model: nn.Module, targets: list[str]) -> dict[str, Any]:
     tensors: dict[str, list[int]] = {}
     digest = hashlib.sha256()
     for name in sorted(targets):
-        base = _base_of(logical_modules(model)[name])
-        for pname, p in sorted(base.named_parameters(recurse=False)):
+        for pname, p in _base_params(logical_modules(model)[name]):
             key = f"{name}.{pname}"
             tensors[key] = list(p.shape)
             digest.update(key.encode())
             digest.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return {"tensors": tensors, "sha256": digest.hexdigest()}
+
+
+def _base_params(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The base tensors under a (possibly wrapped) module, named without ``.base_layer``,
+    excluding every adapter's own tensors — what an adapter's fingerprint covers."""
+    adapter_owned: set[int] = set()
+    for m in module.modules():
+        if isinstance(m, PeftLayer):
+            for pname, p in m.named_parameters():
+                if not pname.startswith("base_layer."):
+                    adapter_owned.add(id(p))
+    out = []
+    for pname, p in module.named_parameters():
+        if id(p) not in adapter_owned:
+            out.append((pname.replace("base_layer.", ""), p))
+    return sorted(out, key=lambda kv: kv[0])
 
 
 def _summaries(model: nn.Module, targets: list[str]) -> dict[str, list[float]]:
@@ -414,8 +438,7 @@ def _summaries(model: nn.Module, targets: list[str]) -> dict[str, list[float]]:
     """
     out = {}
     for name in sorted(targets):
-        base = _base_of(logical_modules(model)[name])
-        for pname, p in sorted(base.named_parameters(recurse=False)):
+        for pname, p in _base_params(logical_modules(model)[name]):
             w = p.detach().to("cpu", torch.float64).flatten()
             idx = torch.linspace(0, w.numel() - 1, min(16, w.numel())).long()
             stats = [w.mean().item(), w.std().item() if w.numel() > 1 else 0.0, w.abs().max().item()]

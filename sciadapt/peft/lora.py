@@ -15,9 +15,11 @@ backward pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sciadapt.errors import ConfigError
@@ -113,6 +115,8 @@ class LoraLayer(PeftLayer):
         if method.init == "lora_fa":
             for p in self.lora_A[name].parameters():
                 p.requires_grad_(False)
+                # read by core.mark_trainable, which otherwise trains every adapter tensor
+                p._sciadapt_frozen = True  # type: ignore[attr-defined]
 
     def _init(self, name: str, init: str) -> None:
         with torch.no_grad():
@@ -233,20 +237,30 @@ class LoRA:
         init: str,
         use_dora: bool,
         name: str,
+        eva_batches: int = 4,
     ) -> None:
         if r < 1:
             raise ConfigError(f"peft.r must be >= 1, got {r}")
         if init not in INITS:
             raise ConfigError(f"peft.init: {init!r} is not one of {', '.join(INITS)}")
-        if init in ("pissa", "eva"):
+        if init == "pissa":
             raise ConfigError(
-                f"peft.init={init} needs the base weights / activations; not implemented yet, use default"
+                "peft.init=pissa is not available yet (it rewrites the base weights, which the adapter "
+                "format must then carry); use default, gaussian, eva or lora_fa"
             )
         self.r, self.alpha, self.dropout, self.rslora = r, alpha, dropout, rslora
         self.init, self.use_dora, self.name = init, use_dora, name
+        self.eva_batches = eva_batches
 
     def config(self) -> dict[str, Any]:
-        return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout, "rslora": self.rslora, "init": self.init}
+        return {
+            "r": self.r,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            "rslora": self.rslora,
+            "init": self.init,
+            "eva_batches": self.eva_batches,
+        }
 
     def wrap(self, module: nn.Module) -> LoraLayer:
         return LoraLayer(module)
@@ -280,7 +294,12 @@ class LoRA:
 
 @PEFT_METHODS.register("lora")
 def build_lora(
-    r: int = 8, alpha: float = 16.0, dropout: float = 0.0, rslora: bool = False, init: str = "default"
+    r: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    rslora: bool = False,
+    init: str = "default",
+    eva_batches: int = 4,
 ) -> LoRA:
     """LoRA: ``y = W x + (alpha / r) B A x`` (``alpha / sqrt(r)`` with ``rslora``).
 
@@ -289,14 +308,22 @@ def build_lora(
         alpha: scaling numerator.
         dropout: dropout on the adapter's input.
         rslora: rank-stabilised scaling ``alpha / sqrt(r)``.
-        init: ``default`` (kaiming A, zero B, as PEFT), ``gaussian``, or ``lora_fa`` (A frozen).
+        init: ``default`` (kaiming A, zero B, as PEFT), ``gaussian``, ``eva`` (A from the top right
+            singular vectors of each layer's inputs on ``eva_batches`` training batches) or ``lora_fa``
+            (A frozen, only B trains).
+        eva_batches: training batches whose activations initialise A when ``init=eva``.
     """
-    return LoRA(r, alpha, dropout, rslora, init, use_dora=False, name="lora")
+    return LoRA(r, alpha, dropout, rslora, init, use_dora=False, name="lora", eva_batches=eva_batches)
 
 
 @PEFT_METHODS.register("dora")
 def build_dora(
-    r: int = 8, alpha: float = 16.0, dropout: float = 0.0, rslora: bool = False, init: str = "default"
+    r: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    rslora: bool = False,
+    init: str = "default",
+    eva_batches: int = 4,
 ) -> LoRA:
     """DoRA: LoRA's direction update with a learned magnitude per output unit.
 
@@ -306,8 +333,67 @@ def build_dora(
         dropout: dropout on the adapter's input (the base term is not dropped, unlike PEFT).
         rslora: rank-stabilised scaling.
         init: as for LoRA.
+        eva_batches: as for LoRA.
     """
-    return LoRA(r, alpha, dropout, rslora, init, use_dora=True, name="dora")
+    return LoRA(r, alpha, dropout, rslora, init, use_dora=True, name="dora", eva_batches=eva_batches)
+
+
+def eva_init(
+    model: nn.Module, adapter: str, inputs: Iterable[torch.Tensor], forward: Any, max_rows: int = 16384
+) -> int:
+    """EVA (Paischer et al. 2024): set each LoRA ``A`` to the top-``r`` right singular vectors of
+    the (centred) inputs the layer sees on a few batches; ``B`` stays zero, so outputs are unchanged.
+
+    Ranks stay uniform (EVA's explained-variance rank redistribution is not applied).
+    Returns the number of layers initialised.
+    """
+    from sciadapt.peft.core import peft_layers
+
+    layers = {n: m for n, m in peft_layers(model).items() if isinstance(m, LoraLayer) and adapter in m.adapters}
+    rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
+
+    def hook(name: str, layer: LoraLayer) -> Any:
+        def grab(_mod: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0].detach()
+            base = layer.base_layer
+            if isinstance(base, nn.Linear):
+                flat = x.reshape(-1, x.shape[-1])  # (N, in)
+            elif isinstance(base, nn.Conv2d):
+                pad: Any = base.padding
+                cols = F.unfold(x, base.kernel_size, base.dilation, pad, base.stride)  # (B, in*k*k, P)
+                flat = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+            else:
+                raise ConfigError(f"{name}: init=eva supports Linear and Conv2d layers, not {type(base).__name__}")
+            if sum(len(r) for r in rows[name]) < max_rows:
+                rows[name].append(flat[:max_rows])
+
+        return grab
+
+    handles = [m.register_forward_pre_hook(hook(n, m)) for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            for x in inputs:
+                forward(x)
+    finally:
+        for h in handles:
+            h.remove()
+    done = 0
+    with torch.no_grad():
+        for name, layer in layers.items():
+            if not rows[name] or layer.slices[adapter] is not None:
+                continue
+            acts = torch.cat(rows[name]).double()
+            acts = acts - acts.mean(0, keepdim=True)
+            _, _, vh = torch.linalg.svd(acts, full_matrices=False)  # (min(N, in), in)
+            a = layer.lora_A[adapter].weight
+            r = a.shape[0]
+            if vh.shape[0] < r:
+                raise ConfigError(
+                    f"{name}: init=eva saw {vh.shape[0]} activation rows, fewer than r={r}; raise eva_batches"
+                )
+            a.copy_(vh[:r].reshape(a.shape).to(a.dtype))
+            done += 1
+    return done
 
 
 def from_hf_config(cfg: dict[str, Any], model: nn.Module) -> tuple[LoRA, list[str]]:

@@ -76,7 +76,8 @@ class NormTuningLayer(PeftLayer):
 
     def _reference(self, attr: str, current: torch.Tensor) -> torch.Tensor:
         """What adapter deltas are measured from: the pre-merge originals, else the base itself."""
-        return self._origin[attr] if self._origin is not None else current.detach()
+        # .to(): the originals are plain attributes and stay behind when the model is moved
+        return self._origin[attr].to(current) if self._origin is not None else current.detach()
 
     def _combined(self, attr: str, names: list[str], base: torch.Tensor) -> torch.Tensor:
         """``base + sum_k (p_k - p0)`` for the adapters ``names``."""
@@ -111,6 +112,7 @@ class NormTuningLayer(PeftLayer):
         for attr, p0 in self._origin.items():
             target = _param(m, attr)
             assert target is not None
+            p0 = p0.to(target)
             if not merged:
                 target.copy_(p0)
             elif len(merged) == 1:
@@ -136,11 +138,12 @@ class NormTuningLayer(PeftLayer):
             # its delta, and every other adapter's copy with them, so their deltas stay the same.
             with torch.no_grad():
                 for attr, p0 in self._origin.items():
-                    delta = getattr(self.ln_tuning_layers[name], attr) - p0
+                    copy = getattr(self.ln_tuning_layers[name], attr)
+                    delta = copy - p0.to(copy)
                     for other in self.adapters:
                         if other != name:
                             getattr(self.ln_tuning_layers[other], attr).add_(delta)
-                    p0.add_(delta)
+                    p0.add_(delta.to(p0))
         super().drop_adapter(name)
         if not self.merged:
             self._origin = None

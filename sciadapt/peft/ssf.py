@@ -68,18 +68,22 @@ def _tensor(module: nn.Module, name: str) -> torch.Tensor | None:
 
 
 def _like(v: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """A per-channel (or one-element) vector in the shape and dtype of a bias-like ``target``."""
+    """A per-channel (or one-element) vector in the shape, dtype and device of a bias-like ``target``.
+
+    The device move matters for the remembered pre-merge bias, a plain attribute that stays where
+    it was when the model is moved with ``.to()``.
+    """
     v = v.reshape(()) if v.numel() == 1 else v.reshape(target.shape)
-    return v.to(target.dtype)
+    return v.to(device=target.device, dtype=target.dtype)
 
 
 def reference_tensor(module: nn.Module) -> torch.Tensor | None:
     """Any tensor of ``module``, to create adapter tensors on its device and in its dtype."""
-    for t in module.parameters(recurse=False):
-        return t
-    for t in module.buffers(recurse=False):
-        if t.is_floating_point():
-            return t
+    for p in module.parameters(recurse=False):
+        return p
+    for b in module.buffers(recurse=False):
+        if b.is_floating_point():
+            return b
     return None
 
 
@@ -196,7 +200,7 @@ class ChannelAffineLayer(PeftLayer):
                 out = out * self.on_output(scale, out)
             elif shift is not None:
                 out = out + self.on_output(shift, out)
-        return out  # type: ignore[no-any-return]
+        return out
 
     # -- merging --------------------------------------------------------------------------
     def _require_inner_merged(self, name: str) -> None:
@@ -282,7 +286,7 @@ class ChannelAffineLayer(PeftLayer):
         current = _tensor(m, "bias")
         if b is None:
             if current is not None and "bias" in self._created:
-                setattr(m, "bias", None)  # back to the bias-free layer the adapter found
+                m.register_parameter("bias", None)  # back to the bias-free layer the adapter found
                 self._created.remove("bias")
         elif current is not None:
             current.copy_(b)
@@ -294,7 +298,7 @@ class ChannelAffineLayer(PeftLayer):
         if not self._merge_order:  # fully unmerged: drop what the merge invented
             m = self.inner
             for attr in self._created:
-                setattr(m, attr, None)
+                m.register_parameter(attr, None)
         self._merge_order, self._created, self._bias_origin = [], [], None
 
     def drop_adapter(self, name: str) -> None:

@@ -8,9 +8,10 @@ Target the transformer *blocks* (``re:blocks\\.\\d+``). The caller always sees N
   blocks after it carry them along, and the last targeted block drops them.
 
 "First" and "last" are in the order ``attach`` adds the targets (module order for a single
-pattern); targets listed against their run order (``["blocks.2", "blocks.0"]``) are refused. Prompts change the output from the start (the tokens attend), so unlike the other
-methods an adapted model does not equal its base at init; ``core.enable(model, False)`` does.
-Not mergeable: prompts are inputs, not a weight update.
+pattern); targets listed against their run order (``["blocks.2", "blocks.0"]``) are refused.
+Prompts change the output from the start (the tokens attend), so unlike the other methods an
+adapted model does not equal its base at init; ``core.enable(model, False)`` does. Not
+mergeable: prompts are inputs, not a weight update.
 
 Several adapters on one block compose. Per block the sequence is laid out as
 ``[deep prompts | newly joined shallow prompts | carried shallow prompts | tokens]``: deep

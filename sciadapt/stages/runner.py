@@ -413,6 +413,7 @@ class PipelineRunner:
             dm = self._datamodule(i)
             self._ensure_task(dm, name)
             self._init_weights(i, spec)
+            resume_pending = (self.stage_dir(name) / "last.ckpt").exists()
             where = f"stages[{i}] ({name})"
             n_train, n_total = apply_trainable(self.task, self._trainable(spec), spec["frozen"], where)
             adapter = None
@@ -420,6 +421,13 @@ class PipelineRunner:
                 from sciadapt.peft import core as peft_core
 
                 adapter = attach_stage_peft(self.task, self.cfg, i)
+                if spec["peft"].get("init") == "eva" and not resume_pending:
+                    from itertools import islice
+
+                    from sciadapt.peft.lora import eva_init
+
+                    n_batches = int(spec["peft"].get("eva_batches", 4))
+                    eva_init(self.task, adapter, (b["x"] for b in islice(dm.train_dataloader(), n_batches)), self.task)
                 n_train, n_total = peft_core.mark_trainable(
                     self.task, adapter, also=[p for p in self._trainable(spec) if p not in spec["frozen"]]
                 )

@@ -211,3 +211,39 @@ def test_fingerprint_refuses_other_base(tmp_path: Path) -> None:
         other[2].weight.add_(1.0)
     with pytest.raises(CheckpointError, match=r"different base model.*2\.weight"):
         core.load_adapter(other, tmp_path / "ad")
+
+
+def test_eva_init_uses_activation_directions() -> None:
+    from sciadapt.peft.lora import eva_init
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 6))
+    base = copy.deepcopy(model)
+    core.attach(model, PEFT_METHODS.build("lora", r=1, init="eva"), targets=["0"])
+    # inputs vary almost only along one direction: A must align with it
+    direction = torch.tensor([1.0, 2.0, 0.0, 0.0, -1.0, 0.0])
+    batches = [torch.randn(64, 1) * direction + 0.01 * torch.randn(64, 6) for _ in range(3)]
+    assert eva_init(model, "default", batches, model) == 1
+    a = model[0].lora_A["default"].weight[0]
+    cos = torch.nn.functional.cosine_similarity(a, direction, dim=0).abs()
+    assert cos > 0.99
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(model(x), base(x))  # B = 0: outputs unchanged
+
+
+def test_lora_fa_trains_only_b(tmp_path: Path, series_csv: Path) -> None:
+    from sciadapt.cli import main
+    from tests.conftest import tiny_pipeline
+
+    pipe = tiny_pipeline(tmp_path / "p.yaml", series_csv, tmp_path / "runs")
+    peft = "{method: lora, r: 2, init: lora_fa}"
+    assert main(["fit", str(pipe), "stages.*.max_epochs=1", f"stages.finetune.peft={peft}"]) == 0
+    (run,) = (tmp_path / "runs").glob("tiny/*")
+    state = torch.load(run / "checkpoints" / "finetune" / "final.ckpt", weights_only=True)["state_dict"]
+    adapter = load_file(str(run / "adapters" / "finetune" / "adapter_model.safetensors"))
+    assert any(".lora_A." in k for k in adapter)
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if ".lora_B." in k)  # B trained from zero
+    summary = json.loads((run / "summary.json").read_text())
+    b_params = sum(v.numel() for k, v in adapter.items() if ".lora_B." in k)
+    head = sum(v.numel() for k, v in state.items() if k.startswith("head."))
+    assert summary["stages"]["finetune"]["trainable_params"] == b_params + head
