@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from sciadapt.errors import ConfigError
-from sciadapt.peft.core import PeftLayer
+from sciadapt.peft.core import PeftLayer, Target
 from sciadapt.peft.ssf import CONVS, ChannelAffineLayer, new_vector
 from sciadapt.registry import PEFT_METHODS
 
@@ -88,6 +88,16 @@ class IA3:
 
     def is_feedforward(self, module_name: str) -> bool:
         return bool(self.feedforward) and _matches(module_name, self.feedforward or [])
+
+    def check_targets(self, model: nn.Module, found: list[Target], adapter: str) -> None:
+        """Every ``feedforward`` pattern must name a targeted layer (core calls this before wrapping)."""
+        names = [t.name for t in found]
+        unused = [p for p in self.feedforward or [] if not any(_matches(n, [p]) for n in names)]
+        if unused:
+            raise ConfigError(
+                f"peft.feedforward: {unused} match none of the targeted layers ({', '.join(names[:4])}"
+                f"{' ...' if len(names) > 4 else ''}); feedforward layers must also be targets"
+            )
 
     def config(self) -> dict[str, Any]:
         return {"feedforward": self.feedforward}

@@ -97,7 +97,8 @@ def _fit_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "sciadapt.cli", "fit", *args]
 
 
-def test_kill_in_stage_two_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stage2", ["full", "lora"])
+def test_kill_in_stage_two_then_resume_matches_uninterrupted(tmp_path: Path, stage2: str) -> None:
     data = make_series_csv(tmp_path / "s.csv", n=3000)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     # stage 2 ("probe", unfrozen here) gets 8 epochs of ~250 small batches: long enough to be
@@ -109,6 +110,8 @@ def test_kill_in_stage_two_then_resume_matches_uninterrupted(tmp_path: Path) -> 
         "data.batch_size=8",
         "stages.*.limit_val_batches=5",
     ]
+    if stage2 == "lora":  # the adapter's structure and init must be rebuilt exactly on resume
+        overrides.append("stages.probe.peft={method: lora, r: 2, alpha: 4}")
 
     ref_pipe = tiny_pipeline(tmp_path / "ref.yaml", data, tmp_path / "ref")
     subprocess.run(_fit_cmd(str(ref_pipe), *overrides), env=env, check=True, capture_output=True)

@@ -42,8 +42,9 @@ BIAS_LAYERS = [*OUTPUT_LAYERS, "layernorm", "layernorm_2d", "layernorm_noaffine"
 # case id -> (registry name, builder kwargs, layer keys)
 METHODS: dict[str, tuple[str, dict[str, Any], list[str]]] = {
     "ssf": ("ssf", {}, [*BIAS_LAYERS, "batchnorm1d", "batchnorm2d", "batchnorm3d"]),
-    "bitfit": ("bitfit", {}, BIAS_LAYERS),
-    "difffit": ("difffit", {}, BIAS_LAYERS),
+    # BitFit and DiffFit share SSF's machinery, so each covers one of the extra LayerNorm variants
+    "bitfit": ("bitfit", {}, [*OUTPUT_LAYERS, "layernorm", "layernorm_noaffine"]),
+    "difffit": ("difffit", {}, [*OUTPUT_LAYERS, "layernorm", "layernorm_2d"]),
     "ia3": ("ia3", {}, OUTPUT_LAYERS),
     "ia3_ff": ("ia3", {"feedforward": ["lay*"]}, OUTPUT_LAYERS),
     "layernorm": (
@@ -262,6 +263,10 @@ def test_ia3_feedforward_scales_the_input_and_maps_to_peft_config() -> None:
     assert cfg["peft_type"] == "IA3" and cfg["feedforward_modules"] == ["blk.fc2"]
     with pytest.raises(ConfigError, match="list of module patterns"):
         PEFT_METHODS.build("ia3", feedforward="fc2")
+    fresh, _ = _base("linear")
+    with pytest.raises(ConfigError, match=r"\['fc2'\] match none of the targeted layers"):
+        core.attach(fresh, PEFT_METHODS.build("ia3", feedforward=["fc2"]), "default", targets=["layer"])
+    assert not core.peft_layers(fresh)
 
 
 def test_zero_scale_cannot_be_unmerged() -> None:
