@@ -19,6 +19,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -169,6 +170,7 @@ def find_targets(
     targets: list[str] | None,
     layer_types: list[str] | None = None,
     where: str = "peft.targets",
+    predicate: Callable[[str, nn.Module], bool] | None = None,
 ) -> list[Target]:
     """Module names matching ``targets`` (globs, ``re:<regex>``, ``path[q,v]`` slices).
 
@@ -178,7 +180,9 @@ def find_targets(
     """
     head_prefix = "head"
     defaults = targets is None
-    if targets is None:
+    if targets is None and predicate is not None:
+        targets = ["*"]
+    elif targets is None:
         bb = getattr(model, "backbone", None)
         if bb is not None and getattr(bb, "default_peft_targets", None):
             targets = [f"backbone.{p}" for p in bb.default_peft_targets]
@@ -197,6 +201,12 @@ def find_targets(
             )
         allowed = tuple(by_name[t.lower()] for t in layer_types)
     modules = logical_modules(model)
+    if predicate is not None:
+        # Python API: a predicate over (name, base module) narrows the patterns (all modules
+        # when no pattern is given; the head still only when named)
+        modules = {n: m for n, m in modules.items() if predicate(n, _base_of(m))}
+        if not modules:
+            raise ConfigError(f"{where}: the target predicate selects no module")
     found: dict[str, Target] = {}
     problems = []
     for pat in targets:
@@ -262,12 +272,13 @@ def attach(
     targets: list[str] | None = None,
     layer_types: list[str] | None = None,
     where: str = "peft",
+    predicate: Callable[[str, nn.Module], bool] | None = None,
 ) -> list[str]:
     """Add adapter ``adapter`` of ``method`` to every targeted module; returns the module names.
 
     Everything is checked before the model is touched, so a bad target leaves it unchanged.
     """
-    found = find_targets(model, method, targets, layer_types, where=f"{where}.targets")
+    found = find_targets(model, method, targets, layer_types, where=f"{where}.targets", predicate=predicate)
     if hasattr(method, "check_targets"):
         method.check_targets(model, found, adapter)
     family = getattr(method, "family", method.name)

@@ -247,3 +247,16 @@ def test_lora_fa_trains_only_b(tmp_path: Path, series_csv: Path) -> None:
     b_params = sum(v.numel() for k, v in adapter.items() if ".lora_B." in k)
     head = sum(v.numel() for k, v in state.items() if k.startswith("head."))
     assert summary["stages"]["finetune"]["trainable_params"] == b_params + head
+
+
+def test_targets_by_layer_type_and_predicate() -> None:
+    model, x = _models()["Linear"]
+    names = core.attach(model, PEFT_METHODS.build("lora", r=2), targets=["*"], layer_types=["Linear"])
+    assert names == ["0", "2"]
+    other, _ = _models()["Linear"]
+    names = core.attach(
+        other, PEFT_METHODS.build("lora", r=2), predicate=lambda n, m: getattr(m, "out_features", 0) == 6
+    )
+    assert names == ["2"]
+    with pytest.raises(ConfigError, match="cannot adapt"):
+        core.attach(_models()["Linear"][0], PEFT_METHODS.build("lora"), targets=["*"], layer_types=["LayerNorm"])
