@@ -17,9 +17,9 @@ import fnmatch
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
@@ -335,8 +335,12 @@ def _layers_of(model: nn.Module, adapter: str | None) -> list[PeftLayer]:
 
 
 def merge(model: nn.Module, adapter: str | None = None) -> None:
-    """Fold active adapters (or one) into the base weights; outputs are unchanged."""
-    for layer in _layers_of(model, adapter):
+    """Fold active adapters (or one) into the base weights; outputs are unchanged.
+
+    Innermost wrappers merge first: folding an outer method into weights that an inner,
+    unmerged method still transforms would change the output.
+    """
+    for layer in reversed(_layers_of(model, adapter)):
         layer.merge([adapter] if adapter else None)
 
 
@@ -476,8 +480,22 @@ def adapter_state_dict(model: nn.Module, adapter: str) -> dict[str, torch.Tensor
     """One adapter's tensors under PEFT's on-disk keys, plus BatchNorm statistics if they train."""
     params = dict(model.named_parameters())
     sd = {_hf_key(n, adapter): params[n].detach().cpu().contiguous() for n in adapter_param_names(model, adapter)}
+    # BatchNorm layers that train, or that an adapter of this name wraps, keep running statistics
+    # the adapter depends on
+    wrapped_bn = {
+        f"{n}.base_layer"
+        for n, m in peft_layers(model).items()
+        if adapter in m.adapters and isinstance(m.base_layer, nn.modules.batchnorm._BatchNorm)
+    }
     for mname, mod in model.named_modules():
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.weight is not None and mod.weight.requires_grad:
+        if not isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            continue
+        if mname in wrapped_bn:
+            for bname, buf in mod.named_buffers(recurse=False):
+                if buf is not None:
+                    sd[f"{HF_PREFIX}{mname}.{bname}"] = buf.detach().cpu().contiguous()
+            continue
+        if mod.weight is not None and mod.weight.requires_grad:
             for bname, buf in mod.named_buffers(recurse=False):
                 if buf is not None:
                     sd[f"{HF_PREFIX}{mname}.{bname}"] = buf.detach().cpu().contiguous()
@@ -495,6 +513,9 @@ def save_adapter(model: nn.Module, directory: str | Path, adapter: str = "defaul
     info = _methods(model).get(adapter)
     if info is None:
         raise ConfigError(f"no adapter named {adapter!r} to save.{suggest(adapter, list(_methods(model)))}")
+    if any(adapter in layer.merged for layer in peft_layers(model).values()):
+        # the fingerprint would describe the merged weights, not the base the adapter belongs on
+        raise ConfigError(f"adapter {adapter!r} is merged; unmerge(model, {adapter!r}) before saving it")
     method = PEFT_METHODS.build(info["method"], **info["config"])
     hf = method.hf_config(info["targets"]) if hasattr(method, "hf_config") else None
     ours = {
