@@ -119,6 +119,9 @@ class LoraLayer(PeftLayer):
                 p._sciadapt_frozen = True  # type: ignore[attr-defined]
 
     def _init(self, name: str, init: str) -> None:
+        if init == "pissa":
+            self._init_pissa(name)
+            return
         with torch.no_grad():
             for a in _leaves(self.lora_A[name]):
                 if init == "gaussian":
@@ -127,6 +130,25 @@ class LoraLayer(PeftLayer):
                     nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
             for b in _leaves(self.lora_B[name]):
                 nn.init.zeros_(b.weight)
+
+    def _init_pissa(self, name: str) -> None:
+        """PiSSA (Meng et al. 2024): the adapter starts as the top-r principal part of W and the
+        base keeps the residual, ``W_res = W - s B A`` (outputs unchanged at init).
+
+        As in Hugging Face PEFT without weight conversion, the saved adapter then belongs to the
+        residual base: the run's checkpoint holds it, and the fingerprint refuses the original.
+        """
+        if self.slices[name] is not None:
+            raise ConfigError("init=pissa on fused-qkv slices is not supported")
+        with torch.no_grad():
+            w = self.base_layer.weight
+            a, b = self.lora_A[name].weight, self.lora_B[name].weight
+            r, s = a.shape[0], self.scaling[name]
+            u, sv, vh = torch.linalg.svd(_flat(w).double(), full_matrices=False)
+            root = sv[:r].sqrt() / math.sqrt(s)
+            a.copy_((root[:, None] * vh[:r]).reshape(a.shape).to(a.dtype))  # (r, k)
+            b.copy_((u[:, :r] * root[None, :]).reshape(b.shape).to(b.dtype))  # (out, r)
+            w.sub_(self.delta_weight(name).to(w.dtype))
 
     def _channel_shape(self, v: torch.Tensor) -> torch.Tensor:
         """PEFT stores a conv magnitude as (1, out, 1, ...) and a Linear one as (out,)."""
@@ -243,11 +265,6 @@ class LoRA:
             raise ConfigError(f"peft.r must be >= 1, got {r}")
         if init not in INITS:
             raise ConfigError(f"peft.init: {init!r} is not one of {', '.join(INITS)}")
-        if init == "pissa":
-            raise ConfigError(
-                "peft.init=pissa is not available yet (it rewrites the base weights, which the adapter "
-                "format must then carry); use default, gaussian, eva or lora_fa"
-            )
         self.r, self.alpha, self.dropout, self.rslora = r, alpha, dropout, rslora
         self.init, self.use_dora, self.name = init, use_dora, name
         self.eva_batches = eva_batches
@@ -308,9 +325,10 @@ def build_lora(
         alpha: scaling numerator.
         dropout: dropout on the adapter's input.
         rslora: rank-stabilised scaling ``alpha / sqrt(r)``.
-        init: ``default`` (kaiming A, zero B, as PEFT), ``gaussian``, ``eva`` (A from the top right
-            singular vectors of each layer's inputs on ``eva_batches`` training batches) or ``lora_fa``
-            (A frozen, only B trains).
+        init: ``default`` (kaiming A, zero B, as PEFT), ``gaussian``, ``pissa`` (principal singular
+            part of W moved into the adapter, the residual stays in the base), ``eva`` (A from the top
+            right singular vectors of each layer's inputs on ``eva_batches`` training batches) or
+            ``lora_fa`` (A frozen, only B trains).
         eva_batches: training batches whose activations initialise A when ``init=eva``.
     """
     return LoRA(r, alpha, dropout, rslora, init, use_dora=False, name="lora", eva_batches=eva_batches)

@@ -260,3 +260,17 @@ def test_targets_by_layer_type_and_predicate() -> None:
     assert names == ["2"]
     with pytest.raises(ConfigError, match="cannot adapt"):
         core.attach(_models()["Linear"][0], PEFT_METHODS.build("lora"), targets=["*"], layer_types=["LayerNorm"])
+
+
+@pytest.mark.parametrize("layer", ["Linear", "Conv2d"])
+def test_pissa_moves_principal_part_into_adapter(layer: str) -> None:
+    model, x = _models()[layer]
+    original = copy.deepcopy(model)
+    core.attach(model, PEFT_METHODS.build("lora", r=2, alpha=4, init="pissa"), targets=["0"])
+    torch.testing.assert_close(model(x), original(x), rtol=1e-5, atol=1e-5)  # unchanged at init
+    lay = model[0]
+    w0 = original[0].weight.reshape(original[0].weight.shape[0], -1)
+    sv = torch.linalg.svdvals(w0)
+    res = lay.base_layer.weight.reshape(w0.shape)
+    # the residual keeps exactly the singular values beyond the rank
+    torch.testing.assert_close(torch.linalg.svdvals(res)[: len(sv) - 2], sv[2:], rtol=1e-4, atol=1e-5)
