@@ -17,7 +17,9 @@ A step is forward + cross-entropy + backward + AdamW step over the trainable par
 ``head`` always trains). Each configuration runs in a fresh subprocess (the script re-invokes
 itself with ``--one <json>`` and reads one JSON line back) because ``ru_maxrss`` is a per-process
 high-water mark. Peak memory is ``ru_maxrss`` after the steps minus the RSS right after the base model
-is built, so it counts the adapters, gradients, optimiser state and activations. ``tracemalloc`` is
+is built, so it counts the adapters, gradients, optimiser state, activations and allocator slack;
+``saved MB`` (first round only) is the deterministic part: bytes of the tensors autograd saves for
+backward in one forward (unique storages, parameters excluded). ``tracemalloc`` is
 not used: it only sees allocations made through Python's allocator, and torch's CPU tensors are
 allocated by its C++ allocator, so it would report almost nothing.
 
@@ -218,6 +220,26 @@ def warm_up(config: str) -> None:
     step_fn(fwd, opt, torch.randn(2, 8), torch.tensor([0, 1]))
 
 
+def saved_mb(fwd: nn.Module, x: torch.Tensor) -> float:
+    """MB of tensors autograd keeps for backward in one forward (unique storages, parameters excluded).
+
+    Deterministic, unlike RSS on a shared machine: it is the activation memory a method adds.
+    """
+    params = {p.untyped_storage().data_ptr() for p in fwd.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fwd(x)
+    del out
+    return sum(seen.values()) / 2**20
+
+
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(THREADS)
     warm_up(spec["config"])
@@ -237,6 +259,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         if i >= spec["warmup"]:
             times.append(time.perf_counter() - t0)
     end_max = maxrss_mb()
+    saved = saved_mb(fwd, x) if spec["round"] == 0 else None
     return {
         **spec,
         "trainable": n_train,
@@ -244,6 +267,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         "step_s": statistics.median(times),
         "step_times": times,
         "peak_mb": end_max - base_rss,
+        "saved_mb": saved,
         "base_rss_mb": base_rss,
         "build_transient_mb": base_max - base_rss,  # >0: the build peaked above its final RSS
     }
@@ -332,7 +356,11 @@ def schedule(pairs: int, singles: list[str]) -> list[list[str]]:
     rounds = []
     extra = [*singles, "merge"]
     for k in range(max(pairs, 1)):
-        order = ["lora_qkv", "hf_lora", "dora_qkv", "hf_dora"] if k % 2 == 0 else ["hf_lora", "lora_qkv", "hf_dora", "dora_qkv"]
+        order = (
+            ["lora_qkv", "hf_lora", "dora_qkv", "hf_dora"]
+            if k % 2 == 0
+            else ["hf_lora", "lora_qkv", "hf_dora", "dora_qkv"]
+        )
         rounds.append(order if k < pairs else [])
     for i, name in enumerate(extra):
         rounds[i % len(rounds)].insert(0, name)
@@ -369,7 +397,7 @@ def summarise(model: str, runs: list[dict[str, Any]], skipped: dict[str, str]) -
             return ""
         return f"{med(s):.3f} [{min(s):.2f}-{max(s):.2f}] / {med(mm):.3f}"
 
-    hdr = f"{'configuration':36s} {'trainable':>10s} {'train %':>8s} {'step s':>7s} {'peak MB':>8s} {'vs full':>8s}  {'vs HF PEFT: step [range] / peak':>32s} {'runs':>4s}"
+    hdr = f"{'configuration':36s} {'trainable':>10s} {'train %':>8s} {'step s':>7s} {'peak MB':>8s} {'saved MB':>8s} {'vs full':>8s}  {'vs HF PEFT: step [range] / peak':>32s} {'runs':>4s}"
     lines = [hdr, "-" * len(hdr)]
     for c, label in CONFIGS.items():
         if c in skipped:
@@ -379,11 +407,15 @@ def summarise(model: str, runs: list[dict[str, Any]], skipped: dict[str, str]) -
             continue
         r0 = by[c][0]
         vs_full = step[c] / step["full"] if "full" in step else float("nan")
+        sv = next((r["saved_mb"] for r in by[c] if r.get("saved_mb") is not None), float("nan"))
         paired = rfmt(c, PAIRS[c]) if c in PAIRS else ""
         lines.append(
             f"{label:36s} {r0['trainable']:>10,d} {100 * r0['trainable'] / r0['total']:>7.3f}% "
-            f"{step[c]:>7.3f} {peak[c]:>8.0f} {vs_full:>7.3f}x  {paired:>32s} {len(by[c]):>4d}"
+            f"{step[c]:>7.3f} {peak[c]:>8.0f} {sv:>8.0f} {vs_full:>7.3f}x  {paired:>32s} {len(by[c]):>4d}"
         )
+
+    def saved(c: str) -> float:
+        return next((r["saved_mb"] for r in by.get(c, []) if r.get("saved_mb") is not None), float("nan"))
 
     checks = []
 
@@ -391,26 +423,42 @@ def summarise(model: str, runs: list[dict[str, Any]], skipped: dict[str, str]) -
         checks.append({"target": name, "pass": ok, "detail": detail})
 
     s = ratios["lora_qkv/hf_lora:step_s"]
-    check("our LoRA step time <= 1.0x HF PEFT LoRA", med(s) <= 1.0 if s else None,
-          f"median ours/theirs {med(s):.3f} over {len(s)} pairs (range {min(s, default=0):.3f}-{max(s, default=0):.3f})")
+    check(
+        "our LoRA step time <= 1.0x HF PEFT LoRA",
+        med(s) <= 1.0 if s else None,
+        f"median ours/theirs {med(s):.3f} over {len(s)} pairs (range {min(s, default=0):.3f}-{max(s, default=0):.3f})",
+    )
     s, mm = ratios["dora_qkv/lora_qkv:step_s"], ratios["dora_qkv/lora_qkv:peak_mb"]
-    check("our DoRA step time <= 1.05x our LoRA", med(s) <= 1.05 if s else None,
-          f"median DoRA/LoRA {med(s):.3f} over {len(s)} rounds (range {min(s, default=0):.3f}-{max(s, default=0):.3f})")
-    check("our DoRA peak memory <= 1.1x our LoRA", med(mm) <= 1.1 if mm else None,
-          f"median DoRA/LoRA {med(mm):.3f} ({peak.get('dora_qkv', 0):.0f} vs {peak.get('lora_qkv', 0):.0f} MB)")
+    check(
+        "our DoRA step time <= 1.05x our LoRA",
+        med(s) <= 1.05 if s else None,
+        f"median DoRA/LoRA {med(s):.3f} over {len(s)} rounds (range {min(s, default=0):.3f}-{max(s, default=0):.3f})",
+    )
+    check(
+        "our DoRA peak memory <= 1.1x our LoRA",
+        med(mm) <= 1.1 if mm else None,
+        f"median DoRA/LoRA {med(mm):.3f} ({peak.get('dora_qkv', 0):.0f} vs {peak.get('lora_qkv', 0):.0f} MB); "
+        f"saved-for-backward {saved('dora_qkv'):.0f} vs {saved('lora_qkv'):.0f} MB "
+        f"(HF DoRA {saved('hf_dora'):.0f}, HF LoRA {saved('hf_lora'):.0f})",
+    )
     if merge is not None:
         tol = 1e-4 * max(1.0, merge["out_scale"])
         ok = merge["max_abs_diff"] <= tol and merge["time_ratio"] <= 1.05
-        check("merged inference equal to base within noise", ok,
-              f"max|merged-unmerged| {merge['max_abs_diff']:.2e} (tol {tol:.0e}; adapter effect "
-              f"{merge['adapter_effect']:.2e}); merged/base time {merge['time_ratio']:.3f} "
-              f"(base A/A {merge['aa_ratio']:.3f}, {merge['rounds']} rounds, limit 1.05)")
+        check(
+            "merged inference equal to base within noise",
+            ok,
+            f"max|merged-unmerged| {merge['max_abs_diff']:.2e} (tol {tol:.0e}; adapter effect "
+            f"{merge['adapter_effect']:.2e}); merged/base time {merge['time_ratio']:.3f} "
+            f"(base A/A {merge['aa_ratio']:.3f}, {merge['rounds']} rounds, limit 1.05)",
+        )
     for c in checks:
         verdict = "n/a " if c["pass"] is None else ("PASS" if c["pass"] else "FAIL")
         lines.append(f"{verdict}  {c['target']}: {c['detail']}")
     hf_d = ratios["dora_qkv/hf_dora:step_s"]
     if hf_d:
-        lines.append(f"info  our DoRA / HF PEFT DoRA: step {med(hf_d):.3f}, peak {med(ratios['dora_qkv/hf_dora:peak_mb']):.3f}")
+        lines.append(
+            f"info  our DoRA / HF PEFT DoRA: step {med(hf_d):.3f}, peak {med(ratios['dora_qkv/hf_dora:peak_mb']):.3f}"
+        )
     transient = max((r["build_transient_mb"] for r in runs if "build_transient_mb" in r), default=0.0)
     lines.append(f"info  largest build transient above post-build RSS: {transient:.0f} MB (peak MB is a floor of that)")
     summary = {"step_s": step, "peak_mb": peak, "ratios": ratios, "merge": merge, "checks": checks, "skipped": skipped}

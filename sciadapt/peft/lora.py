@@ -216,8 +216,9 @@ class LoraLayer(PeftLayer):
             if name in self.lora_magnitude_vector:
                 g = self.lora_magnitude_vector[name].weight.reshape(-1) / self._row_norm(name)  # (out,)
                 bias = self.base_layer.bias
-                wx = out if bias is None else out - self._channel(bias, out.dim())
-                out = out + self._channel(g - 1, out.dim()) * wx + self._channel(g, out.dim()) * self._lora_out(name, x)
+                z = (out if bias is None else out - self._channel(bias, out.dim())) + self._lora_out(name, x)
+                axis = 1 if isinstance(self.base_layer, CONVS) else -1
+                out = _ScaleShift.apply(z, g, bias, axis)  # g * (W x + s B A x) + b
             else:
                 out = out + self._lora_out(name, x)
         return out
@@ -238,6 +239,41 @@ class LoraLayer(PeftLayer):
             w.data = (w / g.reshape(-1, *([1] * (w.dim() - 1))) - self.delta_weight(name)).to(w.dtype)
         else:
             w.data -= self.delta_weight(name).to(w.dtype)
+
+
+class _ScaleShift(torch.autograd.Function):
+    """``y = g * z + b`` per channel, saving ``y`` instead of ``z`` for the backward pass.
+
+    The gradient of ``g`` needs ``z``; keeping it would hold one more activation-sized tensor
+    per DoRA layer (+60 % peak memory over LoRA on a ViT-B). ``z = (y - b) / g`` is recovered
+    from the output, which the next layer keeps alive anyway. ``g`` is ``m / ||W + sBA||`` with
+    ``m`` initialised to the norm, so it stays far from zero.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, g: torch.Tensor, b: torch.Tensor | None, axis: int) -> torch.Tensor:
+        shape = [1] * z.dim()
+        shape[axis] = -1
+        y = z * g.reshape(shape)
+        if b is not None:
+            y = y + b.reshape(shape)
+        ctx.axis, ctx.shape, ctx.has_bias = axis, shape, b is not None
+        ctx.save_for_backward(y, g, b if b is not None else g.new_zeros(()))
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[Any, ...]:
+        y, g, b = ctx.saved_tensors
+        shape, axis = ctx.shape, ctx.axis % dy.dim()
+        dims = [d for d in range(dy.dim()) if d != axis]
+        dz = dy * g.reshape(shape) if ctx.needs_input_grad[0] else None
+        dg = db = None
+        if ctx.needs_input_grad[1]:
+            z = (y - b.reshape(shape)) / g.reshape(shape) if ctx.has_bias else y / g.reshape(shape)
+            dg = (dy * z).sum(dims)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            db = dy.sum(dims)
+        return dz, dg, db, None
 
 
 def _leaves(mod: nn.Module) -> list[Any]:

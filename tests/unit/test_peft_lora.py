@@ -274,3 +274,37 @@ def test_pissa_moves_principal_part_into_adapter(layer: str) -> None:
     res = lay.base_layer.weight.reshape(w0.shape)
     # the residual keeps exactly the singular values beyond the rank
     torch.testing.assert_close(torch.linalg.svdvals(res)[: len(sv) - 2], sv[2:], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", ["Linear", "Conv2d"])
+def test_dora_gradients_match_the_plain_formula(layer: str) -> None:
+    """The memory-saving backward (z recovered from the output) gives autograd's gradients."""
+    model, x = _models()[layer]
+    core.attach(model, PEFT_METHODS.build("dora", r=2, alpha=4), targets=["0"])
+    lay = model[0]
+    with torch.no_grad():
+        for p in lay.lora_B.parameters():
+            p.normal_()
+        lay.lora_magnitude_vector["default"].weight.mul_(1.3)
+    base = lay.base_layer
+    base.bias.requires_grad_(True)
+    xr = x.clone().requires_grad_(True)
+    lay(xr).pow(2).sum().backward()
+    ours = [
+        p.grad.clone() for p in (lay.lora_magnitude_vector["default"].weight, lay.lora_A["default"].weight, base.bias)
+    ]
+    ours_x = xr.grad.clone()
+    for p in (lay.lora_magnitude_vector["default"].weight, lay.lora_A["default"].weight, base.bias):
+        p.grad = None
+    # reference: the textbook formula with a detached norm, through plain autograd
+    m = lay.lora_magnitude_vector["default"].weight.reshape(-1)
+    full = base.weight + lay.delta_weight("default")
+    norm = full.reshape(full.shape[0], -1).norm(dim=1).detach()
+    w = full * (m / norm).reshape(-1, *([1] * (full.dim() - 1)))
+    xr2 = x.clone().requires_grad_(True)
+    ref = F.linear(xr2, w, base.bias) if layer == "Linear" else F.conv2d(xr2, w, base.bias, stride=base.stride)
+    ref.pow(2).sum().backward()
+    refs = [p.grad for p in (lay.lora_magnitude_vector["default"].weight, lay.lora_A["default"].weight, base.bias)]
+    for a, b in zip(ours, refs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours_x, xr2.grad, rtol=1e-4, atol=1e-5)
