@@ -216,7 +216,9 @@ class LoraLayer(PeftLayer):
             if name in self.lora_magnitude_vector:
                 g = self.lora_magnitude_vector[name].weight.reshape(-1) / self._row_norm(name)  # (out,)
                 bias = self.base_layer.bias
-                z = (out if bias is None else out - self._channel(bias, out.dim())) + self._lora_out(name, x)
+                # in place: the frozen base output is saved by no one, so it can become z
+                z = out if bias is None else out.sub_(self._channel(bias, out.dim()))
+                z = z.add_(self._lora_out(name, x))
                 axis = 1 if isinstance(self.base_layer, CONVS) else -1
                 out = _ScaleShift.apply(z, g, bias, axis)  # g * (W x + s B A x) + b
             else:
@@ -254,9 +256,10 @@ class _ScaleShift(torch.autograd.Function):
     def forward(ctx: Any, z: torch.Tensor, g: torch.Tensor, b: torch.Tensor | None, axis: int) -> torch.Tensor:
         shape = [1] * z.dim()
         shape[axis] = -1
-        y = z * g.reshape(shape)
+        y = z.mul_(g.reshape(shape))  # z is a temporary of the caller: reuse its memory
         if b is not None:
-            y = y + b.reshape(shape)
+            y = y.add_(b.reshape(shape))
+        ctx.mark_dirty(z)
         ctx.axis, ctx.shape, ctx.has_bias = axis, shape, b is not None
         ctx.save_for_backward(y, g, b if b is not None else g.new_zeros(()))
         return y
