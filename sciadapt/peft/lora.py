@@ -216,7 +216,10 @@ class LoraLayer(PeftLayer):
             if name in self.lora_magnitude_vector:
                 g = self.lora_magnitude_vector[name].weight.reshape(-1) / self._row_norm(name)  # (out,)
                 bias = self.base_layer.bias
-                # in place: the frozen base output is saved by no one, so it can become z
+                # in place: a plain layer's output is saved by no one, so it can become z (a wrapped
+                # base, e.g. another method's layer, may have saved its output for backward)
+                if isinstance(self.base_layer, PeftLayer):
+                    out = out.clone()
                 z = out if bias is None else out.sub_(self._channel(bias, out.dim()))
                 z = z.add_(self._lora_out(name, x))
                 axis = 1 if isinstance(self.base_layer, CONVS) else -1
