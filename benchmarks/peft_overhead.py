@@ -240,8 +240,19 @@ def saved_mb(fwd: nn.Module, x: torch.Tensor) -> float:
     return sum(seen.values()) / 2**20
 
 
+def source_hash() -> str:
+    """Short hash of sciadapt's PEFT sources, to catch the library changing during a long run."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted((Path(__file__).resolve().parents[1] / "sciadapt" / "peft").glob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:10]
+
+
 def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(THREADS)
+    spec = {**spec, "src": source_hash()}
     warm_up(spec["config"])
     if spec["config"] == "merge":
         return merge_check(spec)
@@ -459,6 +470,11 @@ def summarise(model: str, runs: list[dict[str, Any]], skipped: dict[str, str]) -
         lines.append(
             f"info  our DoRA / HF PEFT DoRA: step {med(hf_d):.3f}, peak {med(ratios['dora_qkv/hf_dora:peak_mb']):.3f}"
         )
+    versions = sorted({r["src"] for r in runs if "src" in r})
+    if len(versions) > 1:
+        lines.append(
+            f"WARN  sciadapt/peft/*.py changed during this model's runs ({len(versions)} versions: {versions})"
+        )
     transient = max((r["build_transient_mb"] for r in runs if "build_transient_mb" in r), default=0.0)
     lines.append(f"info  largest build transient above post-build RSS: {transient:.0f} MB (peak MB is a floor of that)")
     summary = {"step_s": step, "peak_mb": peak, "ratios": ratios, "merge": merge, "checks": checks, "skipped": skipped}
@@ -487,7 +503,16 @@ def main() -> None:
     t_start = time.perf_counter()
     results: dict[str, Any] = {
         "args": vars(args),
-        "env": {"torch": torch.__version__, "threads": THREADS, "depth": depth, "cpus": os.cpu_count()},
+        "env": {
+            "torch": torch.__version__,
+            "threads": THREADS,
+            "depth": depth,
+            "cpus": os.cpu_count(),
+            "git_head": subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            ).stdout.strip(),
+            "peft_src_start": source_hash(),
+        },
         "models": {},
     }
     try:
@@ -517,7 +542,14 @@ def main() -> None:
         results["models"][model] = {"runs": runs, "summary": summary}
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
-    print(f"total wall time {time.perf_counter() - t_start:.0f} s", flush=True)
+    results["env"]["peft_src_end"] = source_hash()
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    print(
+        f"total wall time {time.perf_counter() - t_start:.0f} s; git HEAD {results['env']['git_head']}, "
+        f"sciadapt/peft sources {results['env']['peft_src_start']} -> {results['env']['peft_src_end']}",
+        flush=True,
+    )
     if args.quick:
         print("(--quick: 2-block models and too few steps; the numbers only show that it runs)")
 

@@ -361,6 +361,14 @@ def merge_and_drop(model: nn.Module, adapter: str) -> None:
     _methods(model).pop(adapter, None)
 
 
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge every adapter into the base weights and remove all wrappers (Hugging Face PEFT's
+    ``merge_and_unload``): the model is again the plain base architecture, at its speed."""
+    for name in list(_methods(model)):
+        merge_and_drop(model, name)
+    return model
+
+
 def set_active(model: nn.Module, names: list[str]) -> None:
     """Switch which adapters apply (merged adapters must be unmerged first)."""
     known = set(_methods(model))

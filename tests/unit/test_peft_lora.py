@@ -308,3 +308,17 @@ def test_dora_gradients_match_the_plain_formula(layer: str) -> None:
     for a, b in zip(ours, refs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(ours_x, xr2.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_merge_and_unload_restores_the_plain_architecture() -> None:
+    model, x = _models()["Conv2d"]
+    core.attach(model, PEFT_METHODS.build("lora", r=2), "a", targets=["0"])
+    core.attach(model, PEFT_METHODS.build("dora", r=2), "b", targets=["2"])
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    out = model(x)
+    core.merge_and_unload(model)
+    assert not core.peft_layers(model) and isinstance(model[0], nn.Conv2d) and isinstance(model[2], nn.Conv2d)
+    torch.testing.assert_close(model(x), out, rtol=1e-5, atol=1e-5)
