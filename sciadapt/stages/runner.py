@@ -413,7 +413,8 @@ class PipelineRunner:
             dm = self._datamodule(i)
             self._ensure_task(dm, name)
             self._init_weights(i, spec)
-            resume_pending = (self.stage_dir(name) / "last.ckpt").exists()
+            sdir = self.stage_dir(name)
+            resume_from = sdir / "last.ckpt"  # present when this stage was killed mid-way
             where = f"stages[{i}] ({name})"
             n_train, n_total = apply_trainable(self.task, self._trainable(spec), spec["frozen"], where)
             adapter = None
@@ -421,7 +422,7 @@ class PipelineRunner:
                 from sciadapt.peft import core as peft_core
 
                 adapter = attach_stage_peft(self.task, self.cfg, i)
-                if spec["peft"].get("init") == "eva" and not resume_pending:
+                if spec["peft"].get("init") == "eva" and not resume_from.exists():
                     from itertools import islice
 
                     from sciadapt.peft.lora import eva_init
@@ -435,9 +436,8 @@ class PipelineRunner:
             self.task.stage_index = i
             self._print(
                 f"[bold]stage {i + 1}/{len(stages)} {name}[/bold]: {n_train:,} of {n_total:,} parameters train "
-                f"({100 * n_train / n_total:.1f} %), {dm.describe() if hasattr(dm, 'describe') else ''}"
+                f"({100 * n_train / n_total:.3g} %), {dm.describe() if hasattr(dm, 'describe') else ''}"
             )
-            sdir = self.stage_dir(name)
             ckpt_cb = ModelCheckpoint(
                 dirpath=str(sdir),
                 filename="best",
@@ -445,7 +445,6 @@ class PipelineRunner:
                 save_top_k=1 if spec.get("restore_best") else 0,
                 enable_version_counter=False,
             )
-            resume_from = sdir / "last.ckpt"
             callbacks: list[Callback] = [
                 ckpt_cb,
                 MetricsCSV(self.run_dir / "metrics.csv", name),
