@@ -18,7 +18,7 @@ A step is forward + cross-entropy + backward + AdamW step over the trainable par
 itself with ``--one <json>`` and reads one JSON line back) because ``ru_maxrss`` is a per-process
 high-water mark. Peak memory is ``ru_maxrss`` after the steps minus the RSS right after the base model
 is built, so it counts the adapters, gradients, optimiser state, activations and allocator slack;
-``saved MB`` (first round only) is the deterministic part: bytes of the tensors autograd saves for
+``saved MB`` (first round and single runs) is the deterministic part: bytes of the tensors autograd saves for
 backward in one forward (unique storages, parameters excluded). ``tracemalloc`` is
 not used: it only sees allocations made through Python's allocator, and torch's CPU tensors are
 allocated by its C++ allocator, so it would report almost nothing.
@@ -270,7 +270,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
         if i >= spec["warmup"]:
             times.append(time.perf_counter() - t0)
     end_max = maxrss_mb()
-    saved = saved_mb(fwd, x) if spec["round"] == 0 else None
+    saved = saved_mb(fwd, x) if spec["round"] == 0 or spec["config"] in SINGLES else None
     return {
         **spec,
         "trainable": n_train,

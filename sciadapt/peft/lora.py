@@ -229,6 +229,7 @@ class LoraLayer(PeftLayer):
         return out
 
     def merge_adapter(self, name: str) -> None:
+        self._w_norm_sq = None  # `.data` writes below keep the version counter: drop the cache
         w = self.base_layer.weight
         if name in self.lora_magnitude_vector:
             g = self.lora_magnitude_vector[name].weight.reshape(-1) / self._row_norm(name)
@@ -238,6 +239,7 @@ class LoraLayer(PeftLayer):
             w.data += self.delta_weight(name).to(w.dtype)
 
     def unmerge_adapter(self, name: str) -> None:
+        self._w_norm_sq = None
         w = self.base_layer.weight
         if name in self.lora_magnitude_vector:
             g = self._dora_scale.pop(name)

@@ -322,3 +322,20 @@ def test_merge_and_unload_restores_the_plain_architecture() -> None:
     core.merge_and_unload(model)
     assert not core.peft_layers(model) and isinstance(model[0], nn.Conv2d) and isinstance(model[2], nn.Conv2d)
     torch.testing.assert_close(model(x), out, rtol=1e-5, atol=1e-5)
+
+
+def test_dora_norm_cache_follows_a_merged_lora_on_the_same_layer() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 16))
+    core.attach(m, PEFT_METHODS.build("lora", r=4, alpha=8), "a", targets=["0"])
+    core.attach(m, PEFT_METHODS.build("dora", r=4, alpha=8), "b", targets=["0"])
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    x = torch.randn(5, 16)
+    m(x)  # fills the norm cache
+    core.merge(m, "a")
+    after = m(x)
+    m[0]._w_norm_sq = None
+    torch.testing.assert_close(after, m(x))
