@@ -94,16 +94,22 @@ def adapter_name(cfg: dict[str, Any], i: int) -> str:
     return str(pf.get("adapter_name") or cfg["stages"][i]["name"])
 
 
+def stage_peft_method(pf: dict[str, Any]) -> Any:
+    """The method object of a validated ``peft:`` block (its non-common keys are builder args)."""
+    from sciadapt.registry import PEFT_METHODS
+    from sciadapt.stages.spec import PEFT_COMMON
+
+    return PEFT_METHODS.build(pf["method"], **{k: v for k, v in pf.items() if k not in PEFT_COMMON})
+
+
 def attach_stage_peft(task: torch.nn.Module, cfg: dict[str, Any], i: int) -> str:
     """Attach stage ``i``'s adapter; its initial values depend only on (seed, stage)."""
     from sciadapt.peft import core as peft_core
-    from sciadapt.registry import PEFT_METHODS
-    from sciadapt.stages.spec import PEFT_COMMON
 
     spec = cfg["stages"][i]
     pf = spec["peft"]
     name = adapter_name(cfg, i)
-    method = PEFT_METHODS.build(pf["method"], **{k: v for k, v in pf.items() if k not in PEFT_COMMON})
+    method = stage_peft_method(pf)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["seed"] * 7919 + i * 104_729 + 17)
         peft_core.attach(
@@ -235,10 +241,8 @@ class PipelineRunner:
             pf = spec.get("peft")
             if pf:
                 from sciadapt.peft import core as peft_core
-                from sciadapt.registry import PEFT_METHODS
-                from sciadapt.stages.spec import PEFT_COMMON
 
-                method = PEFT_METHODS.build(pf["method"], **{k: v for k, v in pf.items() if k not in PEFT_COMMON})
+                method = stage_peft_method(pf)
                 peft_core.find_targets(
                     self.task, method, pf.get("targets"), pf.get("layer_types"), where=f"{where}.peft.targets"
                 )
