@@ -30,6 +30,8 @@ from sciadapt.sampling import EpochShuffleSampler
 LAYOUTS = ("wide", "long")
 SPLITS = ("ett_hourly", "ett_minutely", "ratio", "rows")
 NAN_POLICIES = ("error", "mask", "interpolate")
+DUPLICATE_POLICIES = ("error", "keep_first", "keep_last")
+FEWSHOT_LOCATIONS = ("first", "last", "uniform")
 
 # ETT-small borders in hours: 12 months train, 4 months val, 4 months test (30-day months).
 _ETT_HOURLY_ROWS = (12 * 30 * 24, 4 * 30 * 24, 4 * 30 * 24)
@@ -162,7 +164,7 @@ def _check_monotonic(stamps: pd.DatetimeIndex, source: str, column: str, is_csv:
     raise DataError(
         f"{source}: timestamps in '{column}' (data.timestamp_column) must be strictly increasing, but "
         f"{_row_ref(i, is_csv, skiprows)} at {stamps[i]} {what} the previous row ({stamps[i - 1]}). "
-        "Fix: sort the file by time and drop duplicate rows"
+        "Fix: sort the file by time and drop duplicate rows (or set data.duplicate_timestamps=keep_first)"
     )
 
 
@@ -208,7 +210,10 @@ class WindowDataset(Dataset):
         context_length: Rows in ``x``.
         horizon: Rows in ``y``.
         n_targets: How many leading channels are forecast targets.
-        with_x_mask: Also return ``x_mask`` (the ``observed`` rows of ``x``).
+        with_x_mask: Also return ``x_mask`` (the ``observed`` rows of ``x``; 0 on missing values
+            and on left padding).
+        with_future_exog: Also return ``future_exog`` (the exogenous channels over the horizon),
+            for backbones that fuse known-future covariates (TTM's forecast channel mixing).
     """
 
     def __init__(
@@ -220,6 +225,7 @@ class WindowDataset(Dataset):
         horizon: int,
         n_targets: int,
         with_x_mask: bool = False,
+        with_future_exog: bool = False,
     ) -> None:
         self.values = values
         self.observed = observed
@@ -228,6 +234,7 @@ class WindowDataset(Dataset):
         self.horizon = horizon
         self.n_targets = n_targets
         self.with_x_mask = with_x_mask
+        self.with_future_exog = with_future_exog and values.shape[1] > n_targets
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -243,6 +250,8 @@ class WindowDataset(Dataset):
         }
         if self.with_x_mask:
             item["x_mask"] = torch.from_numpy(self.observed[s:mid])
+        if self.with_future_exog:
+            item["future_exog"] = torch.from_numpy(self.values[mid:end, self.n_targets :])  # (horizon, C_exog)
         return item
 
 
@@ -278,6 +287,11 @@ class TimeSeriesDataModule(L.LightningDataModule):
         num_workers: int = 0,
         encoding: str = "utf-8",
         skiprows: int = 0,
+        duplicate_timestamps: str = "error",
+        min_context: int | None = None,
+        fewshot_fraction: float = 1.0,
+        fewshot_location: str = "last",
+        fewshot_seed: int = 0,
     ) -> None:
         super().__init__()
         self.path = str(path)
@@ -301,6 +315,12 @@ class TimeSeriesDataModule(L.LightningDataModule):
         self.num_workers = int(num_workers)
         self.encoding = encoding
         self.skiprows = int(skiprows)
+        self.duplicate_timestamps = duplicate_timestamps
+        self.min_context = int(min_context) if min_context is not None else None
+        self.fewshot_fraction = float(fewshot_fraction)
+        self.fewshot_location = fewshot_location
+        self.fewshot_seed = int(fewshot_seed)
+        self.dropped_duplicates = 0
         self._validate(split_ratios_given=split_ratios is not None)
 
         # Filled by _load() (training file) or load_scaler_state() (a stored run).
@@ -321,6 +341,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
             ("layout", LAYOUTS, self.layout),
             ("split", SPLITS, self.split),
             ("nan_policy", NAN_POLICIES, self.nan_policy),
+            ("duplicate_timestamps", DUPLICATE_POLICIES, self.duplicate_timestamps),
+            ("fewshot_location", FEWSHOT_LOCATIONS, self.fewshot_location),
         ):
             if value not in choices:
                 problems.append(
@@ -338,6 +360,13 @@ class TimeSeriesDataModule(L.LightningDataModule):
         ):
             if getattr(self, key) < minimum:
                 problems.append(f"data.{key}: must be >= {minimum}, got {getattr(self, key)}")
+        if self.min_context is not None and not 1 <= self.min_context <= self.context_length:
+            problems.append(
+                f"data.min_context: must be between 1 and context_length ({self.context_length}), got "
+                f"{self.min_context} (null: every window has a full context, no padding)"
+            )
+        if not 0.0 < self.fewshot_fraction <= 1.0:
+            problems.append(f"data.fewshot_fraction: must be in (0, 1], got {self.fewshot_fraction}")
         targets = self.requested_targets or []
         for key, cols in (("target_columns", targets), ("exog_columns", self.requested_exog)):
             dupes = sorted({c for c in cols if cols.count(c) > 1})
@@ -379,10 +408,19 @@ class TimeSeriesDataModule(L.LightningDataModule):
         if self._datasets is None:
             return f"{name} ({self.split} split)"
         n = {k: len(v) for k, v in self._datasets.items()}
+        extra = ""
+        if self.fewshot_fraction < 1.0:
+            extra += f"; few-shot {self.fewshot_fraction:g} of train windows ({self.fewshot_location})"
+        if self.pad_rows:
+            rep = self.padding_report()
+            padded = sum(rep[k]["padded"] for k in ("train", "val", "test"))
+            extra += f"; {padded:,} windows left-padded (min_context {self.min_context})"
+        if self.dropped_duplicates:
+            extra += f"; {self.dropped_duplicates} duplicate timestamps dropped ({self.duplicate_timestamps})"
         return (
             f"{name} ({self.split} split; {self.n_targets} targets, {self.n_exog} exog; "
             f"windows train {n['train']:,} / val {n['val']:,} / test {n['test']:,}; "
-            f"context {self.context_length}, horizon {self.horizon})"
+            f"context {self.context_length}, horizon {self.horizon}{extra})"
         )
 
     # ------------------------------------------------------------------ reading
@@ -474,6 +512,13 @@ class TimeSeriesDataModule(L.LightningDataModule):
                     source, "data.target_columns", missing, available, "use existing column names"
                 )
             stamps = _parse_timestamps(raw[self.timestamp_column], source, self.timestamp_column)
+            if self.duplicate_timestamps != "error":
+                keep = "first" if self.duplicate_timestamps == "keep_first" else "last"
+                dup = stamps.duplicated(keep=keep)
+                if dup.any():
+                    self.dropped_duplicates = int(dup.sum())
+                    raw = raw.loc[~dup].reset_index(drop=True)
+                    stamps = stamps[~dup]
             _check_monotonic(stamps, source, self.timestamp_column, is_csv, self.skiprows)
             frame = pd.concat(
                 [
@@ -588,36 +633,77 @@ class TimeSeriesDataModule(L.LightningDataModule):
                     f"{self.source}: data.split_rows {self.split_rows} needs {n_train + n_val + n_test} rows "
                     f"but the file has {n}. Fix: lower data.split_rows"
                 )
+        pad = self.pad_rows
         bounds = {
-            "train": (0, n_train),
+            "train": (-pad, n_train),
             "val": (n_train - ctx, n_train + n_val),
             "test": (n_train + n_val - ctx, n_train + n_val + n_test),
         }
         need_rows = ctx + self.horizon
+        real_ctx = ctx - pad
         # Train is checked first: a context longer than the train split would also push the val
         # start below row 0, and "train too short" is the message that explains it.
         for name, (a, b) in bounds.items():
-            if a < 0 or b - a < need_rows:
+            if a < -pad or b - a < need_rows:
                 if name == "train":
-                    need = f"one window needs context_length + horizon = {need_rows} rows"
-                    have = b - a
+                    need = f"one window needs {'min_context' if pad else 'context_length'} + horizon = "
+                    need += f"{real_ctx + self.horizon} rows"
+                    have = b
                 else:
                     need = (
                         f"it needs at least horizon = {self.horizon} rows of its own (its windows take "
                         f"their context_length = {ctx} input rows from the rows before it)"
                     )
                     have = b - a - ctx
+                pad_hint = "" if pad else ", or set data.min_context to left-pad short contexts with a mask"
                 raise DataError(
                     f"{self.source}: the {name} split has {have} rows but {need}. Fix: lower "
                     f"data.context_length ({ctx}) or data.horizon ({self.horizon}), or give the {name} "
-                    "split more rows (data.split / data.split_ratios / data.split_rows)"
+                    f"split more rows (data.split / data.split_ratios / data.split_rows){pad_hint}"
                 )
         return bounds
 
+    @property
+    def pad_rows(self) -> int:
+        """Zero rows put before the series so windows may start with only ``min_context`` real rows."""
+        return 0 if self.min_context is None else self.context_length - self.min_context
+
     def _starts(self, name: str) -> np.ndarray:
+        """First context row of every window of split ``name``, in padded-array coordinates."""
         a, b = self.split_bounds[name]
         stride = self.stride if name == "train" else self.eval_stride
-        return np.arange(a, b - self.context_length - self.horizon + 1, stride, dtype=np.int64)
+        starts = np.arange(max(a, -self.pad_rows), b - self.context_length - self.horizon + 1, stride, dtype=np.int64)
+        if name == "train" and self.fewshot_fraction < 1.0:
+            starts = self._fewshot(starts)
+        return starts + self.pad_rows
+
+    def _fewshot(self, starts: np.ndarray) -> np.ndarray:
+        """The few-shot subset of the train windows (``fewshot_fraction`` at ``fewshot_location``)."""
+        n = max(1, int(len(starts) * self.fewshot_fraction))
+        if self.fewshot_location == "first":
+            return starts[:n]
+        if self.fewshot_location == "last":
+            return starts[-n:]
+        rng = np.random.default_rng(self.fewshot_seed)
+        return np.sort(rng.choice(starts, size=n, replace=False))
+
+    def padding_report(self) -> dict[str, Any]:
+        """Which windows were left-padded (short history) per split; the run records it."""
+        ctx, pad = self.context_length, self.pad_rows
+        report: dict[str, Any] = {"context_length": ctx, "min_context": self.min_context}
+        for name in ("train", "val", "test"):
+            starts = self._starts(name)
+            short = starts < pad
+            report[name] = {
+                "windows": int(len(starts)),
+                "padded": int(short.sum()),
+                "min_real_context": int(ctx - (pad - starts[short]).max()) if short.any() else ctx,
+            }
+        if self.fewshot_fraction < 1.0:
+            report["fewshot"] = {"fraction": self.fewshot_fraction, "location": self.fewshot_location}
+        if self.dropped_duplicates:
+            report["dropped_duplicate_timestamps"] = self.dropped_duplicates
+        return report
 
     def n_windows(self, name: str) -> int:
         """Number of windows in split ``name`` (``"train"``, ``"val"`` or ``"test"``)."""
@@ -687,7 +773,10 @@ class TimeSeriesDataModule(L.LightningDataModule):
         if self._mean is None:
             self._fit_scaler(frame)
         values, observed = self._scaled(frame)
-        with_x_mask = self.nan_policy == "mask"
+        if self.pad_rows:
+            # (pad + T, C_in): zeros the model sees as "not observed" through x_mask
+            values = np.concatenate([np.zeros((self.pad_rows, values.shape[1]), np.float32), values])
+            observed = np.concatenate([np.zeros((self.pad_rows, observed.shape[1]), np.float32), observed])
         self._datasets = {
             name: WindowDataset(
                 values,
@@ -696,7 +785,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
                 self.context_length,
                 self.horizon,
                 len(self.target_columns),
-                with_x_mask,
+                with_x_mask=True,
+                with_future_exog=True,
             )
             for name in ("train", "val", "test")
         }
@@ -837,22 +927,30 @@ class TimeSeriesDataModule(L.LightningDataModule):
         Returns:
             ``{"x": (1, ctx, C_in) float32 scaled, "history": last ctx target rows in original
             units indexed by timestamp, "future_index": the next horizon timestamps}``, plus
-            ``"x_mask"`` (1, ctx, C_in) with ``nan_policy=mask``.
+            ``"x_mask"`` (1, ctx, C_in; 0 on missing and left-padded rows) and ``"padded_rows"``.
 
         Raises:
             DataError: Missing columns, bad timestamps or NaNs (per ``nan_policy``), fewer rows than
                 ``context_length``, or a frequency that cannot be inferred.
         """
+        if self._mean is None and not self.scale:
+            # nothing to fit (zero-shot from pretrained weights): identity scaling, no split needed
+            self._load()
+            n = len(self.target_columns) + len(self.exog_columns)
+            self._mean, self._std = np.zeros(n), np.ones(n)
         if self._mean is None:
             self.setup()
         source_path = self.path if path is None else str(path)
         frame = self._read_frame(source_path, self.target_columns, self.exog_columns)
         source = source_path
         ctx = self.context_length
-        if len(frame) < ctx:
+        need = ctx - self.pad_rows
+        if len(frame) < need:
             raise DataError(
-                f"{source}: has {len(frame)} rows but the model needs the last context_length={ctx}. "
-                "Fix: provide a longer history"
+                f"{source}: has {len(frame)} rows but the model needs the last "
+                + (f"min_context={need}" if self.pad_rows else f"context_length={ctx}")
+                + ". Fix: provide a longer history"
+                + ("" if self.pad_rows else " or set data.min_context to left-pad it with a mask")
             )
         # Interpolation may use rows before the window; the other policies only judge the window.
         if self.nan_policy == "interpolate":
@@ -860,6 +958,10 @@ class TimeSeriesDataModule(L.LightningDataModule):
         else:
             tail = self._handle_nans(frame.iloc[-ctx:], source)
         values, observed = self._scaled(tail)
+        short = ctx - len(tail)
+        if short > 0:
+            values = np.concatenate([np.zeros((short, values.shape[1]), np.float32), values])
+            observed = np.concatenate([np.zeros((short, observed.shape[1]), np.float32), observed])
 
         index = pd.DatetimeIndex(frame.index)
         freq = _freq_of(index)
@@ -882,9 +984,9 @@ class TimeSeriesDataModule(L.LightningDataModule):
             "x": torch.from_numpy(values).unsqueeze(0),  # (1, ctx, C_in)
             "history": frame.iloc[-ctx:][self.target_columns].copy(),
             "future_index": future,
+            "x_mask": torch.from_numpy(observed).unsqueeze(0),  # (1, ctx, C_in)
+            "padded_rows": max(short, 0),
         }
-        if self.nan_policy == "mask":
-            out["x_mask"] = torch.from_numpy(observed).unsqueeze(0)
         return out
 
 
@@ -911,6 +1013,11 @@ def build_timeseries(
     num_workers: int = 0,
     encoding: str = "utf-8",
     skiprows: int = 0,
+    duplicate_timestamps: str = "error",
+    min_context: int | None = None,
+    fewshot_fraction: float = 1.0,
+    fewshot_location: str = "last",
+    fewshot_seed: int = 0,
 ) -> TimeSeriesDataModule:
     """Windowed multivariate time series from one file (the config schema of ``data:``).
 
@@ -941,6 +1048,18 @@ def build_timeseries(
         num_workers: DataLoader worker processes.
         encoding: CSV text encoding (``latin-1`` for the Jena weather file).
         skiprows: Lines to skip before the CSV header.
+        duplicate_timestamps: ``"error"``, or ``"keep_first"`` / ``"keep_last"`` to drop repeated
+            timestamps (the LTSF Weather file repeats one); the count dropped is logged and recorded.
+        min_context: Allow windows whose context holds only this many real rows: the rest is
+            left-padded with zeros and masked (``x_mask`` 0), so series shorter than
+            ``context_length`` still train and forecast. None: full contexts only. Longer histories
+            are always truncated to the last ``context_length`` rows. The run records how many
+            windows were padded.
+        fewshot_fraction: Keep this fraction of the train windows (TTM's few-shot recipe uses 0.05);
+            validation and test are untouched.
+        fewshot_location: Which train windows: ``"first"``, ``"last"`` (upstream default) or
+            ``"uniform"`` (a random subset drawn with ``fewshot_seed``).
+        fewshot_seed: Seed of the ``"uniform"`` draw.
 
     Returns:
         The datamodule; the file is read on first use.
@@ -967,4 +1086,9 @@ def build_timeseries(
         num_workers=num_workers,
         encoding=encoding,
         skiprows=skiprows,
+        duplicate_timestamps=duplicate_timestamps,
+        min_context=min_context,
+        fewshot_fraction=fewshot_fraction,
+        fewshot_location=fewshot_location,
+        fewshot_seed=fewshot_seed,
     )

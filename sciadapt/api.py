@@ -115,6 +115,35 @@ def predict(run: str, data: str | None, out: str, console: Console | None = None
     return path
 
 
+def predict_pretrained(
+    backbone: str,
+    weights: str,
+    data: str,
+    out: str,
+    horizon: int | None = None,
+    context_length: int | None = None,
+    target_columns: list[str] | None = None,
+    timestamp_column: str = "date",
+    console: Console | None = None,
+) -> Path:
+    """Zero-shot forecast from pretrained weights (see :func:`sciadapt.predict.forecast.predict_pretrained`)."""
+    from sciadapt.predict.forecast import predict_pretrained as _predict
+
+    console = console or Console()
+    path = _predict(
+        backbone,
+        weights,
+        data,
+        Path(out),
+        horizon=horizon,
+        context_length=context_length,
+        target_columns=target_columns,
+        timestamp_column=timestamp_column,
+    )
+    console.print(f"zero-shot forecast written to {path} (plot: {path.with_suffix('.png')})")
+    return path
+
+
 def list_components(kind: str | None, console: Console | None = None) -> dict[str, list[str]]:
     console = console or Console()
     kinds = {**{k: r.list() for k, r in KINDS.items()}, "pipelines": bundled_pipelines()}

@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 
-from sciadapt.errors import SciadaptError
+from sciadapt.errors import ConfigError, SciadaptError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,10 +29,20 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--run", required=True)
     t.add_argument("--data", help="another file with the same columns")
 
-    pr = sub.add_parser("predict", help="forecast with a trained run")
-    pr.add_argument("--run", required=True)
+    pr = sub.add_parser(
+        "predict",
+        help="forecast with a trained run, or zero-shot from pretrained weights",
+        description="Either --run RUN, or --backbone NAME --weights DIR|hf://org/repo@rev --data FILE (zero-shot).",
+    )
+    pr.add_argument("--run", help="a finished run directory (runs/<pipeline>/<stamp>)")
     pr.add_argument("--data", help="CSV/parquet whose last rows are the context (default: the run's data)")
     pr.add_argument("--out", required=True, help="output CSV (a PNG plot is written beside it)")
+    pr.add_argument("--backbone", help="zero-shot: a backbone that forecasts itself (ttm, moment)")
+    pr.add_argument("--weights", help="zero-shot: a local folder or hf://org/repo@revision")
+    pr.add_argument("--horizon", type=int, help="zero-shot: forecast length (default: the checkpoint's)")
+    pr.add_argument("--context-length", type=int, help="zero-shot: context length (default: the checkpoint's)")
+    pr.add_argument("--target-columns", help="zero-shot: comma-separated columns (default: every numeric one)")
+    pr.add_argument("--timestamp-column", default="date", help="zero-shot: timestamp column (default: date)")
 
     ls = sub.add_parser("list", help="list registered components")
     ls.add_argument("kind", nargs="?", help="backbones | heads | peft | tasks | datamodules | pipelines")
@@ -71,7 +81,27 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "test":
             api.test(args.run, args.data, console=console)
         elif args.verb == "predict":
-            api.predict(args.run, args.data, args.out, console=console)
+            if args.run and (args.backbone or args.weights):
+                raise ConfigError("predict: give either --run, or --backbone with --weights (zero-shot), not both")
+            if args.run:
+                api.predict(args.run, args.data, args.out, console=console)
+            elif args.backbone and args.weights and args.data:
+                api.predict_pretrained(
+                    args.backbone,
+                    args.weights,
+                    args.data,
+                    args.out,
+                    horizon=args.horizon,
+                    context_length=args.context_length,
+                    target_columns=args.target_columns.split(",") if args.target_columns else None,
+                    timestamp_column=args.timestamp_column,
+                    console=console,
+                )
+            else:
+                raise ConfigError(
+                    "predict: give --run RUN, or --backbone NAME --weights DIR|hf://org/repo@rev --data FILE "
+                    "for a zero-shot forecast"
+                )
         elif args.verb == "list":
             api.list_components(args.kind, console=console)
     except SciadaptError as e:

@@ -24,12 +24,23 @@ HORIZON_FEATURES = "B L C D"
 
 class Batch(TypedDict, total=False):
     """One batch. ``x`` is the model input, ``y`` the target, ``mask`` marks observed
-    target values (1 observed, 0 missing), ``meta`` carries anything else."""
+    target values (1 observed, 0 missing), ``meta`` carries anything else.
+
+    Optional model inputs (see :data:`MODEL_INPUTS`) ride beside ``x``; a backbone receives the
+    ones its ``forward_features`` names as keyword arguments.
+    """
 
     x: torch.Tensor
     y: torch.Tensor
     mask: torch.Tensor
     meta: dict[str, Any]
+    x_mask: torch.Tensor
+    future_exog: torch.Tensor
+
+
+#: Optional batch entries a backbone may take: ``x_mask`` (same shape as ``x``; 1 observed,
+#: 0 missing or left-padded), ``future_exog`` (B L C_exog: known-future covariates).
+MODEL_INPUTS = ("x_mask", "future_exog")
 
 
 def check_shape(t: torch.Tensor, layout: str, name: str = "input", **sizes: int) -> None:

@@ -240,3 +240,56 @@ def build_quantile_head(
     if problems:
         raise ConfigError(problems)
     return QuantileHead(in_features, horizon, in_layout, levels)
+
+
+class NativeHead(PointHead):
+    """No parameters: the backbone already forecasts (TTM, MOMENT carry their official heads).
+
+    Takes the backbone's ``(B, L, C, 1)`` forecast and returns ``(B, L, C)``; the loss is that of
+    :class:`PointHead`. Keeping the official forecast head inside the backbone is what lets
+    official checkpoints load with ``strict=True`` and zero-shot forecasts run without training.
+    """
+
+    def __init__(self, horizon: int, loss: str) -> None:
+        nn.Module.__init__(self)
+        self.in_features = 1
+        self.horizon = horizon
+        self.in_layout = "B L C D"
+        self.loss_name = loss
+
+    def forward(self, features: Tensor) -> Tensor:
+        """``(B, L, C, 1)`` -> ``(B, L, C)``.
+
+        Raises:
+            ShapeError: If ``features`` is not ``B L C 1`` with ``L == horizon``.
+        """
+        check_shape(features, "B L C D", name="backbone forecast", L=self.horizon, D=1)
+        return features.squeeze(-1)  # (B, L, C)
+
+
+@HEADS.register("native")
+def build_native_head(
+    in_features: int = 1, horizon: int = 24, in_layout: str = "B L C D", loss: str = "mse"
+) -> NativeHead:
+    """The head for backbones that forecast themselves (``ttm``, ``moment``): a pass-through.
+
+    Args:
+        in_features: Must be 1 (the backbone's forecast has one value per step and channel).
+        horizon: Forecast length ``L``.
+        in_layout: Must be ``"B L C D"``.
+        loss: ``"mse"``, ``"mae"`` or ``"huber"``.
+
+    Raises:
+        ConfigError: If the backbone does not output a forecast, or on an unknown loss.
+    """
+    problems = _validate_common(in_features, horizon, in_layout)
+    if in_layout != "B L C D" or in_features != 1:
+        problems.append(
+            f"head: native needs a backbone that outputs its own forecast (B L C 1); this backbone gives "
+            f"{in_layout} with D={in_features}. Fix: use head.name=point (or quantile)"
+        )
+    if loss not in POINT_LOSSES:
+        problems.append(f"head.loss: expected one of {' | '.join(POINT_LOSSES)}, got {loss!r}")
+    if problems:
+        raise ConfigError(problems)
+    return NativeHead(horizon, loss)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 import yaml
 
 from sciadapt.config import build_datamodule, data_facts, validate
-from sciadapt.errors import CheckpointError
+from sciadapt.errors import CheckpointError, ConfigError
 from sciadapt.runs import atomic_write_bytes, atomic_write_text, load_into, load_weights, read_json
 
 
@@ -36,9 +38,79 @@ def predict_run(run_dir: Path, data: str | None, out: Path) -> Path:
 
     task = task_for_stage(cfg, data_facts(dm), len(cfg["stages"]) - 1)
     load_into(task, load_weights(ckpt), ckpt)
+    return _forecast_to_csv(task, dm, inputs, out)
+
+
+def predict_pretrained(
+    backbone: str,
+    weights: str,
+    data: str,
+    out: Path,
+    horizon: int | None = None,
+    context_length: int | None = None,
+    target_columns: list[str] | None = None,
+    timestamp_column: str = "date",
+) -> Path:
+    """Zero-shot forecast straight from pretrained weights, without a run directory.
+
+    For backbones that forecast themselves (``ttm``, ``moment`` with a forecasting head). The
+    context length and horizon come from the checkpoint's ``config.json`` unless given; the
+    model's own instance scaling replaces a fitted scaler, so no training split is needed. A
+    history shorter than the context is left-padded and masked.
+
+    Raises:
+        ConfigError: Unknown backbone, or a horizon/context the checkpoint does not state.
+        CheckpointError: Weights missing, unreachable or not matching.
+        DataError: Bad data file.
+    """
+    from sciadapt.config import build_task
+    from sciadapt.hub import resolve_folder
+    from sciadapt.registry import BACKBONES
+
+    BACKBONES.get(backbone)  # unknown name -> "did you mean"
+    folder = resolve_folder(weights, ["config.json"], ["model.safetensors", "pytorch_model.bin"])
+    meta = json.loads((folder / "config.json").read_text())
+    ctx = context_length or meta.get("context_length") or meta.get("seq_len")
+    hor = horizon or meta.get("prediction_filter_length") or meta.get("prediction_length")
+    hor = hor or meta.get("forecast_horizon")
+    missing = [k for k, v in (("--context-length", ctx), ("--horizon", hor)) if not v]
+    if missing:
+        raise ConfigError(
+            f"{weights}: config.json states no {' / '.join(m.lstrip('-') for m in missing)}; "
+            f"pass {' and '.join(missing)}"
+        )
+    data_cfg = {
+        "name": "timeseries",
+        "path": data,
+        "timestamp_column": timestamp_column,
+        "target_columns": target_columns,
+        "context_length": int(ctx),
+        "horizon": int(hor),
+        "scale": False,
+        "min_context": 1,
+    }
+    cfg = validate(
+        {
+            "name": "predict",
+            "data": data_cfg,
+            "backbone": {"name": backbone, "weights": str(folder)},
+            "head": {"name": "native"},
+            "task": {"name": "forecasting"},
+            "stages": [{"name": "zeroshot", "max_epochs": 0, "init_from": "pretrained"}],
+        },
+        source="sciadapt predict",
+    )
+    dm = build_datamodule(cfg, -1)
+    inputs = dm.predict_inputs()
+    task = build_task(cfg, data_facts(dm))
+    return _forecast_to_csv(task, dm, inputs, out)
+
+
+def _forecast_to_csv(task: Any, dm: Any, inputs: dict[str, Any], out: Path) -> Path:
+    """Run ``task`` on ``inputs`` and write the forecast CSV (original units) and its plot."""
     task.eval()
     with torch.no_grad():
-        pred = task(inputs["x"])[0].numpy()  # (L, C) or (L, C, Q)
+        pred = task(inputs["x"], **task.model_inputs(inputs))[0].numpy()  # (L, C) or (L, C, Q)
     quantiles = getattr(task.head, "quantiles", None)
     targets = list(dm.target_columns)
     frame = pd.DataFrame(index=pd.Index(inputs["future_index"], name="timestamp"))

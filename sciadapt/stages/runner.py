@@ -49,7 +49,9 @@ def _matches(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".")
 
 
-def apply_trainable(model: torch.nn.Module, trainable: list[str], frozen: list[str], where: str) -> tuple[int, int]:
+def apply_trainable(
+    model: torch.nn.Module, trainable: list[str], frozen: list[str], where: str, adapter_follows: bool = False
+) -> tuple[int, int]:
     """Set ``requires_grad`` from glob patterns over parameter names; frozen wins.
 
     Returns (trainable count, total count). A pattern that matches no parameter is an error:
@@ -73,7 +75,7 @@ def apply_trainable(model: torch.nn.Module, trainable: list[str], frozen: list[s
         p.requires_grad_(on)
         n_total += p.numel()
         n_train += p.numel() if on else 0
-    if n_train == 0:
+    if n_train == 0 and not adapter_follows:
         raise ConfigError(f"{where}: no parameter is trainable (check `trainable` and `frozen`)")
     return n_train, n_total
 
@@ -237,7 +239,9 @@ class PipelineRunner:
             dm = self._datamodule(i)
             self._ensure_task(dm, spec["name"])
             where = f"stages[{i}] ({spec['name']})"
-            apply_trainable(self.task, self._trainable(spec), spec["frozen"], where)
+            apply_trainable(
+                self.task, self._trainable(spec), spec["frozen"], where, adapter_follows=bool(spec.get("peft"))
+            )
             pf = spec.get("peft")
             if pf:
                 from sciadapt.peft import core as peft_core
@@ -247,11 +251,15 @@ class PipelineRunner:
                     self.task, method, pf.get("targets"), pf.get("layer_types"), where=f"{where}.peft.targets"
                 )
 
-    @staticmethod
-    def _trainable(spec: dict[str, Any]) -> list[str]:
+    def _trainable(self, spec: dict[str, Any]) -> list[str]:
         if spec.get("trainable") is not None:
             return list(spec["trainable"])
-        return ["head"] if spec.get("peft") else ["*"]
+        if spec.get("peft"):
+            # a PEFT stage trains its adapter and the head; a parameter-free head (a backbone that
+            # forecasts itself, as TTM and MOMENT do) leaves only the adapter
+            head = getattr(self.task, "head", None) if self.task is not None else None
+            return ["head"] if head is None or any(True for _ in head.parameters()) else []
+        return ["*"]
 
     @classmethod
     def resume(cls, run_dir: Path, cfg: dict[str, Any] | None = None, console: Any = None) -> PipelineRunner:
@@ -420,7 +428,9 @@ class PipelineRunner:
             sdir = self.stage_dir(name)
             resume_from = sdir / "last.ckpt"  # present when this stage was killed mid-way
             where = f"stages[{i}] ({name})"
-            n_train, n_total = apply_trainable(self.task, self._trainable(spec), spec["frozen"], where)
+            n_train, n_total = apply_trainable(
+                self.task, self._trainable(spec), spec["frozen"], where, adapter_follows=bool(spec.get("peft"))
+            )
             adapter = None
             if spec.get("peft"):
                 from sciadapt.peft import core as peft_core
@@ -468,12 +478,16 @@ class PipelineRunner:
             self.state["current"] = name
             write_json(self.state_path, self.state)
             t0 = time.perf_counter()
-            trainer.fit(
-                self.task,
-                datamodule=dm,
-                ckpt_path=str(resume_from) if resume_from.exists() else None,
-                weights_only=True if resume_from.exists() else None,
-            )
+            if spec.get("max_epochs") == 0:
+                # evaluation only (zero-shot): the weights are scored as loaded, nothing trains
+                self._print(f"  {name}: max_epochs 0, evaluation only")
+            else:
+                trainer.fit(
+                    self.task,
+                    datamodule=dm,
+                    ckpt_path=str(resume_from) if resume_from.exists() else None,
+                    weights_only=True if resume_from.exists() else None,
+                )
             seconds = time.perf_counter() - t0
             if spec.get("restore_best") and ckpt_cb.best_model_path:
                 load_into(self.task, load_weights(Path(ckpt_cb.best_model_path)), ckpt_cb.best_model_path)
@@ -483,7 +497,15 @@ class PipelineRunner:
                 peft_core.save_adapter(self.task, self.run_dir / "adapters" / name, adapter)
                 if spec["peft"].get("merge_after"):
                     peft_core.merge_and_drop(self.task, adapter)
-            trainer.save_checkpoint(str(self.final_ckpt(name)), weights_only=True)
+            if spec.get("max_epochs") == 0:
+                # no fit, so no trainer-attached model to save from: write the same layout directly
+                ckpt = {"state_dict": self.task.state_dict()}
+                self.task.on_save_checkpoint(ckpt)
+                buf = io.BytesIO()
+                torch.save(ckpt, buf)
+                atomic_write_bytes(self.final_ckpt(name), buf.getvalue())
+            else:
+                trainer.save_checkpoint(str(self.final_ckpt(name)), weights_only=True)
             stage_summary: dict[str, Any] = {
                 "trainable_params": n_train,
                 "total_params": n_total,
@@ -491,6 +513,12 @@ class PipelineRunner:
                 "steps": trainer.global_step,
                 "fit_seconds": round(seconds, 2),
             }
+            # what the model saw of the data: padded short histories, few-shot subsets, and how
+            # the backbone fit the window to its own context (pad / truncate)
+            if hasattr(dm, "padding_report"):
+                stage_summary["data"] = dm.padding_report()
+            if hasattr(self.task.backbone, "input_policy"):
+                stage_summary["backbone_input"] = self.task.backbone.input_policy(dm.context_length)
             if spec.get("evaluate", True):
                 stage_summary["test"] = self.test(trainer, dm)
             self.summary["stages"][name] = stage_summary

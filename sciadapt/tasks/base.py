@@ -7,14 +7,16 @@ trains through every stage of a pipeline.
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from sciadapt.types import Batch
+from sciadapt.types import MODEL_INPUTS, Batch
 
 
 class Task(pl.LightningModule):
@@ -30,13 +32,21 @@ class Task(pl.LightningModule):
         self.seed = 0
         self._test_outputs: list[dict[str, torch.Tensor]] = []
         self.test_results: dict[str, Any] = {}
+        # Optional batch entries a backbone declares in its forward_features signature (x_mask,
+        # future_exog, ...): passed when the batch has them, so one loop serves every backbone.
+        params = inspect.signature(backbone.forward_features).parameters  # type: ignore[operator]
+        self.backbone_inputs = tuple(n for n in params if n != "x" and n in MODEL_INPUTS)
 
     # -- forward --------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.forward_features(x))
+    def model_inputs(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The optional inputs of ``batch`` the backbone accepts."""
+        return {k: batch[k] for k in self.backbone_inputs if batch.get(k) is not None}
+
+    def forward(self, x: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone.forward_features(x, **inputs))
 
     def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        pred = self(batch["x"])
+        pred = self(batch["x"], **self.model_inputs(batch))
         return self.head.loss(pred, batch["y"], batch.get("mask")), pred
 
     # -- the loop -------------------------------------------------------------------------
@@ -85,7 +95,7 @@ class Task(pl.LightningModule):
         return {}
 
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        return self(batch["x"])
+        return self(batch["x"], **self.model_inputs(batch))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # what the weights were trained on, so a later load onto other channels fails clearly

@@ -34,17 +34,24 @@ class ForecastingTask(Task):
         self.seasonality = seasonality
         self.instance_norm = instance_norm
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
             raise ShapeError(f"forecasting input: expected B T C, got {tuple(x.shape)}")
         if not self.instance_norm:
-            return super().forward(x)
+            return super().forward(x, **inputs)
         # Each window is standardised by its own context statistics and the forecast mapped
         # back (as neuralforecast's temporal "standard" scaler and RevIN do): level and scale
-        # shifts between domains or seasons then never reach the backbone.
-        mean = x.mean(dim=1, keepdim=True)  # (B, 1, C)
-        std = x.std(dim=1, keepdim=True, unbiased=False).clamp_min(1e-5)
-        out = super().forward((x - mean) / std)
+        # shifts between domains or seasons then never reach the backbone. Missing and padded
+        # rows (x_mask 0) do not count.
+        w = inputs.get("x_mask")
+        w = torch.ones_like(x) if w is None else w.to(x.dtype)
+        n = w.sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, 1, C)
+        mean = (x * w).sum(dim=1, keepdim=True) / n
+        std = ((((x - mean) * w) ** 2).sum(dim=1, keepdim=True) / n).sqrt().clamp_min(1e-5)
+        if "future_exog" in inputs:
+            exog_mean, exog_std = mean[:, :, self.n_targets :], std[:, :, self.n_targets :]
+            inputs = {**inputs, "future_exog": (inputs["future_exog"] - exog_mean) / exog_std}
+        out = super().forward((x - mean) / std * w, **inputs)
         m, s = mean[:, :, : self.n_targets], std[:, :, : self.n_targets]  # (B, 1, C_targets)
         if out.dim() == 4:  # (B, L, C, Q)
             return out * s.unsqueeze(-1) + m.unsqueeze(-1)

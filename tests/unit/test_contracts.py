@@ -29,7 +29,14 @@ def test_builders_are_config_schemas(registry) -> None:  # type: ignore[no-untyp
         builder_schema(fn)  # resolvable
 
 
-@pytest.mark.parametrize("name", BACKBONES.list())
+def test_every_backbone_family_ships_a_tiny_variant() -> None:
+    names = BACKBONES.list()
+    families = {n.split("_")[0] for n in names}
+    assert all(f"{f}_tiny" in names for f in families), sorted(f for f in families if f"{f}_tiny" not in names)
+
+
+# full-size variants (hundreds of millions of parameters) are covered by their family's own tests
+@pytest.mark.parametrize("name", [n for n in BACKBONES.list() if n.endswith("_tiny")])
 def test_series_backbone_contract(name: str) -> None:
     fn = BACKBONES.get(name)
     kwargs = {"context_length": 48, "horizon": 12, "n_exog": 1}
@@ -50,8 +57,10 @@ def test_series_backbone_contract(name: str) -> None:
 
 @pytest.mark.parametrize("name", HEADS.list())
 def test_forecast_head_contract(name: str) -> None:
-    head = HEADS.get(name)(in_features=4, horizon=12, in_layout="B L C D")
-    feats = torch.randn(3, 12, 2, 4)
+    # D as the head expects it by default (a pass-through head takes a backbone's own forecast, D=1)
+    d = inspect.signature(HEADS.get(name)).parameters["in_features"].default
+    head = HEADS.get(name)(in_features=d, horizon=12, in_layout="B L C D")
+    feats = torch.randn(3, 12, 2, d)
     pred = head(feats)
     y = torch.randn(3, 12, 2)
     loss = head.loss(pred, y, torch.ones_like(y))

@@ -138,7 +138,7 @@ def test_batch_layout_and_loaders(tmp_path: Path) -> None:
     assert batch["y"].shape == (8, 6, 3) and batch["y"].dtype == torch.float32
     assert batch["mask"].shape == (8, 6, 3) and bool((batch["mask"] == 1).all())
     assert batch["meta"]["start"].dtype == torch.int64 and batch["meta"]["start"].shape == (8,)
-    assert "x_mask" not in batch
+    assert batch["x_mask"].shape == (8, 24, 3) and bool((batch["x_mask"] == 1).all())  # nothing missing
     val = first_batch(dm.val_dataloader())
     starts = val["meta"]["start"]
     assert val["x"].shape[0] == 16 and bool((starts.diff() == 1).all())
@@ -481,7 +481,7 @@ def test_nan_policy_interpolate_is_linear_in_time(tmp_path: Path) -> None:
     assert values[50, 1] == pytest.approx((frame.loc[49, "b"] + frame.loc[51, "b"]) / 2, rel=1e-5)
     assert values[0, 2] == pytest.approx(frame.loc[1, "c"], rel=1e-5)  # leading gap: nearest value
     assert np.isfinite(values).all()
-    assert "x_mask" not in dm.dataset("train")[0]
+    assert bool((dm.dataset("train")[0]["x_mask"] == 1).all())  # interpolated values count as observed
 
 
 # ---------------------------------------------------------------------------------------- predict
@@ -551,3 +551,89 @@ def test_etth1_published_protocol() -> None:
     batch = first_batch(dm.test_dataloader())
     assert batch["x"].shape == (256, 96, 7) and batch["y"].shape == (256, 96, 7)
     np.testing.assert_allclose(dm.dataset("train").values[:8640].mean(axis=0), 0.0, atol=1e-4)
+
+
+# ---------------------------------------------------------------- short histories, few-shot, exog
+
+
+def test_min_context_left_pads_short_histories_with_a_mask(tmp_path: Path) -> None:
+    # 60 rows cannot hold one 48+6 window per split without padding
+    path = write_csv(tmp_path, make_frame(60))
+    with pytest.raises(DataError, match="min_context"):
+        build(path, context_length=48, horizon=6, split="rows", split_rows=[30, 15, 15]).setup()
+    dm = build(path, context_length=48, horizon=6, split="rows", split_rows=[30, 15, 15], min_context=8, scale=False)
+    train = dm.dataset("train")
+    first = train[0]
+    # the first window has exactly min_context real rows, the rest are zeros marked unobserved
+    assert first["x"].shape == (48, 3)
+    assert float(first["x_mask"][:40].sum()) == 0.0 and bool((first["x_mask"][40:] == 1).all())
+    assert bool((first["x"][:40] == 0).all())
+    frame = make_frame(60)
+    np.testing.assert_allclose(first["x"][40:, 0].numpy(), frame["a"].to_numpy()[:8], rtol=1e-6)
+    np.testing.assert_allclose(first["y"][:, 0].numpy(), frame["a"].to_numpy()[8:14], rtol=1e-6)
+    report = dm.padding_report()
+    assert report["train"]["padded"] == len(train) and report["train"]["min_real_context"] == 8
+    assert report["test"]["padded"] == 0  # its context comes from the rows before it
+    assert "left-padded" in dm.describe()
+    # predict from a history shorter than the context: padded too
+    short = write_csv(tmp_path, make_frame(20), name="short.csv")
+    inputs = dm.predict_inputs(str(short))
+    assert inputs["padded_rows"] == 28 and float(inputs["x_mask"][0, :28].sum()) == 0.0
+
+
+def test_min_context_out_of_range_is_a_config_error(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, make_frame(200))
+    with pytest.raises(ConfigError, match="min_context"):
+        build(path, context_length=24, horizon=6, min_context=25)
+
+
+@pytest.mark.parametrize("location", ["first", "last", "uniform"])
+def test_fewshot_keeps_a_fraction_of_train_windows_only(tmp_path: Path, location: str) -> None:
+    path = write_csv(tmp_path, make_frame(1000))
+    full = build(path, context_length=24, horizon=6)
+    few = build(path, context_length=24, horizon=6, fewshot_fraction=0.1, fewshot_location=location, fewshot_seed=3)
+    all_starts = [full.dataset("train")[i]["meta"]["start"] for i in range(len(full.dataset("train")))]
+    starts = [few.dataset("train")[i]["meta"]["start"] for i in range(len(few.dataset("train")))]
+    assert len(starts) == int(len(all_starts) * 0.1)
+    assert len(few.dataset("val")) == len(full.dataset("val")) and len(few.dataset("test")) == len(full.dataset("test"))
+    if location == "first":
+        assert starts == all_starts[: len(starts)]
+    elif location == "last":
+        assert starts == all_starts[-len(starts) :]
+    else:
+        assert starts == sorted(starts) and set(starts) <= set(all_starts)
+        assert starts != all_starts[: len(starts)] and starts != all_starts[-len(starts) :]
+        again = build(path, context_length=24, horizon=6, fewshot_fraction=0.1, fewshot_location=location, fewshot_seed=3)
+        assert [again.dataset("train")[i]["meta"]["start"] for i in range(len(starts))] == starts  # seeded
+    assert "few-shot" in few.describe()
+
+
+def test_fewshot_bad_values_are_config_errors(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, make_frame(200))
+    with pytest.raises(ConfigError) as err:
+        build(path, fewshot_fraction=0.0, fewshot_location="random")
+    assert "fewshot_fraction" in str(err.value) and "fewshot_location" in str(err.value)
+
+
+def test_duplicate_timestamps_refused_or_dropped(tmp_path: Path) -> None:
+    frame = make_frame(300)
+    frame = pd.concat([frame.iloc[:100], frame.iloc[99:100].assign(a=-1.0), frame.iloc[100:]], ignore_index=True)
+    path = write_csv(tmp_path, frame)
+    with pytest.raises(DataError, match="duplicate_timestamps=keep_first"):
+        build(path, context_length=24, horizon=6).setup()
+    first = build(path, context_length=24, horizon=6, duplicate_timestamps="keep_first", scale=False)
+    first.setup()
+    assert first.dropped_duplicates == 1 and -1.0 not in first.dataset("train").values[:, 0]
+    last = build(path, context_length=24, horizon=6, duplicate_timestamps="keep_last", scale=False)
+    assert -1.0 in last.dataset("train").values[:, 0]
+    assert "duplicate" in first.describe()
+
+
+def test_future_exog_rides_with_the_batch(tmp_path: Path) -> None:
+    path = write_csv(tmp_path, make_frame(300))
+    dm = build(path, context_length=24, horizon=6, target_columns=["a"], exog_columns=["b", "c"], scale=False)
+    item = dm.dataset("train")[5]
+    assert item["future_exog"].shape == (6, 2)
+    np.testing.assert_allclose(item["future_exog"].numpy(), make_frame(300)[["b", "c"]].to_numpy()[5 + 24 : 5 + 30])
+    no_exog = build(path, context_length=24, horizon=6, scale=False)
+    assert "future_exog" not in no_exog.dataset("train")[0]

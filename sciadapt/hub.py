@@ -1,0 +1,183 @@
+"""Where weights come from: a local file or folder, or ``hf://org/repo[@revision]`` on the Hugging Face Hub.
+
+Every loader goes through :func:`resolve_folder` / :func:`resolve_file` and :func:`read_state_dict`,
+so hub access, the offline message and the safe readers (safetensors first, ``torch.load`` only with
+``weights_only=True``) exist once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sciadapt.errors import CheckpointError
+
+HF_SCHEME = "hf://"
+#: Weight files in the order a folder is searched: safetensors wins over pickled torch files.
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
+_TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """A parsed ``hf://org/repo[/subfolder][@revision]`` reference."""
+
+    repo_id: str
+    revision: str | None = None
+    subfolder: str | None = None
+
+    def __str__(self) -> str:
+        sub = f"/{self.subfolder}" if self.subfolder else ""
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"{HF_SCHEME}{self.repo_id}{sub}{rev}"
+
+
+def is_hub(source: str | os.PathLike[str]) -> bool:
+    return str(source).startswith(HF_SCHEME)
+
+
+def parse_hub(source: str) -> HubRef:
+    """``hf://org/repo@rev`` -> HubRef; the revision is a branch, tag or commit."""
+    body = source[len(HF_SCHEME) :]
+    revision = None
+    if "@" in body:
+        body, revision = body.rsplit("@", 1)
+        if not revision:
+            raise CheckpointError(f"{source!r}: empty revision after '@' (write hf://org/repo@<branch|tag|commit>)")
+    parts = [p for p in body.split("/") if p]
+    if len(parts) < 2:
+        raise CheckpointError(f"{source!r}: expected hf://<org>/<repo>[/<subfolder>][@<revision>]")
+    return HubRef("/".join(parts[:2]), revision, "/".join(parts[2:]) or None)
+
+
+def _download(ref: HubRef, patterns: Sequence[str]) -> Path:
+    """Snapshot the files matching ``patterns`` into the local hub cache and return the folder."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as err:  # pragma: no cover - huggingface_hub is a core dependency
+        raise CheckpointError(f"{ref}: huggingface_hub is not installed (pip install huggingface_hub)") from err
+    allow = [f"{ref.subfolder}/{p}" for p in patterns] if ref.subfolder else list(patterns)
+    try:
+        folder = Path(snapshot_download(ref.repo_id, revision=ref.revision, allow_patterns=allow))
+    except Exception as err:  # offline, DNS, 404, gated repo: hub raises many types
+        name = type(err).__name__
+        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
+        raise CheckpointError(
+            f"cannot fetch {ref} from the Hugging Face Hub ({name}: {str(err).splitlines()[0] if str(err) else ''}). "
+            + ("HF_HUB_OFFLINE is set and the files are not in the local cache. " if offline else "")
+            + "Without network access, download it where there is one "
+            + f"(hf download {ref.repo_id}"
+            + (f" --revision {ref.revision}" if ref.revision else "")
+            + " --local-dir <dir>) and pass the local folder instead of the hf:// reference."
+        ) from None
+    return folder / ref.subfolder if ref.subfolder else folder
+
+
+def resolve_folder(source: str | os.PathLike[str], required: Sequence[str], optional: Sequence[str] = ()) -> Path:
+    """A local folder holding ``required`` (and, when present, ``optional``) files.
+
+    Args:
+        source: A local folder or ``hf://org/repo[/subfolder][@revision]``.
+        required: File names that must exist in the folder (e.g. ``["config.json"]``).
+        optional: File names fetched from the hub when they exist (e.g. the weight files).
+
+    Raises:
+        CheckpointError: The folder or a required file is missing, or the hub cannot be reached.
+    """
+    src = str(source)
+    if is_hub(src):
+        ref = parse_hub(src)
+        folder = _download(ref, [*required, *optional])
+        where = str(ref)
+    else:
+        folder = Path(src).expanduser()
+        where = str(folder)
+        if not folder.exists():
+            raise CheckpointError(f"weights {where!r} not found: give a local folder or hf://org/repo@revision")
+        if not folder.is_dir():
+            raise CheckpointError(f"weights {where!r} is a file; this model loads a folder with {', '.join(required)}")
+    missing = [f for f in required if not (folder / f).is_file()]
+    if missing:
+        raise CheckpointError(f"{where} has no {', '.join(missing)} (expected files: {', '.join(required)})")
+    return folder
+
+
+def weights_file(folder: Path, names: Sequence[str] = WEIGHT_FILES) -> Path:
+    """The first existing weight file of ``names`` in ``folder`` (safetensors first)."""
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f"{folder} holds no weights: expected one of {', '.join(names)}")
+
+
+def resolve_file(source: str | os.PathLike[str], default_names: Sequence[str] = WEIGHT_FILES) -> Path:
+    """A local weight file: ``source`` itself, the first weight file in a folder, or one fetched from the hub."""
+    src = str(source)
+    if is_hub(src):
+        return weights_file(resolve_folder(src, [], default_names), default_names)
+    path = Path(src).expanduser()
+    if path.is_dir():
+        return weights_file(path, default_names)
+    if not path.is_file():
+        raise CheckpointError(f"weights {src!r} not found: give a file, a folder or hf://org/repo@revision")
+    return path
+
+
+def read_state_dict(path: Path, prefix: str | None = None) -> dict[str, Tensor]:
+    """A flat ``name -> tensor`` mapping from a safetensors or torch file, never executing code.
+
+    A Lightning checkpoint (``{"state_dict": ...}``) is unwrapped. With ``prefix``, only entries under
+    it are kept, with the prefix removed.
+    """
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            obj: Any = load_file(str(path), device="cpu")
+        elif suffix in _TORCH_SUFFIXES:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise CheckpointError(
+                f"unsupported weight file {path}: use .safetensors or one of {', '.join(_TORCH_SUFFIXES)}"
+            )
+    except CheckpointError:
+        raise
+    except Exception as err:  # truncated, foreign or pickled-code files
+        raise CheckpointError(f"cannot read weights {path}: {err}. Is the file complete and a state dict?") from None
+    if isinstance(obj, Mapping) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    state = {str(k): v for k, v in obj.items()}
+    if prefix:
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    return state
+
+
+def describe_mismatch(own: Mapping[str, Tensor], state: Mapping[str, Tensor], n: int = 8) -> list[str]:
+    """Missing, unexpected and mis-shaped keys between a model's and a file's state dicts."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shaped = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+
+    def preview(keys: list[str]) -> str:
+        return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
+
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} keys missing from the file: {preview(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys in the file: {preview(unexpected)}")
+    problems += [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in shaped[:n]]
+    if len(shaped) > n:
+        problems.append(f"... {len(shaped) - n} more shape mismatches")
+    return problems
