@@ -81,12 +81,27 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _compose(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Merge the ``defaults:`` building blocks under the file's own keys (the file wins)."""
+def config_groups() -> list[str]:
+    """The building-block groups under configs/ (backbone, data, trainer, ...)."""
+    return sorted(p.name for p in resource_dir("configs").iterdir() if p.is_dir())
+
+
+def _compose(path: Path, seen: tuple[Path, ...] = (), choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """Merge the ``defaults:`` building blocks under the file's own keys (the file wins).
+
+    ``choices`` (from ``group=name`` overrides such as ``backbone=ttm_tiny``) replace the block a
+    pipeline's ``defaults`` picks for that group, or add one; the pipeline's own keys still apply.
+    """
     raw = _read_yaml(path)
     defaults = raw.pop("defaults", []) or []
     if not isinstance(defaults, list):
         raise ConfigError(f"{path}: `defaults` must be a list like [{{backbone: nhits}}, {{data: ett}}]")
+    if choices:
+        picked = {next(iter(e)) for e in defaults if isinstance(e, dict) and len(e) == 1}
+        defaults = [
+            {g: choices[g]} if isinstance(e, dict) and len(e) == 1 and (g := next(iter(e))) in choices else e
+            for e in defaults
+        ] + [{g: c} for g, c in choices.items() if g not in picked]
     merged: Any = OmegaConf.create({})
     problems = []
     for entry in defaults:
@@ -175,9 +190,18 @@ def load_config(ref: str, overrides: list[str] | None = None) -> dict[str, Any]:
     Returns a plain dict with every default filled in (the form saved as ``config.yaml``).
     """
     path = resolve_pipeline(ref)
-    cfg = _compose(path)
+    # `backbone=ttm_tiny` (a group and a block name, no dot) swaps a building block, as in Hydra
+    groups = config_groups()
+    choices, rest = {}, []
+    for ov in overrides or []:
+        key, _, value = ov.partition("=")
+        if "." not in key and key.strip() in groups and value and not value.lstrip().startswith("{"):
+            choices[key.strip()] = value.strip()
+        else:
+            rest.append(ov)
+    cfg = _compose(path, choices=choices)
     cfg.setdefault("name", path.stem)
-    cfg = apply_overrides(cfg, overrides or [])
+    cfg = apply_overrides(cfg, rest)
     try:
         cfg = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)  # type: ignore[assignment]
     except OmegaConfBaseException as e:

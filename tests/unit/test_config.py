@@ -109,3 +109,11 @@ def test_cli_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert "nhits" in out and "quickstart" in out and "timeseries" in out
     assert main(["list", "backbone"]) == 2
     assert "did you mean 'backbones'" in capsys.readouterr().err
+
+
+def test_group_override_swaps_a_building_block() -> None:
+    cfg = load_config("quickstart", ["backbone=nhits_tiny", "backbone.dropout=0.1"])
+    assert cfg["backbone"]["name"] == "nhits_tiny" and cfg["backbone"]["feature_dim"] == 4
+    assert cfg["backbone"]["dropout"] == 0.1  # dotted overrides still apply on top
+    with pytest.raises(ConfigError, match="no building block 'nhits_tny'.*nhits_tiny"):
+        load_config("quickstart", ["backbone=nhits_tny"])
