@@ -36,7 +36,29 @@ DEFAULT_COMPONENT = {"head": "point", "task": "forecasting"}
 # builder parameters the runner passes objects into; never config keys
 INJECTED = {"backbone", "head"}
 # builder parameters filled from the data (or the backbone) when the config leaves them out
-INFERRED = {"context_length", "horizon", "n_exog", "n_targets", "in_features", "in_layout", "seasonality"}
+INFERRED = {
+    # series data
+    "context_length",
+    "horizon",
+    "n_exog",
+    "n_targets",
+    "seasonality",
+    # backbone -> head
+    "in_features",
+    "in_layout",
+    # gridded data
+    "lat",
+    "lon",
+    "n_channels",
+    "n_forcings",
+    "n_static",
+    "n_input",
+    "variables",
+    "tendency_scale",
+    "area_weights",
+    "time_step_hours",
+}
+BASELINES = ("seasonal_naive", "naive", "persistence", "climatology")
 INIT_FROM_WORDS = ("previous", "scratch", "pretrained")
 
 
@@ -410,6 +432,17 @@ def validate(cfg: dict[str, Any], source: str | None = None) -> dict[str, Any]:
             f"{path}.schedule.name",
             problems,
         )
+        ro = spec.get("rollout")
+        if isinstance(ro, dict):
+            for key in ("steps", "grow_every", "grow_by", "max_steps", "truncate_every"):
+                if isinstance(ro.get(key), int) and ro[key] < 1:
+                    problems.append(f"{path}.rollout.{key}: must be >= 1, got {ro[key]}")
+            if (
+                isinstance(ro.get("max_steps"), int)
+                and isinstance(ro.get("steps"), int)
+                and ro["max_steps"] < ro["steps"]
+            ):
+                problems.append(f"{path}.rollout.max_steps: {ro['max_steps']} is below steps {ro['steps']}")
         es = spec.get("early_stopping")
         if isinstance(es, dict):
             _check_choice(es.get("mode"), ("min", "max"), f"{path}.early_stopping.mode", problems)
@@ -436,7 +469,7 @@ def validate(cfg: dict[str, Any], source: str | None = None) -> dict[str, Any]:
             if name not in names:
                 problems.append(f"evaluation.stages[{j}]: no stage {name!r}.{suggest(name, names)}")
         for j, b in enumerate(ev.get("baselines") or []):
-            _check_choice(b, ("seasonal_naive", "naive"), f"evaluation.baselines[{j}]", problems)
+            _check_choice(b, BASELINES, f"evaluation.baselines[{j}]", problems)
     if problems:
         raise ConfigError(problems, source=source)
     return out
@@ -485,10 +518,18 @@ def _check_choice(value: Any, choices: tuple[str, ...], path: str, problems: lis
 
 
 def stage_data_config(cfg: dict[str, Any], stage_index: int) -> dict[str, Any]:
-    """The data section a stage trains on: the pipeline's, with the stage's overrides."""
+    """The data section a stage trains on: the pipeline's, with the stage's overrides.
+
+    A rollout stage's samples carry as many future states as its longest rollout (``n_lead``).
+    """
     data = dict(cfg["data"])
     if stage_index >= 0:
-        data.update(cfg["stages"][stage_index].get("data") or {})
+        stage = cfg["stages"][stage_index]
+        data.update(stage.get("data") or {})
+        rollout = stage.get("rollout")
+        if rollout and "n_lead" in inspect.signature(COMPONENTS["data"].get(data["name"])).parameters:
+            need = int(rollout.get("max_steps") or rollout.get("steps") or 1)
+            data["n_lead"] = max(int(data.get("n_lead") or 1), need)
     return data
 
 
@@ -541,7 +582,12 @@ def build_datamodule(cfg: dict[str, Any], stage_index: int = -1) -> Any:
 
 
 def data_facts(dm: Any) -> dict[str, Any]:
-    """What the model must agree with: window geometry and channel counts of a set-up datamodule."""
+    """What the model must agree with: window geometry and channel counts of a set-up datamodule.
+
+    A datamodule may define ``facts()`` itself (gridded data: grid, channels, statistics).
+    """
+    if hasattr(dm, "facts"):
+        return dict(dm.facts())
     return {
         "context_length": dm.context_length,
         "horizon": dm.horizon,

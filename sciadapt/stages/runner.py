@@ -39,6 +39,25 @@ from sciadapt.runs import (
 
 log = logging.getLogger("sciadapt")
 
+# data facts that fix the model's shapes: every stage's data must agree on them
+GEOMETRY_FACTS = (
+    "context_length",
+    "horizon",
+    "n_exog",
+    "lat",
+    "lon",
+    "n_channels",
+    "n_forcings",
+    "n_static",
+    "n_input",
+    "variables",
+)
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) < 60 else text[:57] + "..."
+
 
 # ---------------------------------------------------------------------------------------------
 # trainable / frozen
@@ -304,21 +323,22 @@ class PipelineRunner:
             self.facts = facts
             self.task = build_task(self.cfg, facts)
             self.task.seed = self.cfg["seed"]
-            self.task.data_signature = {
-                **facts,
-                "target_columns": list(dm.target_columns),
-                "exog_columns": list(dm.exog_columns),
-            }
+            self.task.data_signature = {**facts}
+            for key in ("target_columns", "exog_columns"):
+                if hasattr(dm, key):
+                    self.task.data_signature[key] = list(getattr(dm, key))
             return
         assert self.facts is not None
         diff = {
-            k: (self.facts[k], facts[k]) for k in ("context_length", "horizon", "n_exog") if self.facts[k] != facts[k]
+            k: (self.facts[k], facts[k])
+            for k in GEOMETRY_FACTS
+            if k in facts and k in self.facts and self.facts[k] != facts[k]
         }
         if diff:
-            desc = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+            desc = ", ".join(f"{k} {_short(a)} -> {_short(b)}" for k, (a, b) in diff.items())
             raise ConfigError(
                 f"stage {stage_name!r}: its data changes the model geometry ({desc}); stages share one model, "
-                "so every stage's data must keep context_length, horizon and the exogenous columns"
+                f"so every stage's data must keep {', '.join(sorted(diff))} as the first stage's data has them"
             )
 
     def _fresh_task(self, structure_of: int) -> None:
@@ -566,7 +586,9 @@ class PipelineRunner:
         labels = ev.get("labels") or {}
         rows = []
         for b in ev.get("baselines") or []:
-            rows.append({"model": b.replace("_", "-"), **self._baseline(dm, b)})
+            # a task with its own baselines (rollout: persistence, climatology) scores them itself
+            scores = self.task.baseline(b, dm) if hasattr(self.task, "baseline") else self._baseline(dm, b)
+            rows.append({"model": b.replace("_", "-"), **scores})
         order = [s["name"] for s in self.cfg["stages"]]
         last_data = stage_data_config(self.cfg, len(order) - 1)
         for name in names:

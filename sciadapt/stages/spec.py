@@ -44,6 +44,23 @@ class EarlyStoppingSpec:
 
 
 @dataclass
+class RolloutSpec:
+    """Autoregressive rollout length of a stage (gridded rollout tasks).
+
+    Starts at ``steps``, grows by ``grow_by`` every ``grow_every`` epochs up to ``max_steps``;
+    ``checkpoint`` recomputes each step in backward; ``truncate_every`` detaches the state every
+    ``n`` steps. The stage's data provides ``n_lead = max_steps or steps`` future states.
+    """
+
+    steps: int = 1
+    grow_every: int | None = None
+    grow_by: int = 1
+    max_steps: int | None = None
+    checkpoint: bool = False
+    truncate_every: int | None = None
+
+
+@dataclass
 class StageSpec:
     """One fine-tuning stage. A pipeline runs its stages in order on one task."""
 
@@ -65,6 +82,7 @@ class StageSpec:
     init_from: str | None = None  # previous | scratch | pretrained | stage:<name> | <checkpoint path>
     data: dict[str, Any] | None = None  # overrides of the pipeline's `data:` for this stage
     evaluate: bool = True  # test on this stage's data when the stage ends
+    rollout: RolloutSpec | None = None  # rollout tasks: steps per sample (curriculum stages)
 
 
 @dataclass

@@ -1,3 +1,4 @@
 """Tasks: LightningModules that own backbone + head + loss + metrics."""
 
 from sciadapt.tasks import forecasting  # noqa: F401
+from sciadapt.tasks import rollout  # noqa: F401

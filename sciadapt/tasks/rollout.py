@@ -1,0 +1,280 @@
+"""Autoregressive rollout of gridded states: GraphCast / Anemoi-style emulator training.
+
+One step maps the last ``n_input`` normalised states (plus forcings and static fields) to the
+normalised tendency of every channel; the next state is ``x_last + tendency * tendency_scale``
+(``tendency_scale = std(Δstate) / std(state)`` per channel, so the network predicts unit-variance
+tendencies). A rollout feeds predictions back as inputs for ``k`` steps; the loss is the latitude-
+weighted MSE with per-variable weights, averaged over the ``k`` steps.
+
+The rollout length comes from the stage (``stages[i].rollout``): ``steps`` to start with, grown by
+``grow_by`` every ``grow_every`` epochs up to ``max_steps`` (Anemoi's schedule); ``checkpoint``
+recomputes each step in backward (memory flat in ``k``); ``truncate_every`` detaches the state every
+``n`` steps (GraphCast's split of the 3-day stage). The current length is saved in every checkpoint,
+so a resumed run continues at the length it reached.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from sciadapt.errors import ConfigError, ShapeError
+from sciadapt.registry import TASKS
+from sciadapt.tasks.base import Task
+from sciadapt.types import Batch
+
+
+def rollout_length(spec: dict[str, Any] | None, epoch: int) -> int:
+    """Rollout steps at ``epoch`` of a stage whose ``rollout`` block is ``spec``."""
+    if not spec:
+        return 1
+    steps = int(spec.get("steps", 1))
+    every = spec.get("grow_every")
+    if every:
+        steps += int(spec.get("grow_by", 1)) * (epoch // int(every))
+    top = spec.get("max_steps")
+    return min(steps, int(top)) if top else steps
+
+
+def max_rollout(spec: dict[str, Any] | None) -> int:
+    """The longest rollout a stage reaches (what its data must provide as ``n_lead``)."""
+    if not spec:
+        return 1
+    return int(spec.get("max_steps") or spec.get("steps", 1))
+
+
+class RolloutTask(Task):
+    """Train and evaluate a one-step emulator by autoregressive rollout.
+
+    Args:
+        backbone: ``forward_features(x, forcings, static) -> (B, C, H, W)`` normalised tendencies.
+        head: A grid head (``grid``).
+        variables: Channel names, in order (follows the data).
+        tendency_scale: ``std(Δ) / std`` per channel (follows the data).
+        area_weights: Latitude weights ``(H,)``, mean 1 (follows the data).
+        n_input: Past states per step (follows the data).
+        variable_weights: Loss weight per variable name (others 1); a name may be a prefix
+            (``z`` weighs every ``z_<level>``).
+        time_step_hours: Hours per step, for lead-time labels (follows the data).
+    """
+
+    tendency_scale_t: Tensor
+    area_w: Tensor
+    var_w: Tensor
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        variables: list[str],
+        tendency_scale: list[float],
+        area_weights: list[float],
+        n_input: int = 1,
+        variable_weights: dict[str, float] | None = None,
+        time_step_hours: float = 1.0,
+    ) -> None:
+        super().__init__(backbone, head)
+        self.variables = list(variables)
+        self.n_input = int(n_input)
+        self.time_step_hours = float(time_step_hours)
+        c = len(self.variables)
+        self.register_buffer("tendency_scale_t", torch.tensor(tendency_scale, dtype=torch.float32).reshape(1, c, 1, 1))
+        w = torch.tensor(area_weights, dtype=torch.float32)
+        self.register_buffer("area_w", (w / w.mean()).reshape(1, 1, 1, -1, 1))  # (1, 1, 1, H, 1)
+        vw = torch.ones(c)
+        for key, value in (variable_weights or {}).items():
+            hit = [i for i, v in enumerate(self.variables) if v == key or v.startswith(f"{key}_")]
+            if not hit:
+                raise ConfigError(
+                    f"task.variable_weights: {key!r} names no variable; variables are {', '.join(self.variables)}"
+                )
+            vw[hit] = float(value)
+        self.register_buffer("var_w", vw.reshape(1, 1, c, 1, 1))
+        self.rollout_steps = 1
+
+    # -- one step and a rollout -----------------------------------------------------------
+    def step(self, state: Tensor, forcings: Tensor | None, static: Tensor | None) -> Tensor:
+        """Next normalised state ``(B, C, H, W)`` from ``state`` ``(B, n_input, C, H, W)``."""
+        tendency = self.head(self.backbone.forward_features(state, forcings=forcings, static=static))
+        return state[:, -1] + tendency * self.tendency_scale_t
+
+    def rollout(self, batch: Batch | dict[str, Any], steps: int) -> Tensor:
+        """Predicted normalised states ``(B, steps, C, H, W)`` from the batch's initial conditions."""
+        x = batch["x"]
+        if x.dim() != 5:
+            raise ShapeError(f"rollout input: expected B T C H W, got {tuple(x.shape)}")
+        forcings = batch.get("forcings")
+        static = batch.get("static")
+        spec = self.stage.get("rollout") or {}
+        use_ckpt = bool(spec.get("checkpoint")) and self.training and torch.is_grad_enabled()
+        cut = spec.get("truncate_every")
+        state, preds = x, []
+        for k in range(steps):
+            f = None
+            if forcings is not None:
+                # the forcings of this step's inputs and of its target time: (B, (n_input + 1) * F, H, W)
+                f = forcings[:, k : k + self.n_input + 1].flatten(1, 2)
+            if use_ckpt:
+                nxt = checkpoint(self.step, state, f, static, use_reentrant=False)
+            else:
+                nxt = self.step(state, f, static)
+            preds.append(nxt)
+            state = torch.cat([state[:, 1:], nxt.unsqueeze(1)], dim=1)
+            if cut and (k + 1) % int(cut) == 0 and k + 1 < steps:
+                state = state.detach()  # truncated backpropagation through the rollout
+        return torch.stack(preds, dim=1)  # (B, steps, C, H, W)
+
+    def weighted_mse(self, pred: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:
+        """Latitude- and variable-weighted MSE over ``(B, steps, C, H, W)``; masked points excluded."""
+        w = self.area_w * self.var_w  # (1, 1, C, H, 1)
+        w = w.expand_as(pred) if mask is None else w * mask
+        return ((pred - y) ** 2 * w).sum() / w.sum().clamp_min(1e-12)
+
+    # -- the loop hooks -------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self.rollout_steps = rollout_length(self.stage.get("rollout"), self.current_epoch)
+        n_lead = self.trainer.datamodule.n_lead if self._trainer is not None and self.trainer.datamodule else None
+        if n_lead is not None and self.rollout_steps > n_lead:
+            raise ConfigError(
+                f"stage {self.stage.get('name')!r}: rollout of {self.rollout_steps} steps at epoch "
+                f"{self.current_epoch} but the data provides n_lead={n_lead}; set rollout.max_steps or data.n_lead"
+            )
+
+    def _loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        steps = self.rollout_steps if self.training else batch["y"].shape[1]
+        pred = self.rollout(batch, steps)
+        y = batch["y"][:, :steps]
+        mask = batch.get("mask")
+        return self.weighted_mse(pred, y, None if mask is None else mask[:, :steps]), pred
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/rollout", float(self.rollout_steps), on_step=False, on_epoch=True)
+        return loss
+
+    def validation_metrics(self, pred: Tensor, batch: Batch) -> dict[str, Tensor]:
+        y = batch["y"][:, : pred.shape[1]]
+        err = (pred - y) ** 2 * self.area_w
+        return {"rmse_last_step": err[:, -1].mean().sqrt()}
+
+    def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        return self.rollout(batch, batch["y"].shape[1] if "y" in batch else self.rollout_steps)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["sciadapt"]["rollout_steps"] = self.rollout_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.rollout_steps = int(checkpoint.get("sciadapt", {}).get("rollout_steps", self.rollout_steps))
+
+    # -- evaluation -----------------------------------------------------------------------
+    def collect_test_outputs(self, pred: Tensor, batch: Batch) -> dict[str, Tensor]:
+        out = {"pred": pred.detach().float().cpu(), "y": batch["y"].detach().float().cpu()}
+        out["x_last"] = batch["x"][:, -1].detach().float().cpu()
+        if batch.get("mask") is not None:
+            out["mask"] = batch["mask"].detach().float().cpu()
+        return out
+
+    def evaluate_outputs(self, outs: dict[str, Tensor]) -> dict[str, Any]:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        return score_rollout(outs["pred"].numpy(), outs, dm, self.variables, self.time_step_hours)
+
+    def baseline(self, name: str, dm: Any) -> dict[str, Any]:
+        """Persistence (the initial state at every lead) or climatology, scored like the model."""
+        outs: dict[str, list[Tensor]] = {"y": [], "x_last": [], "mask": []}
+        for batch in dm.test_dataloader():
+            outs["y"].append(batch["y"].float())
+            outs["x_last"].append(batch["x"][:, -1].float())
+            if batch.get("mask") is not None:
+                outs["mask"].append(batch["mask"].float())
+        cat = {k: torch.cat(v) for k, v in outs.items() if v}
+        y = cat["y"].numpy()
+        if name == "persistence":
+            pred = np.repeat(cat["x_last"].numpy()[:, None], y.shape[1], axis=1)
+        elif name == "climatology":
+            clim = dm.normalise(dm.climatology())  # (C, H, W) in the normalised space
+            pred = np.broadcast_to(clim, y.shape).copy()
+        else:
+            raise ConfigError(f"evaluation.baselines: {name!r} is not a gridded baseline (persistence, climatology)")
+        return score_rollout(pred, cat, dm, self.variables, self.time_step_hours)
+
+
+def score_rollout(
+    pred: np.ndarray, outs: dict[str, Tensor], dm: Any, variables: list[str], time_step_hours: float
+) -> dict[str, Any]:
+    """WeatherBench-2 scores of normalised ``pred`` ``(N, L, C, H, W)`` against ``outs["y"]``, in physical units.
+
+    Returns the overall means (``rmse``, ``acc``, ``bias``; averaged over variables and leads) plus
+    ``by_variable``: ``{var: {"rmse": {lead_h: v}, "acc": ..., "bias": ...}}``.
+    """
+    from sciadapt.metrics import gridded as gm
+
+    truth = outs["y"].numpy()
+    mask = outs["mask"].numpy() if "mask" in outs else None
+    if dm is not None:
+        pred, truth = dm.denormalise(pred), dm.denormalise(truth)
+        clim = dm.climatology()
+        weights = dm.area_weights
+    else:  # unit use without a datamodule: normalised units, flat weights
+        clim, weights = None, np.ones(pred.shape[-2])
+    leads = [time_step_hours * (k + 1) for k in range(pred.shape[1])]
+    by_var: dict[str, dict[str, dict[float, float]]] = {}
+    rmse = gm.rmse(pred, truth, weights, variables, leads, mask=mask)
+    bias = gm.bias(pred, truth, weights, variables, leads, mask=mask)
+    acc = gm.acc(pred, truth, clim, weights, variables, leads, mask=mask) if clim is not None else None
+    for v in variables:
+        by_var[v] = {"rmse": rmse[v], "bias": bias[v]}
+        if acc is not None:
+            by_var[v]["acc"] = acc[v]
+    flat = {
+        m: [x for v in variables for x in by_var[v][m].values()]
+        for m in ("rmse", "bias", "acc")
+        if m in by_var[variables[0]]
+    }
+    return {**{m: float(np.mean(xs)) for m, xs in flat.items()}, "by_variable": by_var}
+
+
+def _as_list(values: Any) -> list[float]:
+    return [float(v) for v in np.asarray(values).reshape(-1)]
+
+
+@TASKS.register("rollout")
+def build_rollout(
+    backbone: nn.Module,
+    head: nn.Module,
+    variables: list[str] | None = None,
+    tendency_scale: list[float] | None = None,
+    area_weights: list[float] | None = None,
+    n_input: int = 1,
+    variable_weights: dict[str, float] | None = None,
+    time_step_hours: float = 1.0,
+) -> RolloutTask:
+    """Autoregressive rollout training of a gridded emulator (see :mod:`sciadapt.tasks.rollout`).
+
+    Args:
+        backbone: Injected by the runner.
+        head: Injected by the runner.
+        variables: Follows the data (channel names).
+        tendency_scale: Follows the data (``std(Δ)/std`` per channel).
+        area_weights: Follows the data (cos-latitude weights per grid row).
+        n_input: Follows the data.
+        variable_weights: Loss weight per variable (or variable prefix); default 1 each.
+        time_step_hours: Follows the data.
+    """
+    if variables is None or tendency_scale is None or area_weights is None:
+        raise ConfigError("task: rollout needs gridded data (variables, statistics, latitudes); use data.name=gridded")
+    return RolloutTask(
+        backbone,
+        head,
+        variables=list(variables),
+        tendency_scale=_as_list(tendency_scale),
+        area_weights=_as_list(area_weights),
+        n_input=n_input,
+        variable_weights=variable_weights,
+        time_step_hours=time_step_hours,
+    )
