@@ -1,4 +1,6 @@
 """Tasks: LightningModules that own backbone + head + loss + metrics."""
 
-from sciadapt.tasks import forecasting  # noqa: F401
-from sciadapt.tasks import rollout  # noqa: F401
+from sciadapt.tasks import (
+    forecasting,  # noqa: F401
+    rollout,  # noqa: F401
+)

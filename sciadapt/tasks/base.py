@@ -34,7 +34,8 @@ class Task(pl.LightningModule):
         self.test_results: dict[str, Any] = {}
         # Optional batch entries a backbone declares in its forward_features signature (x_mask,
         # future_exog, ...): passed when the batch has them, so one loop serves every backbone.
-        params = inspect.signature(backbone.forward_features).parameters  # type: ignore[operator]
+        forward_features: Any = backbone.forward_features
+        params = inspect.signature(forward_features).parameters
         self.backbone_inputs = tuple(n for n in params if n != "x" and n in MODEL_INPUTS)
 
     # -- forward --------------------------------------------------------------------------

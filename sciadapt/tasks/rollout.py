@@ -107,8 +107,8 @@ class RolloutTask(Task):
         x = batch["x"]
         if x.dim() != 5:
             raise ShapeError(f"rollout input: expected B T C H W, got {tuple(x.shape)}")
-        forcings = batch.get("forcings")
-        static = batch.get("static")
+        forcings: Tensor | None = batch.get("forcings")  # type: ignore[assignment]
+        static: Tensor | None = batch.get("static")  # type: ignore[assignment]
         spec = self.stage.get("rollout") or {}
         use_ckpt = bool(spec.get("checkpoint")) and self.training and torch.is_grad_enabled()
         cut = spec.get("truncate_every")
@@ -138,7 +138,8 @@ class RolloutTask(Task):
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         self.rollout_steps = rollout_length(self.stage.get("rollout"), self.current_epoch)
-        n_lead = self.trainer.datamodule.n_lead if self._trainer is not None and self.trainer.datamodule else None
+        dm = getattr(self._trainer, "datamodule", None)
+        n_lead = getattr(dm, "n_lead", None)
         if n_lead is not None and self.rollout_steps > n_lead:
             raise ConfigError(
                 f"stage {self.stage.get('name')!r}: rollout of {self.rollout_steps} steps at epoch "
@@ -181,7 +182,7 @@ class RolloutTask(Task):
         return out
 
     def evaluate_outputs(self, outs: dict[str, Tensor]) -> dict[str, Any]:
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = getattr(self._trainer, "datamodule", None)
         return score_rollout(outs["pred"].numpy(), outs, dm, self.variables, self.time_step_hours)
 
     def baseline(self, name: str, dm: Any) -> dict[str, Any]:
