@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sciadapt.config import bundled_pipelines, load_config, to_yaml
 from sciadapt.config import validate as validate_cfg
-from sciadapt.errors import UnknownComponentError
+from sciadapt.errors import ConfigError, UnknownComponentError
 from sciadapt.registry import KINDS, suggest
 from sciadapt.runs import open_run
 
@@ -142,6 +142,35 @@ def predict_pretrained(
     )
     console.print(f"zero-shot forecast written to {path} (plot: {path.with_suffix('.png')})")
     return path
+
+
+def prepare_data(
+    inputs: list[str],
+    out: str,
+    variables: list[str] | None = None,
+    levels: list[int] | None = None,
+    time_chunk: int = 1,
+    scheduler: str | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+) -> Path:
+    """``sciadapt data prepare``: netCDF/GRIB files -> one chunked zarr store with statistics."""
+    from sciadapt.datamodules.gridded import prepare_store
+
+    console = console or Console()
+    if not inputs:
+        raise ConfigError("data prepare: give the input file(s) and then the output .zarr path")
+    path = prepare_store(
+        inputs,
+        out,
+        variables=variables,
+        levels=levels,
+        chunks={"time": time_chunk},
+        progress=progress,
+        scheduler=scheduler,
+    )
+    console.print(f"zarr store written to {path} (statistics included)")
+    return Path(path)
 
 
 def list_components(kind: str | None, console: Console | None = None) -> dict[str, list[str]]:

@@ -44,6 +44,20 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--target-columns", help="zero-shot: comma-separated columns (default: every numeric one)")
     pr.add_argument("--timestamp-column", default="date", help="zero-shot: timestamp column (default: date)")
 
+    d = sub.add_parser("data", help="data tools: `data prepare` converts netCDF/GRIB to a chunked zarr store")
+    dsub = d.add_subparsers(dest="data_verb", required=True)
+    dp = dsub.add_parser(
+        "prepare", help="netCDF/GRIB -> chunked zarr (one time step per chunk) + normalisation statistics"
+    )
+    dp.add_argument("inputs", nargs="+", help="input files (netCDF .nc or GRIB .grib), then the output .zarr path")
+    dp.add_argument("--variables", help="comma-separated variables to keep (default: all)")
+    dp.add_argument("--levels", help="comma-separated pressure levels to keep (default: all)")
+    dp.add_argument("--time-chunk", type=int, default=1, help="time steps per chunk (default 1)")
+    dp.add_argument(
+        "--scheduler", help="dask.distributed scheduler address (tcp://host:8786), or `local` to start a LocalCluster"
+    )
+    dp.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     ls = sub.add_parser("list", help="list registered components")
     ls.add_argument("kind", nargs="?", help="backbones | heads | peft | tasks | datamodules | pipelines")
     return p
@@ -102,6 +116,17 @@ def main(argv: list[str] | None = None) -> int:
                     "predict: give --run RUN, or --backbone NAME --weights DIR|hf://org/repo@rev --data FILE "
                     "for a zero-shot forecast"
                 )
+        elif args.verb == "data":
+            api.prepare_data(
+                args.inputs[:-1],
+                args.inputs[-1],
+                variables=args.variables.split(",") if args.variables else None,
+                levels=[int(v) for v in args.levels.split(",")] if args.levels else None,
+                time_chunk=args.time_chunk,
+                scheduler=args.scheduler,
+                progress=not args.no_progress,
+                console=console,
+            )
         elif args.verb == "list":
             api.list_components(args.kind, console=console)
     except SciadaptError as e:

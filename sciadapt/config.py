@@ -464,6 +464,11 @@ def validate(cfg: dict[str, Any], source: str | None = None) -> dict[str, Any]:
                 _check_fields(builder_schema(fn), merged, f"{path}.data", problems, optional=INFERRED)
 
     ev = out["evaluation"]
+    if isinstance(ev, dict) and isinstance(ev.get("data"), dict) and isinstance(out.get("data"), dict):
+        fn = DATAMODULES.get(out["data"]["name"]) if out["data"]["name"] in DATAMODULES else None
+        if fn is not None:
+            merged = {**{k: v for k, v in out["data"].items() if k != "name"}, **ev["data"]}
+            _check_fields(builder_schema(fn), merged, "evaluation.data", problems, optional=INFERRED)
     if isinstance(ev, dict):
         for j, name in enumerate(ev.get("stages") or []):
             if name not in names:

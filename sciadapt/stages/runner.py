@@ -554,6 +554,8 @@ class PipelineRunner:
             self._ensure_task(dm, stages[-1]["name"])
         if hasattr(dm, "scaler_state"):
             write_json(self.run_dir / "scaler.json", dm.scaler_state())
+        if self.cfg["evaluation"].get("data"):
+            dm = self._eval_datamodule()
         self.summary["evaluation"] = self.compare(dm)
         self.summary["final"] = self.summary["evaluation"]["rows"][-1] if self.summary["evaluation"]["rows"] else {}
         write_json(self.summary_path, self.summary)
@@ -579,8 +581,19 @@ class PipelineRunner:
         trainer.test(self.task, datamodule=dm, verbose=False)
         return dict(self.task.test_results)
 
+    def _eval_datamodule(self) -> Any:
+        """The last stage's data with ``evaluation.data`` overrides (e.g. a longer ``n_lead``)."""
+        data = {**stage_data_config(self.cfg, len(self.cfg["stages"]) - 1), **self.cfg["evaluation"]["data"]}
+        key = json.dumps(data, sort_keys=True, default=str)
+        if key not in self._dms:
+            dm = build_datamodule({**self.cfg, "data": data}, -1)
+            dm.setup("test")
+            self._dms[key] = dm
+        return self._dms[key]
+
     def compare(self, dm: Any) -> dict[str, Any]:
-        """Every chosen stage's final weights and every baseline, on the last stage's test split."""
+        """Every chosen stage's final weights and every baseline, on the last stage's test split
+        (with ``evaluation.data`` overrides when given)."""
         ev = self.cfg["evaluation"]
         names = ev.get("stages") or [s["name"] for s in self.cfg["stages"]]
         labels = ev.get("labels") or {}
@@ -590,7 +603,7 @@ class PipelineRunner:
             scores = self.task.baseline(b, dm) if hasattr(self.task, "baseline") else self._baseline(dm, b)
             rows.append({"model": b.replace("_", "-"), **scores})
         order = [s["name"] for s in self.cfg["stages"]]
-        last_data = stage_data_config(self.cfg, len(order) - 1)
+        last_data = {**stage_data_config(self.cfg, len(order) - 1), **(ev.get("data") or {})}
         for name in names:
             i = order.index(name)
             done = self.summary["stages"].get(name, {}).get("test")

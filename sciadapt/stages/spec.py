@@ -115,6 +115,8 @@ class EvaluationSpec:
     labels: dict[str, str] | None = None  # row label per stage name
     baselines: list[str] = field(default_factory=lambda: ["seasonal_naive"])
     metrics: list[str] = field(default_factory=lambda: ["mse", "mae", "mase", "smape"])
+    # overrides of the last stage's data for the comparison (e.g. {n_lead: 24} to score 24-step rollouts)
+    data: dict[str, Any] | None = None
 
 
 # keys of a stage's `peft:` block that are not parameters of the method's builder
