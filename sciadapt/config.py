@@ -57,6 +57,16 @@ INFERRED = {
     "tendency_scale",
     "area_weights",
     "time_step_hours",
+    # raster data
+    "bands",
+    "n_bands",
+    "in_chans",
+    "num_frames",
+    "img_size",
+    "n_classes",
+    "ignore_index",
+    # backbone -> dense heads
+    "feature_info",
 }
 BASELINES = ("seasonal_naive", "naive", "persistence", "climatology")
 INIT_FROM_WORDS = ("previous", "scratch", "pretrained")
@@ -606,6 +616,11 @@ def build_task(cfg: dict[str, Any], facts: dict[str, Any]) -> Any:
     """Backbone + head + task for data with the given facts (see :func:`data_facts`)."""
     backbone = _call_builder("backbone", cfg["backbone"], facts)
     info = backbone.feature_info[-1]
-    head_facts = {**facts, "in_features": info["channels"], "in_layout": info["layout"]}
+    head_facts = {
+        **facts,
+        "in_features": info["channels"],
+        "in_layout": info["layout"],
+        "feature_info": [dict(level) for level in backbone.feature_info],
+    }
     head = _call_builder("head", cfg["head"], head_facts)
     return _call_builder("task", cfg["task"], facts, backbone=backbone, head=head)

@@ -39,8 +39,10 @@ class Batch(TypedDict, total=False):
 
 
 #: Optional batch entries a backbone may take: ``x_mask`` (same shape as ``x``; 1 observed,
-#: 0 missing or left-padded), ``future_exog`` (B L C_exog: known-future covariates).
-MODEL_INPUTS = ("x_mask", "future_exog")
+#: 0 missing or left-padded), ``future_exog`` (B L C_exog: known-future covariates),
+#: ``temporal_coords`` (B T 2: year, day of year) and ``location_coords`` (B 2: lat, lon) for
+#: image-series backbones with temporal/location encodings (Prithvi-EO v2 TL).
+MODEL_INPUTS = ("x_mask", "future_exog", "temporal_coords", "location_coords")
 
 
 def check_shape(t: torch.Tensor, layout: str, name: str = "input", **sizes: int) -> None:
