@@ -36,18 +36,33 @@ def test_every_backbone_family_ships_a_tiny_variant() -> None:
 
 
 # full-size variants (hundreds of millions of parameters) are covered by their family's own tests
-@pytest.mark.parametrize("name", [n for n in BACKBONES.list() if n.endswith("_tiny")])
-def test_series_backbone_contract(name: str) -> None:
+TINY_BACKBONES = [n for n in BACKBONES.list() if n.endswith("_tiny")]
+
+
+@pytest.mark.parametrize("name", TINY_BACKBONES)
+def test_backbone_contract(name: str) -> None:
     fn = BACKBONES.get(name)
-    kwargs = {"context_length": 48, "horizon": 12, "n_exog": 1}
-    kwargs = {k: v for k, v in kwargs.items() if k in inspect.signature(fn).parameters}
-    model = fn(**kwargs)
-    assert model.input_layout == "B T C"
+    params = inspect.signature(fn).parameters
+    if "context_length" in params:  # series backbones follow the data's window
+        model = fn(**{k: v for k, v in {"context_length": 48, "horizon": 12, "n_exog": 1}.items() if k in params})
+    else:
+        model = fn()
+    assert model.input_layout in ("B T C", "B T C H W", "B C T H W"), model.input_layout
+    assert isinstance(model.feature_info, list) and model.feature_info
+    assert all({"layout", "channels"} <= set(level) for level in model.feature_info)
     info = model.feature_info[-1]
-    x = torch.randn(3, 48, 2 + 1)
-    feats = model.forward_features(x)
-    if info["layout"] == "B L C D":
-        assert feats.shape == (3, 12, 2, info["channels"])
+    if model.input_layout == "B T C":
+        feats = model.forward_features(torch.randn(3, 48, 2 + 1))
+        if info["layout"] == "B L C D":
+            assert feats.shape == (3, 12, 2, info["channels"])
+    elif model.input_layout == "B T C H W":
+        x = torch.randn(2, model.n_input, model.n_channels, *model.grid_shape)
+        kwargs = {}
+        if model.n_forcings:
+            kwargs["forcings"] = torch.randn(2, (model.n_input + 1) * model.n_forcings, *model.grid_shape)
+        if model.n_static:
+            kwargs["static"] = torch.randn(1, model.n_static, *model.grid_shape)
+        assert model.forward_features(x, **kwargs).shape == (2, model.n_channels, *model.grid_shape)
     # the default PEFT targets name real modules
     names = [n for n, _ in model.named_modules()]
     for pat in model.default_peft_targets:
