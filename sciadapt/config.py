@@ -65,10 +65,13 @@ INFERRED = {
     "img_size",
     "n_classes",
     "ignore_index",
+    "class_names",
+    "n_outputs",
+    "output_names",
     # backbone -> dense heads
     "feature_info",
 }
-BASELINES = ("seasonal_naive", "naive", "persistence", "climatology")
+BASELINES = ("seasonal_naive", "naive", "persistence", "climatology", "majority", "mean", "ndwi")
 INIT_FROM_WORDS = ("previous", "scratch", "pretrained")
 
 

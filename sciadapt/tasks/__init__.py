@@ -1,6 +1,3 @@
 """Tasks: LightningModules that own backbone + head + loss + metrics."""
 
-from sciadapt.tasks import (
-    forecasting,  # noqa: F401
-    rollout,  # noqa: F401
-)
+from sciadapt.tasks import dense, forecasting, rollout  # noqa: F401
