@@ -63,6 +63,13 @@ def test_backbone_contract(name: str) -> None:
         if model.n_static:
             kwargs["static"] = torch.randn(1, model.n_static, *model.grid_shape)
         assert model.forward_features(x, **kwargs).shape == (2, model.n_channels, *model.grid_shape)
+    else:  # image series B C T H W: one feature map or token set per feature_info level
+        size = getattr(model, "img_size", None) or 64
+        x = torch.randn(2, model.in_chans, getattr(model, "num_frames", None) or 1, size, size)
+        feats = model.forward_features(x)
+        assert len(feats) == len(model.feature_info)
+        for f, level in zip(feats, model.feature_info, strict=True):
+            assert f.shape[0] == 2 and level["channels"] in f.shape[1:], (f.shape, level)
     # the default PEFT targets name real modules
     names = [n for n, _ in model.named_modules()]
     for pat in model.default_peft_targets:
