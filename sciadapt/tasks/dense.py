@@ -161,14 +161,17 @@ class SegmentationTask(DenseTask):
         return segmentation_scores(acc, self.class_names)
 
     def baseline(self, name: str, dm: Any) -> dict[str, Any]:
-        """``majority``: the most frequent class of the training labels, predicted everywhere.
+        """``majority``: the most frequent class of the training labels, predicted everywhere;
+        ``ndwi``: McFeeters' water index (GREEN - NIR) / (GREEN + NIR) > 0 -> class 1 (water).
 
         Raises:
             ConfigError: For another name.
             DataError: If the training split has no valid label.
         """
+        if name == "ndwi":
+            return self.score_index_baseline(dm, ndwi_score_fn(dm), threshold=0.0)
         if name != "majority":
-            raise ConfigError(f"evaluation.baselines: {name!r} is not a segmentation baseline (majority)")
+            raise ConfigError(f"evaluation.baselines: {name!r} is not a segmentation baseline (majority, ndwi)")
         counts = self.class_counts(_train_batches(dm))
         if int(counts.sum()) == 0:
             raise DataError("majority baseline: the training split has no valid label (all nodata/ignore_index)")
@@ -303,3 +306,34 @@ def build_pixel_regression_task(
     if output_names is not None and len(output_names) != n_outputs:
         raise ConfigError(f"task.output_names: expected {n_outputs} names, one per output, got {len(output_names)}")
     return PixelRegressionTask(backbone, head, output_names)
+
+
+# band names that mean green and near-infrared in the datasets we read (HLS, Sentinel-2 L1C/L2A)
+_GREEN = ("green", "b03", "b3")
+_NIR = ("nir", "nir_narrow", "b08", "b8", "b8a", "nir_broad")
+
+
+def ndwi_score_fn(dm: Any) -> Callable[[Mapping[str, Any]], Tensor]:
+    """Batch -> NDWI map ``(B, H, W)`` on reflectances (the datamodule's normalisation undone).
+
+    Raises:
+        ConfigError: If the data has no green or no near-infrared band (names as in HLS or Sentinel-2).
+    """
+    names = [str(b).lower() for b in dm.bands]
+    green = next((names.index(n) for n in _GREEN if n in names), None)
+    nir = next((names.index(n) for n in _NIR if n in names), None)
+    if green is None or nir is None:
+        raise ConfigError(
+            f"evaluation.baselines: ndwi needs a green and a near-infrared band; the data has {list(dm.bands)} "
+            "(names like GREEN/B03 and NIR/NIR_NARROW/B08)"
+        )
+    mean = torch.as_tensor(dm.mean, dtype=torch.float32)
+    std = torch.as_tensor(dm.std, dtype=torch.float32)
+
+    def score(batch: Mapping[str, Any]) -> Tensor:
+        x = batch["x"]  # (B, C, T, H, W), normalised; the last frame is scored
+        g = x[:, green, -1] * std[green] + mean[green]
+        n = x[:, nir, -1] * std[nir] + mean[nir]
+        return (g - n) / (g + n)  # NaN where both are 0 -> predicted "not water"
+
+    return score
