@@ -12,7 +12,7 @@ non-linear, so neither can be folded into the base weights (``mergeable = False`
 
 Both methods share one wrapper class (family ``bottleneck``), as LoRA and DoRA do: a Houlsby
 and an AdaptFormer adapter on one module live in one wrapper and apply in ``active`` order.
-Because they can wrap any module (``layer_types = (nn.Module,)``), the helpers here also
+Because they can wrap any module (the wrapper is registered for ``nn.Module``), the helpers here also
 guard against a glob that matches a module *and* its children (``*`` matches dots).
 """
 
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from sciadapt.errors import ConfigError, ShapeError
-from sciadapt.peft.core import PeftLayer
+from sciadapt.peft.core import PeftLayer, register_wrapper
 from sciadapt.registry import PEFT_METHODS
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -93,7 +93,7 @@ def note_target(seen: dict[str, list[str]], adapter: str, module_name: str, meth
     """Record that ``method`` adds ``adapter`` to ``module_name``; True for the first module of an attach.
 
     Methods that wrap whole modules must not also wrap that module's children with the same
-    adapter: with ``layer_types = (nn.Module,)`` a pattern like ``blocks.*`` matches
+    adapter: with a wrapper registered for ``nn.Module`` a pattern like ``blocks.*`` matches
     ``blocks.0`` *and* ``blocks.0.attn`` (``*`` matches dots), which is never what was meant.
 
     Args:
@@ -146,6 +146,7 @@ def first_tensor(out: Any, where: str) -> tuple[torch.Tensor, tuple[Any, ...] | 
 # the layer
 
 
+@register_wrapper("bottleneck", nn.Module)
 class BottleneckLayer(PeftLayer):
     """A module with Houlsby and/or AdaptFormer bottleneck adapters."""
 
@@ -232,8 +233,7 @@ class BottleneckLayer(PeftLayer):
 class Bottleneck:
     """The Houlsby / AdaptFormer method object (see :func:`build_houlsby`, :func:`build_adaptformer`)."""
 
-    family = "bottleneck"
-    layer_types: tuple[type[nn.Module], ...] = (nn.Module,)
+    family = "bottleneck"  # BottleneckLayer is registered for any nn.Module
     # only the outermost module a pattern matches is meant (read by the core when it supports it)
     whole_modules = True
 
@@ -263,9 +263,6 @@ class Bottleneck:
         if self.name == "adaptformer":
             cfg["scale"] = self.scale
         return cfg
-
-    def wrap(self, module: nn.Module) -> BottleneckLayer:
-        return BottleneckLayer(module)
 
     def add(self, layer: PeftLayer, adapter: str, module_name: str, slices: tuple[str, ...] | None) -> None:
         assert isinstance(layer, BottleneckLayer)

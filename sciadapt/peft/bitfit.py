@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from sciadapt.peft.core import PeftLayer
+from sciadapt.peft.core import PeftLayer, register_wrapper
 from sciadapt.peft.ssf import CONVS, ChannelAffineLayer, new_vector
 from sciadapt.registry import PEFT_METHODS
 
 BIAS_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, *CONVS, nn.LayerNorm)
 
 
+@register_wrapper("bitfit", *BIAS_LAYERS)
 class BitFitLayer(ChannelAffineLayer):
     """A Linear / ConvNd / LayerNorm with BitFit adapters (``bitfit_bias``)."""
 
@@ -45,6 +46,7 @@ class BitFitLayer(ChannelAffineLayer):
         return None, self.bitfit_bias[name]
 
 
+@register_wrapper("difffit", *BIAS_LAYERS)
 class DiffFitLayer(ChannelAffineLayer):
     """A Linear / ConvNd / LayerNorm with DiffFit adapters (``difffit_scale``, ``difffit_bias``)."""
 
@@ -69,15 +71,11 @@ class DiffFitLayer(ChannelAffineLayer):
 class BitFit:
     """The BitFit method object (see :func:`build_bitfit`)."""
 
-    family = "bitfit"
+    family = "bitfit"  # wraps the layers BitFitLayer is registered for
     name = "bitfit"
-    layer_types: tuple[type[nn.Module], ...] = BIAS_LAYERS
 
     def config(self) -> dict[str, Any]:
         return {}
-
-    def wrap(self, module: nn.Module) -> BitFitLayer:
-        return BitFitLayer(module)
 
     def add(self, layer: PeftLayer, adapter: str, module_name: str, slices: tuple[str, ...] | None) -> None:
         assert isinstance(layer, BitFitLayer)
@@ -88,18 +86,14 @@ class BitFit:
 class DiffFit:
     """The DiffFit method object (see :func:`build_difffit`)."""
 
-    family = "difffit"
+    family = "difffit"  # wraps the layers DiffFitLayer is registered for
     name = "difffit"
-    layer_types: tuple[type[nn.Module], ...] = BIAS_LAYERS
 
     def __init__(self, scale_init: float) -> None:
         self.scale_init = scale_init
 
     def config(self) -> dict[str, Any]:
         return {"scale_init": self.scale_init}
-
-    def wrap(self, module: nn.Module) -> DiffFitLayer:
-        return DiffFitLayer(module)
 
     def add(self, layer: PeftLayer, adapter: str, module_name: str, slices: tuple[str, ...] | None) -> None:
         assert isinstance(layer, DiffFitLayer)

@@ -1,4 +1,4 @@
-"""The PEFT core: targeting, wrapping, merge/unmerge, named adapters, save/load, fingerprints.
+"""The PEFT core: targeting, the wrapper registry, merge/unmerge, named adapters, save/load, fingerprints.
 
 Every method is a wrapper around one base module (``PeftLayer``) that keeps the original module
 as ``base_layer`` and each adapter's tensors under a ``ModuleDict``/``ParameterDict`` keyed by
@@ -6,9 +6,31 @@ the adapter name — the layout Hugging Face PEFT uses, so for LoRA and DoRA the
 are PEFT's and an adapter directory is loadable by ``peft``. A second adapter of the same method
 on a layer is added to the same wrapper; a different method wraps the wrapper.
 
-A method is an object with ``name``, ``layer_types`` (what it can wrap), ``wrap(module)``,
-``add(layer, adapter, module_name)`` and ``config()``; :data:`sciadapt.registry.PEFT_METHODS`
-maps names to builders whose signatures are the config schema.
+A method is an object with ``name``, ``family`` (the wrapper family it shares, e.g. LoRA and
+DoRA are both ``lora``), ``add(layer, adapter, module_name, slices)`` and ``config()``;
+:data:`sciadapt.registry.PEFT_METHODS` maps names to builders whose signatures are the config
+schema.
+
+Which layers a method can adapt, and with which wrapper, is the wrapper registry: one entry per
+(family, layer type). :func:`wrapper_for` finds the entry for a module by walking its type's
+MRO, so subclasses of a registered type (``NonDynamicallyQuantizableLinear``) are covered. The
+built-in methods register their wrappers in their own files. Supporting a new layer type is one
+call; for a user's ``MyLinear`` that computes ``x @ weight.T + bias`` on the last axis (2-D
+``weight`` of shape (out, in)), LoRA's and DoRA's wrapper already does the maths::
+
+    from sciadapt.peft.core import register_wrapper
+    from sciadapt.peft.lora import LoraLayer
+
+    register_wrapper("lora", MyLinear)(LoraLayer)  # slices=True also allows `qkv[q,v]` targets
+
+A layer with other maths gets its own :class:`PeftLayer` subclass (``method_name`` must equal
+the family), registered the same way, also as a class decorator::
+
+    @register_wrapper("lora", MyConv)
+    class MyConvLora(LoraLayer): ...
+
+A target of a type with no registered wrapper is an error that names the module, its type and
+the types the method's family has wrappers for.
 """
 
 from __future__ import annotations
@@ -20,7 +42,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -35,9 +57,7 @@ QKV = ("q", "k", "v")
 
 class PeftMethod(Protocol):
     name: str
-    layer_types: tuple[type[nn.Module], ...]
-
-    def wrap(self, module: nn.Module) -> PeftLayer: ...
+    family: str  # the wrapper family (registry key); methods sharing one share a wrapper class
 
     def add(self, layer: PeftLayer, adapter: str, module_name: str, slices: tuple[str, ...] | None) -> None: ...
 
@@ -121,6 +141,100 @@ class PeftLayer(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
+# the wrapper registry: (family, layer type) -> wrapper
+
+WrapperFactory = Callable[[nn.Module], PeftLayer]
+W = TypeVar("W", bound=WrapperFactory)
+
+
+@dataclass(frozen=True)
+class WrapperEntry:
+    factory: WrapperFactory  # base module -> its (empty) wrapper; usually the PeftLayer subclass
+    slices: bool  # the wrapper can adapt q/k/v slices of a fused projection of this type
+
+
+# family -> {layer type: entry}, in registration order (the order error messages list them)
+WRAPPERS: dict[str, dict[type[nn.Module], WrapperEntry]] = {}
+
+
+def register_wrapper(
+    family: str, *layer_types: type[nn.Module], slices: bool = False, replace: bool = False
+) -> Callable[[W], W]:
+    """Register ``factory`` as the wrapper ``family``'s methods put around ``layer_types``.
+
+    Use as ``register_wrapper("lora", MyLinear)(LoraLayer)`` or as a class decorator. The
+    entry also covers subclasses of each type unless they have their own entry.
+
+    Args:
+        family: the method family (``method.family``: ``lora`` for LoRA and DoRA, ``ssf``...).
+        *layer_types: module classes the wrapper handles.
+        slices: whether it supports per-slice targets (``qkv[q,v]``) on these types.
+        replace: allow overriding an existing entry with a different wrapper.
+
+    Returns:
+        A decorator that registers its argument and returns it unchanged.
+    """
+    if not layer_types:
+        raise TypeError("register_wrapper needs at least one layer type")
+    bad = [t for t in layer_types if not (isinstance(t, type) and issubclass(t, nn.Module))]
+    if bad:
+        raise TypeError(f"register_wrapper: layer types must be nn.Module subclasses, got {bad}")
+
+    def decorate(factory: W) -> W:
+        table = WRAPPERS.setdefault(family, {})
+        for t in layer_types:
+            old = table.get(t)
+            if old is not None and old.factory is not factory and not replace:
+                raise ValueError(
+                    f"{family} already has a wrapper for {t.__name__} ({getattr(old.factory, '__name__', old.factory)}); "
+                    "pass replace=True to override it"
+                )
+        for t in layer_types:
+            table[t] = WrapperEntry(factory, slices)
+        return factory
+
+    return decorate
+
+
+def method_family(method: PeftMethod | str) -> str:
+    if isinstance(method, str):
+        return method
+    return getattr(method, "family", method.name)
+
+
+def registered_types(method: PeftMethod | str) -> tuple[type[nn.Module], ...]:
+    """The layer types a method (or family) has wrappers for, in registration order."""
+    return tuple(WRAPPERS.get(method_family(method), {}))
+
+
+def _entry(family: str, module: nn.Module) -> WrapperEntry | None:
+    """The most specific entry for the (innermost) base type of ``module``."""
+    table = WRAPPERS.get(family, {})
+    for t in type(base_of(module)).__mro__:
+        if t in table:
+            return table[t]
+    return None
+
+
+def wrapper_for(method: PeftMethod | str, module: nn.Module) -> WrapperFactory:
+    """The registered wrapper for ``module`` (seen through any PEFT wrappers) in ``method``'s family.
+
+    Raises:
+        ConfigError: when the family has no wrapper for the module's type or any of its bases.
+    """
+    family = method_family(method)
+    entry = _entry(family, module)
+    if entry is None:
+        kind = type(base_of(module)).__name__
+        raise ConfigError(
+            f"{family} has no wrapper for {kind}; wrappers are registered for "
+            f"{_layer_type_names(registered_types(family)) or 'no layer type'}. Register one with "
+            f"sciadapt.peft.core.register_wrapper({family!r}, {kind})(<PeftLayer subclass>)"
+        )
+    return entry.factory
+
+
+# ---------------------------------------------------------------------------------------------
 # targeting
 
 
@@ -154,7 +268,8 @@ class Target:
     slices: tuple[str, ...] | None = None  # fused-qkv slices, e.g. ("q", "v")
 
 
-def _base_of(module: nn.Module) -> nn.Module:
+def base_of(module: nn.Module) -> nn.Module:
+    """The real layer under any number of PEFT wrappers."""
     while isinstance(module, PeftLayer):
         module = module.base_layer
     return module
@@ -190,21 +305,28 @@ def find_targets(
             targets = list(model.default_peft_targets)  # type: ignore[arg-type]
         else:
             raise ConfigError(f"{where}: this model declares no default_peft_targets; list the modules to adapt")
-    allowed = method.layer_types
+    family = method_family(method)
+    registered = registered_types(family)
+    if not registered:
+        raise ConfigError(
+            f"{where}: {method.name} has no registered wrappers (family {family!r}); register one per layer type "
+            f"with sciadapt.peft.core.register_wrapper({family!r}, <layer type>)(<PeftLayer subclass>)"
+        )
+    allowed = registered
     if layer_types:
-        by_name = {t.__name__.lower(): t for t in allowed}
+        by_name = {t.__name__.lower(): t for t in registered}
         unknown = [t for t in layer_types if t.lower() not in by_name]
         if unknown:
             raise ConfigError(
                 f"{where.rsplit('.', 1)[0]}.layer_types: {method.name} cannot adapt {unknown}; "
-                f"it supports {_layer_type_names(allowed)}"
+                f"it supports {_layer_type_names(registered)}"
             )
         allowed = tuple(by_name[t.lower()] for t in layer_types)
     modules = logical_modules(model)
     if predicate is not None:
         # Python API: a predicate over (name, base module) narrows the patterns (all modules
         # when no pattern is given; the head still only when named)
-        modules = {n: m for n, m in modules.items() if predicate(n, _base_of(m))}
+        modules = {n: m for n, m in modules.items() if predicate(n, base_of(m))}
         if not modules:
             raise ConfigError(f"{where}: the target predicate selects no module")
     found: dict[str, Target] = {}
@@ -236,27 +358,54 @@ def find_targets(
         if getattr(method, "whole_modules", False):
             # `blocks.*` means the blocks, not every module inside them (fnmatch's * crosses dots)
             names = [n for n in names if not any(n.startswith(m + ".") for m in names)]
-        usable = [n for n in names if isinstance(_base_of(modules[n]), allowed)]
+        usable = [n for n in names if isinstance(base_of(modules[n]), allowed)]
         if not usable:
-            kinds = sorted({type(_base_of(modules[n])).__name__ for n in names})
+            kinds = sorted({type(base_of(modules[n])).__name__ for n in names})
+            shown = ", ".join(f"{n} ({type(base_of(modules[n])).__name__})" for n in names[:4])
+            limit = (
+                f"layer_types limits {method.name} to {_layer_type_names(allowed)}"
+                if layer_types
+                else f"{method.name} has wrappers registered only for {_layer_type_names(allowed)}"
+            )
             problems.append(
-                f"{where}: pattern {pat!r} matches {len(names)} module(s) of type {', '.join(kinds)}, "
-                f"but {method.name} adapts only {_layer_type_names(allowed)}: point it at those layers "
-                f"(e.g. {pat}.*) or pick a method that supports {kinds[0]}"
+                f"{where}: pattern {pat!r} matches {len(names)} module(s), {shown}{' ...' if len(names) > 4 else ''}, "
+                f"but {limit}: point it at those layers (e.g. {pat}.*), pick a method that supports {kinds[0]}, "
+                f"or register a wrapper with sciadapt.peft.core.register_wrapper({family!r}, {kinds[0]})"
             )
             continue
         for n in usable:
             if slices is not None:
-                base = _base_of(modules[n])
-                out = getattr(base, "out_features", None)
-                if not isinstance(base, nn.Linear) or out is None or out % 3:
-                    problems.append(f"{where}: {n} is not a fused qkv Linear (out_features divisible by 3)")
+                problem = _slice_problem(family, method.name, n, modules[n], slices)
+                if problem:
+                    problems.append(f"{where}: {problem}")
                     continue
             found[n] = Target(n, modules[n], slices)
     if problems:
         raise ConfigError(problems)
     order = {n: i for i, n in enumerate(modules)}
     return sorted(found.values(), key=lambda t: order[t.name])
+
+
+def _slice_problem(family: str, method: str, name: str, module: nn.Module, slices: tuple[str, ...]) -> str | None:
+    """Why ``name[slices]`` cannot be adapted, or None: the wrapper must support slices on this
+    type, and the weight's rows must split into three equal q, k, v parts."""
+    base = base_of(module)
+    entry = _entry(family, module)
+    if entry is None or not entry.slices:
+        sliceable = [t.__name__ for t, e in WRAPPERS.get(family, {}).items() if e.slices]
+        where = f" (it supports slices of {', '.join(sliceable)})" if sliceable else ""
+        return (
+            f"{name}: {method} adapts whole layers of type {type(base).__name__}{where}; "
+            f"drop the [{','.join(slices)}] slice"
+        )
+    w = getattr(base, "weight", None)
+    rows = w.shape[0] if isinstance(w, torch.Tensor) and w.dim() == 2 else None
+    if rows is None or rows % 3:
+        return (
+            f"{name} is not a fused qkv projection: per-slice targets need a 2-D weight whose rows "
+            f"(out_features={rows}) split into equal q, k and v parts (a fused qkv Linear)"
+        )
+    return None
 
 
 def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -281,7 +430,7 @@ def attach(
     found = find_targets(model, method, targets, layer_types, where=f"{where}.targets", predicate=predicate)
     if hasattr(method, "check_targets"):
         method.check_targets(model, found, adapter)
-    family = getattr(method, "family", method.name)
+    family = method_family(method)
     for t in found:
         if isinstance(t.module, PeftLayer) and adapter in t.module.adapters:
             raise ConfigError(f"{where}.adapter_name: {t.name} already has an adapter {adapter!r}")
@@ -293,7 +442,13 @@ def attach(
             layer = t.module
             if not (isinstance(layer, PeftLayer) and layer.method_name == family):
                 real = real_name(model, t.name)
-                layer = method.wrap(layer)
+                layer = wrapper_for(family, layer)(layer)
+                if not (isinstance(layer, PeftLayer) and layer.method_name == family):
+                    # a second adapter of the family must find this wrapper and extend it
+                    raise TypeError(
+                        f"the wrapper registered for {family} on {type(t.module).__name__} built a "
+                        f"{type(layer).__name__}; it must be a PeftLayer with method_name = {family!r}"
+                    )
                 _set_module(model, real, layer)
                 wrapped.append((real, t.module))
             else:
@@ -308,7 +463,11 @@ def attach(
         for real, original in reversed(wrapped):
             _set_module(model, real, original)
         raise
-    _methods(model)[adapter] = {"method": method.name, "config": method.config(), "targets": names}
+    info: dict[str, Any] = {"method": method.name, "config": method.config(), "targets": names}
+    sliced = {t.name: list(t.slices) for t in found if t.slices is not None}
+    if sliced:
+        info["slices"] = sliced  # module name -> ["q", "v"]: what save/load needs to rebuild it
+    _methods(model)[adapter] = info
     return names
 
 
@@ -525,7 +684,9 @@ def save_adapter(model: nn.Module, directory: str | Path, adapter: str = "defaul
         # the fingerprint would describe the merged weights, not the base the adapter belongs on
         raise ConfigError(f"adapter {adapter!r} is merged; unmerge(model, {adapter!r}) before saving it")
     method = PEFT_METHODS.build(info["method"], **info["config"])
-    hf = method.hf_config(info["targets"]) if hasattr(method, "hf_config") else None
+    slices = info.get("slices")
+    # PEFT has no per-slice targets: a sliced adapter is sciadapt-only (peft_type null below)
+    hf = method.hf_config(info["targets"]) if hasattr(method, "hf_config") and not slices else None
     ours = {
         "method": info["method"],
         "config": info["config"],
@@ -533,9 +694,13 @@ def save_adapter(model: nn.Module, directory: str | Path, adapter: str = "defaul
         "fingerprint": fingerprint(model, info["targets"]),
         "summaries": _summaries(model, info["targets"]),
     }
+    if slices:
+        ours["slices"] = slices
     # PEFT's own adapter_config.json where PEFT has the method (so `peft` loads it without
     # warnings); sciadapt's description rides in the safetensors header, which PEFT ignores.
     cfg = hf if hf is not None else {"peft_type": None, "sciadapt_method": info["method"], **info["config"]}
+    if slices:
+        cfg["sciadapt_slices"] = slices
     d = Path(directory)
     blob = save(adapter_state_dict(model, adapter), metadata={"sciadapt": json.dumps(ours)})
     atomic_write_bytes(d / "adapter_model.safetensors", blob)
@@ -568,16 +733,20 @@ def load_adapter(
         )
     cfg = json.loads(cfg_path.read_text())
     ours = _read_meta(weights_path)
+    patterns: list[str]
     if ours:
         method = PEFT_METHODS.build(ours["method"], **ours["config"])
         targets = ours["targets"]
+        slices = ours.get("slices", {})
+        patterns = [f"{t}[{','.join(slices[t])}]" if t in slices else t for t in targets]
     else:
         from sciadapt.peft.lora import from_hf_config
 
         method, targets = from_hf_config(cfg, model)
+        patterns = targets
     if check_base and ours and "fingerprint" in ours:
         _check_fingerprint(model, targets, ours, d)
-    attach(model, method, adapter, targets=targets, where=f"adapter {d}")
+    attach(model, method, adapter, targets=patterns, where=f"adapter {d}")
     state = load_file(str(weights_path))
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())

@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 from sciadapt.errors import ConfigError
-from sciadapt.peft.core import PeftLayer, Target
+from sciadapt.peft.core import PeftLayer, Target, register_wrapper
 from sciadapt.peft.ssf import CONVS, ChannelAffineLayer, new_vector
 from sciadapt.registry import PEFT_METHODS
 
 
+@register_wrapper("ia3", nn.Linear, *CONVS)
 class IA3Layer(ChannelAffineLayer):
     """A Linear or ConvNd with (IA)^3 vectors (``ia3_l``), each on the output or on the input."""
 
@@ -71,9 +72,8 @@ def _matches(name: str, patterns: list[str]) -> bool:
 class IA3:
     """The (IA)^3 method object (see :func:`build_ia3`)."""
 
-    family = "ia3"
+    family = "ia3"  # wraps the layers IA3Layer is registered for
     name = "ia3"
-    layer_types: tuple[type[nn.Module], ...] = (nn.Linear, *CONVS)
 
     def __init__(self, feedforward: list[str] | None) -> None:
         if isinstance(feedforward, str):  # a lone string would be iterated per character
@@ -101,9 +101,6 @@ class IA3:
 
     def config(self) -> dict[str, Any]:
         return {"feedforward": self.feedforward}
-
-    def wrap(self, module: nn.Module) -> IA3Layer:
-        return IA3Layer(module)
 
     def add(self, layer: PeftLayer, adapter: str, module_name: str, slices: tuple[str, ...] | None) -> None:
         assert isinstance(layer, IA3Layer)

@@ -3,13 +3,18 @@
 Key layout and initialisation follow Hugging Face PEFT (``lora_A`` / ``lora_B`` /
 ``lora_magnitude_vector`` ModuleDicts keyed by adapter name; kaiming-uniform A, zero B), so
 adapters on whole layers round-trip with ``peft``. Slices of a fused qkv projection
-(``qkv[q,v]``) have their own A/B per slice — a layout PEFT cannot express.
+(``qkv[q,v]``) have their own A/B per slice (and, for DoRA, their own magnitude over the
+slice's output rows) — a layout PEFT cannot express, so those adapters are sciadapt-only.
+
+:class:`LoraLayer` is registered for Linear (with slices) and Conv1d/2d/3d. It also serves any
+layer computing ``x @ weight.T + bias`` on the last axis with a 2-D ``weight`` (out, in):
+``register_wrapper("lora", MyLinear)(LoraLayer)`` is all such a layer needs.
 
 DoRA (Liu et al. 2024) rescales every output unit: ``y = m / ||W + sBA|| * (W x + s B A x) + b``.
 PEFT materialises ``W + sBA`` each step to take that norm; here the squared row norms come
 from ``||W||^2`` (cached), ``A W^T`` (r x out) and ``A A^T`` (r x r), so a DoRA step costs about
 what a LoRA step does. As in the paper and PEFT, the norm is treated as a constant in the
-backward pass.
+backward pass. On qkv slices the same terms are formed per slice, from that slice's rows of W.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sciadapt.errors import ConfigError
-from sciadapt.peft.core import HF_PREFIX, PeftLayer, logical_modules
+from sciadapt.peft.core import HF_PREFIX, PeftLayer, base_of, logical_modules, register_wrapper, registered_types
 from sciadapt.registry import PEFT_METHODS
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -42,8 +47,24 @@ def _flat(w: torch.Tensor) -> torch.Tensor:
     return w.reshape(w.shape[0], -1)  # (out, in * kernel)
 
 
+def _norm_update(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, s: float) -> torch.Tensor:
+    """``||W + sBA||^2 - ||W||^2`` per row of ``w`` (out, k), from ``A W^T`` and ``A A^T`` only."""
+    aw = a @ w.T  # (r, out)
+    cross = (b * aw.T).sum(1)  # (out,) = diag(B A W^T)
+    quad = ((b @ (a @ a.T)) * b).sum(1)  # (out,) = diag(B A A^T B^T)
+    return 2 * s * cross + s * s * quad
+
+
+def _thirds(n: int) -> list[tuple[str, slice]]:
+    """The q, k and v row ranges of a fused projection with ``n`` output rows."""
+    d = n // 3
+    return [(sl, slice(i * d, (i + 1) * d)) for i, sl in enumerate("qkv")]
+
+
+@register_wrapper("lora", *CONVS)
+@register_wrapper("lora", nn.Linear, slices=True)
 class LoraLayer(PeftLayer):
-    """A Linear or ConvNd with LoRA/DoRA adapters."""
+    """A Linear, ConvNd or Linear-like layer with LoRA/DoRA adapters."""
 
     method_name = "lora"
 
@@ -56,15 +77,15 @@ class LoraLayer(PeftLayer):
         self.lora_magnitude_vector: Any = nn.ModuleDict()
         self.scaling: dict[str, float] = {}
         self.slices: dict[str, tuple[str, ...] | None] = {}
-        self._dora_scale: dict[str, torch.Tensor] = {}  # m / ||W + sBA|| at merge time
+        self._dora_scale: dict[str, torch.Tensor] = {}  # m / ||W + sBA|| at merge time, (out,)
         self._w_norm_sq: tuple[int, int, torch.Tensor] | None = None
 
     # -- construction -------------------------------------------------------------------
     def _pair(self, r: int) -> tuple[nn.Module, nn.Module]:
         base = self.base_layer
-        if isinstance(base, nn.Linear):
-            return nn.Linear(base.in_features, r, bias=False), nn.Linear(r, base.out_features, bias=False)
-        assert isinstance(base, CONVS)
+        if not isinstance(base, CONVS):  # Linear, or a registered layer with Linear's maths
+            out_features, in_features = base.weight.shape
+            return nn.Linear(in_features, r, bias=False), nn.Linear(r, out_features, bias=False)
         conv = type(base)
         a = conv(
             base.in_channels,
@@ -83,14 +104,22 @@ class LoraLayer(PeftLayer):
             raise ConfigError(
                 f"{method.name} on grouped/depthwise convolutions (groups={base.groups}) is not supported"
             )
-        w = base.weight
+        if isinstance(base, PeftLayer):
+            raise ConfigError(
+                f"{method.name} cannot wrap the {base.method_name} adapters already on this layer; "
+                f"attach {method.name} first, then {base.method_name}"
+            )
+        w = getattr(base, "weight", None)
+        if not isinstance(w, torch.Tensor) or (not isinstance(base, CONVS) and w.dim() != 2):
+            raise ConfigError(
+                f"{method.name} needs a layer with a 2-D weight (out, in) used as x @ weight.T, or a ConvNd; "
+                f"this {type(base).__name__} has {'no weight' if w is None else f'a weight of shape {tuple(w.shape)}'}"
+            )
         max_rank = min(_flat(w).shape) if slices is None else min(w.shape[0] // 3, w.shape[1])
         if method.r > max_rank:
             raise ConfigError(
                 f"peft.r={method.r} exceeds the rank this layer allows ({max_rank}, weight {tuple(w.shape)}); lower peft.r"
             )
-        if slices is not None and method.use_dora:
-            raise ConfigError("dora on fused-qkv slices is not supported; use lora for qkv[...] targets")
         self.register_adapter(name)
         self.scaling[name] = method.alpha / (math.sqrt(method.r) if method.rslora else method.r)
         self.slices[name] = slices
@@ -99,10 +128,10 @@ class LoraLayer(PeftLayer):
             a, b = self._pair(method.r)
             self.lora_A[name], self.lora_B[name] = a, b
         else:
-            d = base.out_features // 3  # type: ignore[operator]
+            d = w.shape[0] // 3
             a_parts, b_parts = nn.ModuleDict(), nn.ModuleDict()
             for s in slices:
-                a_parts[s] = nn.Linear(base.in_features, method.r, bias=False)  # type: ignore[arg-type]
+                a_parts[s] = nn.Linear(w.shape[1], method.r, bias=False)
                 b_parts[s] = nn.Linear(method.r, d, bias=False)
             self.lora_A[name], self.lora_B[name] = a_parts, b_parts
         for mod in (self.lora_A[name], self.lora_B[name]):
@@ -110,8 +139,14 @@ class LoraLayer(PeftLayer):
         self._init(name, method.init)
         if method.use_dora:
             with torch.no_grad():
-                norm = self._row_norm(name)  # equals ||W|| at init (B = 0)
-            self.lora_magnitude_vector[name] = _Magnitude(self._channel_shape(norm.clone()))
+                norm = self._row_norm(name)  # equals ||W|| at init (B = 0), (out,)
+            if slices is None:
+                self.lora_magnitude_vector[name] = _Magnitude(self._channel_shape(norm.clone()))
+            else:
+                # one magnitude per slice, over that slice's output rows: lora_magnitude_vector.<name>.q.weight
+                self.lora_magnitude_vector[name] = nn.ModuleDict(
+                    {sl: _Magnitude(norm[rows].clone()) for sl, rows in _thirds(w.shape[0]) if sl in slices}
+                )
         if method.init == "lora_fa":
             for p in self.lora_A[name].parameters():
                 p.requires_grad_(False)
@@ -164,11 +199,10 @@ class LoraLayer(PeftLayer):
         if self.slices[name] is None:
             a, b = self.lora_A[name].weight, self.lora_B[name].weight
             return (s * (_flat(b) @ _flat(a))).reshape(w.shape)
-        d = w.shape[0] // 3
         delta = torch.zeros_like(w)
-        for sl in self.slices[name]:  # type: ignore[union-attr]
-            i = "qkv".index(sl)
-            delta[i * d : (i + 1) * d] = s * (self.lora_B[name][sl].weight @ self.lora_A[name][sl].weight)
+        for sl, rows in _thirds(w.shape[0]):
+            if sl in self.slices[name]:  # type: ignore[operator]
+                delta[rows] = s * (self.lora_B[name][sl].weight @ self.lora_A[name][sl].weight)
         return delta
 
     def _base_norm_sq(self) -> torch.Tensor:
@@ -179,24 +213,46 @@ class LoraLayer(PeftLayer):
         return self._w_norm_sq[2]
 
     def _row_norm(self, name: str) -> torch.Tensor:
-        """``||W + sBA||`` per output unit without forming ``W + sBA`` (no graph)."""
+        """``||W + sBA||`` per output unit, (out,), without forming ``W + sBA`` (no graph).
+
+        With qkv slices each adapted slice adds its own terms to its rows; the other rows keep ``||W||``.
+        """
         with torch.no_grad():
             w = _flat(self.base_layer.weight.detach())  # (out, k)
-            a = _flat(self.lora_A[name].weight.detach())  # (r, k)
-            b = _flat(self.lora_B[name].weight.detach())  # (out, r)
             s = self.scaling[name]
-            aw = a @ w.T  # (r, out)
-            cross = (b * aw.T).sum(1)  # (out,) = diag(B A W^T)
-            quad = ((b @ (a @ a.T)) * b).sum(1)  # (out,) = diag(B A A^T B^T)
-            sq = self._base_norm_sq() + 2 * s * cross + s * s * quad
-            return sq.clamp_min(0).sqrt()
+            sq = self._base_norm_sq()  # (out,)
+            sliced = self.slices[name]
+            if sliced is None:
+                a = _flat(self.lora_A[name].weight.detach())  # (r, k)
+                b = _flat(self.lora_B[name].weight.detach())  # (out, r)
+                return (sq + _norm_update(w, a, b, s)).clamp_min(0).sqrt()
+            parts = []
+            for sl, rows in _thirds(w.shape[0]):
+                part = sq[rows]  # (out / 3,)
+                if sl in sliced:
+                    a = self.lora_A[name][sl].weight.detach()  # (r, in)
+                    b = self.lora_B[name][sl].weight.detach()  # (out / 3, r)
+                    part = part + _norm_update(w[rows], a, b, s)
+                parts.append(part)
+            return torch.cat(parts).clamp_min(0).sqrt()
+
+    def _dora_gain(self, name: str) -> torch.Tensor:
+        """``g = m / ||W + sBA||`` per output unit, (out,); 1 on rows of slices without an adapter."""
+        norm = self._row_norm(name)
+        mag = self.lora_magnitude_vector[name]
+        if self.slices[name] is None:
+            return mag.weight.reshape(-1) / norm
+        parts = []
+        for sl, rows in _thirds(norm.shape[0]):
+            parts.append(mag[sl].weight / norm[rows] if sl in mag else torch.ones_like(norm[rows]))
+        return torch.cat(parts)
 
     def _lora_out(self, name: str, x: torch.Tensor) -> torch.Tensor:
         xd = self.lora_dropout[name](x)
         if self.slices[name] is None:
             return self.lora_B[name](self.lora_A[name](xd)) * self.scaling[name]
         parts = []
-        d = self.base_layer.out_features // 3  # type: ignore[operator]
+        d = self.base_layer.weight.shape[0] // 3
         for sl in "qkv":
             if sl in self.slices[name]:  # type: ignore[operator]
                 parts.append(self.lora_B[name][sl](self.lora_A[name][sl](xd)) * self.scaling[name])
@@ -214,8 +270,8 @@ class LoraLayer(PeftLayer):
         out = self.base_layer(x, *args, **kwargs)
         for name in self.unmerged_active():
             if name in self.lora_magnitude_vector:
-                g = self.lora_magnitude_vector[name].weight.reshape(-1) / self._row_norm(name)  # (out,)
-                bias = self.base_layer.bias
+                g = self._dora_gain(name)  # (out,)
+                bias = getattr(self.base_layer, "bias", None)
                 # in place: a plain layer's output is saved by no one, so it can become z (a wrapped
                 # base, e.g. another method's layer, may have saved its output for backward)
                 if isinstance(self.base_layer, PeftLayer):
@@ -232,7 +288,7 @@ class LoraLayer(PeftLayer):
         self._w_norm_sq = None  # `.data` writes below keep the version counter: drop the cache
         w = self.base_layer.weight
         if name in self.lora_magnitude_vector:
-            g = self.lora_magnitude_vector[name].weight.reshape(-1) / self._row_norm(name)
+            g = self._dora_gain(name)
             self._dora_scale[name] = g
             w.data = ((w + self.delta_weight(name)) * g.reshape(-1, *([1] * (w.dim() - 1)))).to(w.dtype)
         else:
@@ -291,8 +347,7 @@ def _leaves(mod: nn.Module) -> list[Any]:
 class LoRA:
     """The LoRA/DoRA method object (see :func:`build_lora`)."""
 
-    family = "lora"
-    layer_types: tuple[type[nn.Module], ...] = (nn.Linear, *CONVS)
+    family = "lora"  # LoRA and DoRA share LoraLayer, registered above for their layer types
 
     def __init__(
         self,
@@ -323,15 +378,12 @@ class LoRA:
             "eva_batches": self.eva_batches,
         }
 
-    def wrap(self, module: nn.Module) -> LoraLayer:
-        return LoraLayer(module)
-
     def add(self, layer: PeftLayer, adapter: str, module_name: str, slices: tuple[str, ...] | None) -> None:
         assert isinstance(layer, LoraLayer)
         try:
             layer.add_lora(adapter, self, slices)
         except ConfigError as e:
-            raise ConfigError(f"{module_name}: {e}") from None
+            raise ConfigError([f"{module_name}: {problem}" for problem in e.problems]) from None
 
     def hf_config(self, targets: list[str]) -> dict[str, Any] | None:
         """PEFT's adapter_config.json fields (the subset PEFT needs to rebuild the adapter)."""
@@ -389,6 +441,8 @@ def build_dora(
 ) -> LoRA:
     """DoRA: LoRA's direction update with a learned magnitude per output unit.
 
+    On fused-qkv slices (``qkv[q,v]``) each slice has its own A, B and magnitude over its rows.
+
     Args:
         r: rank.
         alpha: scaling numerator.
@@ -418,14 +472,14 @@ def eva_init(
         def grab(_mod: nn.Module, args: tuple[Any, ...]) -> None:
             x = args[0].detach()
             base = layer.base_layer
-            if isinstance(base, nn.Linear):
-                flat = x.reshape(-1, x.shape[-1])  # (N, in)
-            elif isinstance(base, nn.Conv2d):
+            if isinstance(base, nn.Conv2d):
                 pad: Any = base.padding
                 cols = F.unfold(x, base.kernel_size, base.dilation, pad, base.stride)  # (B, in*k*k, P)
                 flat = cols.transpose(1, 2).reshape(-1, cols.shape[1])
-            else:
+            elif isinstance(base, CONVS):
                 raise ConfigError(f"{name}: init=eva supports Linear and Conv2d layers, not {type(base).__name__}")
+            else:  # Linear, or a registered layer with Linear's maths
+                flat = x.reshape(-1, x.shape[-1])  # (N, in)
             if sum(len(r) for r in rows[name]) < max_rows:
                 rows[name].append(flat[:max_rows])
 
@@ -487,7 +541,8 @@ def from_hf_config(cfg: dict[str, Any], model: nn.Module) -> tuple[LoRA, list[st
     else:
         # PEFT matches a target name against the full module name or its dotted suffix
         targets = [n for n in names if any(n == t or n.endswith("." + t) for t in tm or [])]
-    targets = [n for n in targets if isinstance(logical_modules(model)[n], LoRA.layer_types)]
+    modules = logical_modules(model)
+    targets = [n for n in targets if isinstance(base_of(modules[n]), registered_types("lora"))]
     return method, targets
 
 

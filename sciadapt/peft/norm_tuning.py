@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from sciadapt.errors import ConfigError
-from sciadapt.peft.core import PeftLayer
+from sciadapt.peft.core import PeftLayer, register_wrapper
 from sciadapt.peft.ssf import BATCHNORMS, innermost
 from sciadapt.registry import PEFT_METHODS
 
@@ -44,6 +44,7 @@ def _param(module: nn.Module, attr: str) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
+@register_wrapper("layernorm", *NORMS)
 class NormTuningLayer(PeftLayer):
     """A LayerNorm / GroupNorm / RMSNorm / BatchNorm whose affine parameters come from its adapters."""
 
@@ -152,15 +153,11 @@ class NormTuningLayer(PeftLayer):
 class NormTuning:
     """The LayerNorm-tuning method object (see :func:`build_layernorm`)."""
 
-    family = "layernorm"
+    family = "layernorm"  # wraps the norms NormTuningLayer is registered for
     name = "layernorm"
-    layer_types: tuple[type[nn.Module], ...] = NORMS
 
     def config(self) -> dict[str, Any]:
         return {}
-
-    def wrap(self, module: nn.Module) -> NormTuningLayer:
-        return NormTuningLayer(module)
 
     def add(self, layer: PeftLayer, adapter: str, module_name: str, slices: tuple[str, ...] | None) -> None:
         assert isinstance(layer, NormTuningLayer)

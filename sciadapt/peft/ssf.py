@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from sciadapt.errors import ConfigError
-from sciadapt.peft.core import PeftLayer
+from sciadapt.peft.core import PeftLayer, register_wrapper
 from sciadapt.registry import PEFT_METHODS
 
 CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -319,6 +319,7 @@ class ChannelAffineLayer(PeftLayer):
             )
 
 
+@register_wrapper("ssf", nn.Linear, *CONVS, nn.LayerNorm, *BATCHNORMS)
 class SSFLayer(ChannelAffineLayer):
     """A Linear / ConvNd / LayerNorm / BatchNorm with SSF adapters (``ssf_scale``, ``ssf_shift``)."""
 
@@ -342,9 +343,8 @@ class SSFLayer(ChannelAffineLayer):
 class SSF:
     """The SSF method object (see :func:`build_ssf`)."""
 
-    family = "ssf"
+    family = "ssf"  # wraps the layers SSFLayer is registered for
     name = "ssf"
-    layer_types: tuple[type[nn.Module], ...] = (nn.Linear, *CONVS, nn.LayerNorm, *BATCHNORMS)
 
     def __init__(self, init_std: float) -> None:
         if init_std < 0:
@@ -353,9 +353,6 @@ class SSF:
 
     def config(self) -> dict[str, Any]:
         return {"init_std": self.init_std}
-
-    def wrap(self, module: nn.Module) -> SSFLayer:
-        return SSFLayer(module)
 
     def add(self, layer: PeftLayer, adapter: str, module_name: str, slices: tuple[str, ...] | None) -> None:
         assert isinstance(layer, SSFLayer)

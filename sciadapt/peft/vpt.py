@@ -34,10 +34,11 @@ from torch import nn
 
 from sciadapt.errors import ConfigError, ShapeError
 from sciadapt.peft.adapters import factory_kwargs, first_tensor, io_widths, note_target, unwrap
-from sciadapt.peft.core import PeftLayer
+from sciadapt.peft.core import PeftLayer, register_wrapper
 from sciadapt.registry import PEFT_METHODS
 
 
+@register_wrapper("vpt", nn.Module)
 class VptLayer(PeftLayer):
     """A token block with prompt-token adapters."""
 
@@ -142,8 +143,7 @@ class VPT:
     """The visual-prompt-tuning method object (see :func:`build_vpt`)."""
 
     name = "vpt"
-    family = "vpt"
-    layer_types: tuple[type[nn.Module], ...] = (nn.Module,)
+    family = "vpt"  # VptLayer is registered for any nn.Module
     # only the outermost module a pattern matches is meant (read by the core when it supports it)
     whole_modules = True
 
@@ -164,9 +164,6 @@ class VPT:
 
     def config(self) -> dict[str, Any]:
         return {"n_prompts": self.n_prompts, "deep": self.deep, "dropout": self.dropout, "patch_size": self.patch_size}
-
-    def wrap(self, module: nn.Module) -> VptLayer:
-        return VptLayer(module)
 
     def add(self, layer: PeftLayer, adapter: str, module_name: str, slices: tuple[str, ...] | None) -> None:
         assert isinstance(layer, VptLayer)

@@ -339,3 +339,143 @@ def test_dora_norm_cache_follows_a_merged_lora_on_the_same_layer() -> None:
     after = m(x)
     m[0]._w_norm_sq = None
     torch.testing.assert_close(after, m(x))
+
+
+# -- DoRA (and LoRA) on fused-qkv slices ------------------------------------------------------
+
+
+def _qkv_model(seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = nn.ModuleDict({"attn": nn.ModuleDict({"qkv": nn.Linear(8, 24)})})
+    return model, torch.randn(3, 5, 8)  # (B, N, D)
+
+
+def _perturb_adapter(model: nn.Module, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n in core.adapter_param_names(model, "default"):
+            p = model.get_parameter(n)
+            scale = 0.3 if "magnitude" in n else 0.5
+            p.add_(scale * torch.randn(p.shape, generator=gen))
+
+
+def _textbook_sliced_dora_weight(lay: nn.Module, name: str = "default") -> torch.Tensor:
+    """W' with each adapted slice's rows m * (W + sBA) / ||W + sBA|| (norm detached), the rest W."""
+    full = lay.base_layer.weight + lay.delta_weight(name)
+    d = full.shape[0] // 3
+    rows = []
+    for i, sl in enumerate("qkv"):
+        part = full[i * d : (i + 1) * d]
+        if sl in lay.slices[name]:
+            m = lay.lora_magnitude_vector[name][sl].weight
+            part = part * (m / part.norm(dim=1).detach())[:, None]
+        rows.append(part)
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("slices", ["q,v", "k", "q,k,v"])
+def test_dora_on_fused_qkv_slices(slices: str, tmp_path: Path) -> None:
+    model, x = _qkv_model()
+    base = copy.deepcopy(model)
+    base_out = model["attn"]["qkv"](x)
+    core.attach(model, PEFT_METHODS.build("dora", r=2, alpha=4), targets=[f"attn.qkv[{slices}]"])
+    qkv = model["attn"]["qkv"]
+    chosen = slices.split(",")
+    # one magnitude per adapted slice, over that slice's 8 output rows
+    mags = {n: p.shape for n, p in qkv.named_parameters() if "magnitude" in n}
+    assert mags == {f"lora_magnitude_vector.default.{s}.weight": (8,) for s in chosen}
+    torch.testing.assert_close(qkv(x), base_out, rtol=0, atol=1e-6)  # identity at init
+
+    _perturb_adapter(model)
+    out = qkv(x)
+    w = qkv.base_layer.weight
+    # the efficient per-slice norm equals the norm of the materialised W + sBA
+    torch.testing.assert_close(qkv._row_norm("default"), (w + qkv.delta_weight("default")).norm(dim=1))
+    with torch.no_grad():
+        ref = F.linear(x, _textbook_sliced_dora_weight(qkv), qkv.base_layer.bias)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for i, sl in enumerate("qkv"):
+        part = slice(8 * i, 8 * (i + 1))
+        if sl in chosen:
+            assert not torch.allclose(out[..., part], base_out[..., part], atol=1e-3), sl
+        else:
+            torch.testing.assert_close(out[..., part], base_out[..., part], rtol=1e-6, atol=1e-6)
+
+    core.merge(model)
+    torch.testing.assert_close(qkv(x), out, rtol=1e-5, atol=1e-5)
+    core.unmerge(model)
+    torch.testing.assert_close(qkv.base_layer.weight, base["attn"]["qkv"].weight, rtol=0, atol=1e-6)
+    torch.testing.assert_close(qkv(x), out, rtol=1e-5, atol=1e-6)
+
+    n_train, n_total = core.mark_trainable(model, "default")
+    assert 0 < n_train < n_total
+    qkv(x).square().mean().backward()
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == ("lora_" in n), n
+
+    core.save_adapter(model, tmp_path / "ad")
+    fresh = copy.deepcopy(base)
+    core.load_adapter(fresh, tmp_path / "ad")
+    for n, p in fresh.named_parameters():
+        if "lora_" in n:
+            assert torch.equal(p, model.get_parameter(n)), n
+    torch.testing.assert_close(fresh["attn"]["qkv"](x), qkv(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_sliced_adapters_round_trip_and_do_not_claim_peft_compatibility(method: str, tmp_path: Path) -> None:
+    model, x = _qkv_model()
+    fresh = copy.deepcopy(model)
+    core.attach(model, PEFT_METHODS.build(method, r=2), targets=["attn.qkv[q,v]"])
+    _perturb_adapter(model)
+    core.save_adapter(model, tmp_path / "ad")
+    cfg = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    # PEFT cannot express per-slice adapters: no LORA config that `peft` would misread
+    assert cfg["peft_type"] is None and cfg["sciadapt_method"] == method
+    assert cfg["sciadapt_slices"] == {"attn.qkv": ["q", "v"]}
+    keys = set(load_file(str(tmp_path / "ad" / "adapter_model.safetensors")))
+    assert "base_model.model.attn.qkv.lora_A.q.weight" in keys
+    assert ("base_model.model.attn.qkv.lora_magnitude_vector.v.weight" in keys) == (method == "dora")
+    assert core.load_adapter(fresh, tmp_path / "ad") == ["attn.qkv"]
+    assert fresh["attn"]["qkv"].slices["default"] == ("q", "v")
+    assert torch.equal(fresh["attn"]["qkv"](x), model["attn"]["qkv"](x))
+
+
+def test_dora_slice_gradients_match_the_plain_formula() -> None:
+    """Per-slice efficient norm + memory-saving backward give autograd's textbook gradients."""
+    model, x = _qkv_model(seed=3)
+    core.attach(model, PEFT_METHODS.build("dora", r=2, alpha=4), targets=["attn.qkv[q,v]"])
+    qkv = model["attn"]["qkv"]
+    _perturb_adapter(model, seed=4)
+    params = dict(qkv.named_parameters())  # adapters, base weight and bias: all require grad here
+    xr = x.clone().requires_grad_(True)
+    qkv(xr).pow(3).sum().backward()
+    ours = {n: p.grad.clone() for n, p in params.items()}
+    ours_x = xr.grad.clone()
+    for p in params.values():
+        p.grad = None
+    xr2 = x.clone().requires_grad_(True)
+    F.linear(xr2, _textbook_sliced_dora_weight(qkv), qkv.base_layer.bias).pow(3).sum().backward()
+    assert len(ours) == 2 + 3 * 2  # base weight, bias; A, B, m for q and v
+    for n, p in params.items():
+        torch.testing.assert_close(ours[n], p.grad, rtol=1e-4, atol=1e-5, msg=n)
+    torch.testing.assert_close(ours_x, xr2.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_dora_slices_with_a_second_adapter_merge_in_any_order() -> None:
+    model, x = _qkv_model()
+    w0 = model["attn"]["qkv"].weight.detach().clone()
+    core.attach(model, PEFT_METHODS.build("dora", r=2), "a", targets=["attn.qkv[q,v]"])
+    core.attach(model, PEFT_METHODS.build("lora", r=2), "b", targets=["attn.qkv[k]"])
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_" in n:
+                p.add_(0.3 * torch.randn_like(p))
+    qkv = model["attn"]["qkv"]
+    out = qkv(x)
+    core.merge(model, "b")
+    torch.testing.assert_close(qkv(x), out, rtol=1e-5, atol=1e-5)
+    core.merge(model, "a")
+    torch.testing.assert_close(qkv(x), out, rtol=1e-5, atol=1e-5)
+    core.unmerge(model)
+    torch.testing.assert_close(qkv.base_layer.weight, w0, rtol=0, atol=1e-6)
