@@ -266,14 +266,33 @@ class LoraLayer(PeftLayer):
             return v.reshape(1, -1, *([1] * (ndim - 2)))
         return v
 
+    def _plain_base(self) -> bool:
+        """A plain Linear/Conv base whose forward we may recompute without its bias."""
+        base = self.base_layer
+        return type(base) in (nn.Linear, *CONVS) and not base._forward_hooks and not base._forward_pre_hooks
+
     def adapted_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        active = self.unmerged_active()
+        if len(active) == 1 and active[0] in self.lora_magnitude_vector and self._plain_base() and not args:
+            # the common DoRA case in one pass less each way: W x without its bias (instead of
+            # adding the bias and subtracting it again), then g * z + b fused
+            name, base = active[0], self.base_layer
+            g = self._dora_gain(name)  # (out,)
+            if isinstance(base, nn.Linear):
+                z = F.linear(x, base.weight)
+            else:
+                z = base._conv_forward(x, base.weight, None)
+            z = z.add_(self._lora_out(name, x))
+            axis = 1 if isinstance(base, CONVS) else -1
+            return _ScaleShift.apply(z, g, base.bias, axis)  # g * (W x + s B A x) + b
+        return self._general_forward(x, *args, **kwargs)
+
+    def _general_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
         for name in self.unmerged_active():
             if name in self.lora_magnitude_vector:
                 g = self._dora_gain(name)  # (out,)
                 bias = getattr(self.base_layer, "bias", None)
-                # in place: a plain layer's output is saved by no one, so it can become z (a wrapped
-                # base, e.g. another method's layer, may have saved its output for backward)
                 if isinstance(self.base_layer, PeftLayer):
                     out = out.clone()
                 z = out if bias is None else out.sub_(self._channel(bias, out.dim()))
@@ -317,9 +336,11 @@ class _ScaleShift(torch.autograd.Function):
     def forward(ctx: Any, z: torch.Tensor, g: torch.Tensor, b: torch.Tensor | None, axis: int) -> torch.Tensor:
         shape = [1] * z.dim()
         shape[axis] = -1
-        y = z.mul_(g.reshape(shape))  # z is a temporary of the caller: reuse its memory
-        if b is not None:
-            y = y.add_(b.reshape(shape))
+        # z is a temporary of the caller: reuse its memory, in one fused pass
+        if b is None:
+            y = z.mul_(g.reshape(shape))
+        else:
+            y = torch.addcmul(b.reshape(shape), z, g.reshape(shape), out=z)
         ctx.mark_dirty(z)
         ctx.axis, ctx.shape, ctx.has_bias = axis, shape, b is not None
         ctx.save_for_backward(y, g, b if b is not None else g.new_zeros(()))
@@ -332,11 +353,14 @@ class _ScaleShift(torch.autograd.Function):
         dims = [d for d in range(dy.dim()) if d != axis]
         dz = dy * g.reshape(shape) if ctx.needs_input_grad[0] else None
         dg = db = None
+        need_db = ctx.has_bias and ctx.needs_input_grad[2]
+        sum_dy = dy.sum(dims) if ctx.has_bias and (need_db or ctx.needs_input_grad[1]) else None
         if ctx.needs_input_grad[1]:
-            z = (y - b.reshape(shape)) / g.reshape(shape) if ctx.has_bias else y / g.reshape(shape)
-            dg = (dy * z).sum(dims)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            db = dy.sum(dims)
+            # sum(dy * z) with z = (y - b) / g, without materialising z: (sum(dy * y) - b sum(dy)) / g
+            dyy = (dy * y).sum(dims)
+            dg = (dyy - b * sum_dy) / g if ctx.has_bias else dyy / g
+        if need_db:
+            db = sum_dy
         return dz, dg, db, None
 
 
