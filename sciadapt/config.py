@@ -467,6 +467,23 @@ def validate(cfg: dict[str, Any], source: str | None = None) -> dict[str, Any]:
             )
         if i == 0 and init == "previous":
             problems.append(f"{path}.init_from: the first stage has no previous stage (use scratch or pretrained)")
+        for section in ("backbone", "head"):
+            override = spec.get(section)
+            if isinstance(override, dict):
+                inherited = model_section(out, section, i - 1) if "name" not in override else {}
+                spec[section] = _check_component(
+                    section, {**(inherited or {}), **override}, f"{path}.{section}", problems
+                )
+        if i > 0 and any(spec.get(sec) for sec in ("backbone", "head")):
+            changed = [
+                sec for sec in ("backbone", "head") if model_section(out, sec, i) != model_section(out, sec, i - 1)
+            ]
+            init = spec.get("init_from") or "previous"
+            if changed and (init == "previous" or init.startswith("stage:")):
+                problems.append(
+                    f"{path}.init_from: this stage changes the {' and '.join(changed)}, so it cannot start from "
+                    f"{init!r} weights of another architecture; set init_from: scratch (or pretrained, or a checkpoint)"
+                )
         if isinstance(spec.get("peft"), dict):
             spec["peft"] = _check_peft(spec["peft"], f"{path}.peft", problems)
         if isinstance(spec.get("data"), dict) and isinstance(out.get("data"), dict):
@@ -533,6 +550,25 @@ def _check_peft(block: dict[str, Any], path: str, problems: list[str]) -> dict[s
 def _check_choice(value: Any, choices: tuple[str, ...], path: str, problems: list[str]) -> None:
     if value is not None and value not in choices:
         problems.append(f"{path}: {value!r} is not one of {', '.join(choices)}.{suggest(str(value), choices)}")
+
+
+def model_section(cfg: dict[str, Any], section: str, stage_index: int) -> Any:
+    """The ``backbone`` or ``head`` config stage ``stage_index`` trains: the latest stage override
+    at or before it, else the pipeline's (``stage_index`` -1: the pipeline's)."""
+    for k in range(min(stage_index, len(cfg.get("stages") or []) - 1), -1, -1):
+        override = cfg["stages"][k].get(section)
+        if override:
+            return override
+    return cfg.get(section)
+
+
+def model_config(cfg: dict[str, Any], stage_index: int) -> dict[str, Any]:
+    """``cfg`` with the backbone and head of stage ``stage_index`` (see :func:`model_section`)."""
+    return {
+        **cfg,
+        "backbone": model_section(cfg, "backbone", stage_index),
+        "head": model_section(cfg, "head", stage_index),
+    }
 
 
 def stage_data_config(cfg: dict[str, Any], stage_index: int) -> dict[str, Any]:

@@ -22,7 +22,15 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
-from sciadapt.config import build_datamodule, build_task, data_facts, stage_data_config, to_yaml
+from sciadapt.config import (
+    build_datamodule,
+    build_task,
+    data_facts,
+    model_config,
+    model_section,
+    stage_data_config,
+    to_yaml,
+)
 from sciadapt.errors import CheckpointError, ConfigError
 from sciadapt.metrics.forecasting import forecast_metrics, seasonal_naive
 from sciadapt.runs import (
@@ -106,7 +114,9 @@ def apply_trainable(
 def effective_init(cfg: dict[str, Any], i: int) -> str:
     init = cfg["stages"][i].get("init_from")
     if init is None:
-        init = "previous" if i > 0 else ("pretrained" if cfg["backbone"].get("weights") else "scratch")
+        init = (
+            "previous" if i > 0 else ("pretrained" if model_section(cfg, "backbone", 0).get("weights") else "scratch")
+        )
     return str(init)
 
 
@@ -157,7 +167,7 @@ def live_adapter_stages(cfg: dict[str, Any], j: int) -> list[int]:
 
 def task_for_stage(cfg: dict[str, Any], facts: dict[str, Any], j: int) -> Any:
     """A fresh task whose module structure matches the final checkpoint of stage ``j``."""
-    task = build_task(cfg, facts)
+    task = build_task(model_config(cfg, j), facts)
     for k in live_adapter_stages(cfg, j):
         attach_stage_peft(task, cfg, k)
     return task
@@ -232,6 +242,7 @@ class PipelineRunner:
             else {"pipeline": cfg["name"], "run_dir": str(run_dir), "stages": {}}
         )
         self.task: Any = None
+        self._model_key = ""
         self.facts: dict[str, Any] | None = None
         self._dms: dict[str, Any] = {}
 
@@ -256,7 +267,7 @@ class PipelineRunner:
         pl.seed_everything(self.cfg["seed"], workers=True, verbose=False)
         for i, spec in enumerate(self.cfg["stages"]):
             dm = self._datamodule(i)
-            self._ensure_task(dm, spec["name"])
+            self._ensure_task(dm, spec["name"], i)
             where = f"stages[{i}] ({spec['name']})"
             apply_trainable(
                 self.task, self._trainable(spec), spec["frozen"], where, adapter_follows=bool(spec.get("peft"))
@@ -317,11 +328,16 @@ class PipelineRunner:
         dm.shuffle_seed = self.cfg["seed"] * 131 + i
         return dm
 
-    def _ensure_task(self, dm: Any, stage_name: str) -> None:
+    def _ensure_task(self, dm: Any, stage_name: str, i: int = 0) -> None:
         facts = data_facts(dm)
-        if self.task is None:
+        model_key = json.dumps(model_config(self.cfg, i)["backbone"], sort_keys=True, default=str) + json.dumps(
+            model_config(self.cfg, i)["head"], sort_keys=True, default=str
+        )
+        if self.task is None or model_key != self._model_key:
+            # the first stage, or a stage that brings its own backbone/head
+            self._model_key = model_key
             self.facts = facts
-            self.task = build_task(self.cfg, facts)
+            self.task = build_task(model_config(self.cfg, i), facts)
             self.task.seed = self.cfg["seed"]
             self.task.data_signature = {**facts}
             for key in ("target_columns", "exog_columns"):
@@ -341,9 +357,14 @@ class PipelineRunner:
                 f"so every stage's data must keep {', '.join(sorted(diff))} as the first stage's data has them"
             )
 
-    def _fresh_task(self, structure_of: int) -> None:
+    def _fresh_task(self, structure_of: int, model_of: int | None = None) -> None:
+        """A new task with stage ``structure_of``'s adapters and stage ``model_of``'s model
+        (default: the same stage; -1 means no adapters)."""
         data_signature = self.task.data_signature
-        self.task = task_for_stage(self.cfg, self.facts or {}, structure_of)
+        if model_of is None or model_of == structure_of:
+            self.task = task_for_stage(self.cfg, self.facts or {}, structure_of)
+        else:
+            self.task = build_task(model_config(self.cfg, model_of), self.facts or {})
         self.task.seed = self.cfg["seed"]
         self.task.data_signature = data_signature
 
@@ -351,7 +372,7 @@ class PipelineRunner:
         init = effective_init(self.cfg, i)
         if init == "scratch":
             if i > 0:
-                self._fresh_task(-1)
+                self._fresh_task(-1, model_of=i)
             return
         if init == "previous":
             prev = self.cfg["stages"][i - 1]["name"]
@@ -360,7 +381,7 @@ class PipelineRunner:
                 load_into(self.task, load_weights(self.final_ckpt(prev)), self.final_ckpt(prev))
             return
         if init == "pretrained":
-            weights = self.cfg["backbone"].get("weights")
+            weights = model_section(self.cfg, "backbone", i).get("weights")
             if not weights:
                 raise ConfigError(f"stages[{i}].init_from: pretrained, but backbone.weights is not set")
             self.task.backbone.load_pretrained(weights)
@@ -370,7 +391,7 @@ class PipelineRunner:
             self._fresh_task([s["name"] for s in self.cfg["stages"]].index(init[6:]))
         else:
             path = Path(init)
-            self._fresh_task(-1)
+            self._fresh_task(-1, model_of=i)
         self._check_signature(path)
         load_into(self.task, load_weights(path), path)
 
@@ -443,7 +464,7 @@ class PipelineRunner:
             if name in self.state["completed"]:
                 continue
             dm = self._datamodule(i)
-            self._ensure_task(dm, name)
+            self._ensure_task(dm, name, i)
             self._init_weights(i, spec)
             sdir = self.stage_dir(name)
             resume_from = sdir / "last.ckpt"  # present when this stage was killed mid-way
@@ -551,7 +572,7 @@ class PipelineRunner:
             self._weights_stage = name
         if dm is None:  # every stage was already complete: rebuild for the comparison
             dm = self._datamodule(len(stages) - 1)
-            self._ensure_task(dm, stages[-1]["name"])
+            self._ensure_task(dm, stages[-1]["name"], len(stages) - 1)
         if hasattr(dm, "scaler_state"):
             write_json(self.run_dir / "scaler.json", dm.scaler_state())
         if self.cfg["evaluation"].get("data"):

@@ -83,6 +83,10 @@ class StageSpec:
     data: dict[str, Any] | None = None  # overrides of the pipeline's `data:` for this stage
     evaluate: bool = True  # test on this stage's data when the stage ends
     rollout: RolloutSpec | None = None  # rollout tasks: steps per sample (curriculum stages)
+    # another model from this stage on (e.g. a U-Net from scratch beside a frozen foundation
+    # encoder); without `name`, keys are merged over the model the previous stage used
+    backbone: dict[str, Any] | None = None
+    head: dict[str, Any] | None = None
 
 
 @dataclass

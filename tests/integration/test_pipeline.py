@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from sciadapt.cli import main
 from tests.conftest import REPO, make_series_csv, tiny_pipeline
@@ -157,3 +158,33 @@ def test_resume_refuses_other_pipeline(tmp_path: Path, series_csv: Path, capsys:
     run = _only_run(tmp_path / "runs")
     assert main(["fit", "quickstart", "--resume", str(run)]) == 2
     assert "is a run of pipeline 'tiny'" in capsys.readouterr().err
+
+
+def test_a_stage_may_bring_its_own_model(tmp_path: Path, series_csv: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import tiny_pipeline
+
+    extra = """
+  - name: wide_scratch       # another architecture, trained from scratch beside the first
+    init_from: scratch
+    backbone: {mlp_units: [64, 64]}
+    max_epochs: 1
+    limit_train_batches: 4
+"""
+    pipe = tiny_pipeline(tmp_path / "p.yaml", series_csv, tmp_path / "runs", extra=extra)
+    assert main(["fit", str(pipe)]) == 0
+    (run,) = (tmp_path / "runs").glob("tiny/*")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stages"]["wide_scratch"]["total_params"] > summary["stages"]["finetune"]["total_params"]
+    models = {r.get("stage"): r for r in summary["evaluation"]["rows"]}
+    assert {"finetune", "wide_scratch"} <= set(models)  # both architectures scored in one table
+    state = torch.load(run / "checkpoints" / "wide_scratch" / "final.ckpt", weights_only=True)["state_dict"]
+    assert state["backbone.blocks.0.hidden.0.weight"].shape[0] == 64
+    # starting another architecture from the previous stage's weights is refused before anything runs
+    bad = tiny_pipeline(
+        tmp_path / "bad.yaml",
+        series_csv,
+        tmp_path / "runs2",
+        extra=extra.replace("init_from: scratch", "init_from: previous"),
+    )
+    assert main(["fit", str(bad)]) == 2
+    assert "cannot start from 'previous'" in capsys.readouterr().err
