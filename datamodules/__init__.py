@@ -1,3 +1,3 @@
 """Datamodules, one file per data kind; importable as ``sciadapt.datamodules``."""
 
-from sciadapt.datamodules import raster, timeseries  # noqa: F401
+from sciadapt.datamodules import gridded, raster, timeseries  # noqa: F401

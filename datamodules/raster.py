@@ -1133,6 +1133,8 @@ class RasterDataModule(L.LightningDataModule):
             "img_size": self.chip_size,
             "n_classes": self.n_classes,
             "ignore_index": self.ignore_index,
+            # the segmentation task names its per-class scores (iou/<name>) with these
+            "class_names": self.class_names,
         }
 
     def describe(self) -> str:

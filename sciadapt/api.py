@@ -151,6 +151,8 @@ def prepare_data(
     levels: list[int] | None = None,
     time_chunk: int = 1,
     scheduler: str | None = None,
+    engine: str | None = None,
+    overwrite: bool = False,
     progress: bool = True,
     console: Console | None = None,
 ) -> Path:
@@ -168,6 +170,8 @@ def prepare_data(
         chunks={"time": time_chunk},
         progress=progress,
         scheduler=scheduler,
+        engine=engine,
+        overwrite=overwrite,
     )
     console.print(f"zarr store written to {path} (statistics included)")
     return Path(path)

@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument(
         "--scheduler", help="dask.distributed scheduler address (tcp://host:8786), or `local` to start a LocalCluster"
     )
+    dp.add_argument("--engine", help="xarray engine (default: from the file suffix; cfgrib for GRIB)")
+    dp.add_argument("--overwrite", action="store_true", help="replace an existing output store")
     dp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     ls = sub.add_parser("list", help="list registered components")
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                 levels=[int(v) for v in args.levels.split(",")] if args.levels else None,
                 time_chunk=args.time_chunk,
                 scheduler=args.scheduler,
+                engine=args.engine,
+                overwrite=args.overwrite,
                 progress=not args.no_progress,
                 console=console,
             )

@@ -1,3 +1,3 @@
 """Heads shared by every backbone of a kind."""
 
-from sciadapt.heads import forecast, grid, regress, segment  # noqa: F401
+from sciadapt.heads import forecast, grid, regress, segment, unet  # noqa: F401
