@@ -115,6 +115,34 @@ def predict(run: str, data: str | None, out: str, console: Console | None = None
     return path
 
 
+def predict_rollout(
+    run: str,
+    init_times: list[str],
+    out: str,
+    n_lead: int | None = None,
+    data: str | None = None,
+    variable: str | None = None,
+    console: Console | None = None,
+) -> Path:
+    """Rollout forecast from a gridded run: CF netCDF/zarr with a ``lead_time`` dimension + a PNG map."""
+    from sciadapt.predict.rollout import predict_rollout_run
+
+    console = console or Console()
+    path = predict_rollout_run(Path(open_run(run)), init_times, Path(out), n_lead, data, variable)
+    console.print(f"rollout forecast written to {path} (map: {path.with_suffix('.png')})")
+    return path
+
+
+def predict_scene(run: str, scenes: list[str], out: str, overlap: int = 32, console: Console | None = None) -> Path:
+    """Scene-scale tiled prediction of a dense run, written as a Cloud-Optimized GeoTIFF."""
+    from sciadapt.predict.scene import predict_scene_run
+
+    console = console or Console()
+    predict_scene_run(Path(open_run(run)), scenes, Path(out), overlap=overlap)
+    console.print(f"scene prediction written to {out}")
+    return Path(out)
+
+
 def predict_pretrained(
     backbone: str,
     weights: str,

@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--context-length", type=int, help="zero-shot: context length (default: the checkpoint's)")
     pr.add_argument("--target-columns", help="zero-shot: comma-separated columns (default: every numeric one)")
     pr.add_argument("--timestamp-column", default="date", help="zero-shot: timestamp column (default: date)")
+    pr.add_argument("--init", action="append", help="rollout runs: initial time(s) in the data (ISO), repeatable")
+    pr.add_argument("--lead", type=int, help="rollout runs: steps to roll out (default: the run's evaluation)")
+    pr.add_argument("--variable", help="rollout runs: variable of the PNG map (default: the first)")
+    pr.add_argument("--scene", action="append", help="dense runs: GeoTIFF scene(s) to predict tile by tile")
+    pr.add_argument("--overlap", type=int, default=32, help="dense runs: tile overlap in pixels (default 32)")
 
     d = sub.add_parser("data", help="data tools: `data prepare` converts netCDF/GRIB to a chunked zarr store")
     dsub = d.add_subparsers(dest="data_verb", required=True)
@@ -99,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "predict":
             if args.run and (args.backbone or args.weights):
                 raise ConfigError("predict: give either --run, or --backbone with --weights (zero-shot), not both")
-            if args.run:
+            if args.run and args.init:
+                api.predict_rollout(args.run, args.init, args.out, args.lead, args.data, args.variable, console=console)
+            elif args.run and args.scene:
+                api.predict_scene(args.run, args.scene, args.out, overlap=args.overlap, console=console)
+            elif args.run:
                 api.predict(args.run, args.data, args.out, console=console)
             elif args.backbone and args.weights and args.data:
                 api.predict_pretrained(
