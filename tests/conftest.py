@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+
+# OpenMP threads that spin while waiting make torch many times slower on a CPU shared with other
+# work (the CLI sets the same); it must be set before torch is first imported, so here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pathlib import Path  # noqa: E402
 
 import numpy as np
 import pandas as pd
