@@ -258,7 +258,7 @@ def build_segmentation(
 
     Args:
         backbone: injected by the runner.
-        head: injected by the runner; a segmentation head (``upernet``, ``fcn``, ``conv_decoder``).
+        head: injected by the runner; a segmentation head (``upernet``, ``fcn``, ``conv_decoder``, ``unet``).
         n_classes: Number of classes; follows the data.
         ignore_index: Label left out of loss and scores; follows the data.
         class_names: Names for the per-class scores (``iou/<name>``); default the class indices.
@@ -270,7 +270,7 @@ def build_segmentation(
     head_classes = getattr(head, "n_classes", None)
     if head_classes is None:
         problems.append(
-            f"task segmentation needs a segmentation head (upernet, fcn, conv_decoder), got {type(head).__name__}"
+            f"task segmentation needs a segmentation head (upernet, fcn, conv_decoder, unet), got {type(head).__name__}"
         )
     elif head_classes != n_classes:
         problems.append(f"head predicts {head_classes} classes but task.n_classes={n_classes}: make them agree")
@@ -294,7 +294,7 @@ def build_pixel_regression_task(
 
     Args:
         backbone: injected by the runner.
-        head: injected by the runner; a ``pixel_regression`` head.
+        head: injected by the runner; a regression head (``pixel_regression``, ``unet_regression``).
         output_names: Names for the per-output scores when there are several outputs.
 
     Raises:
@@ -302,7 +302,9 @@ def build_pixel_regression_task(
     """
     n_outputs = getattr(head, "n_outputs", None)
     if n_outputs is None:
-        raise ConfigError(f"task pixel_regression needs the pixel_regression head, got {type(head).__name__}")
+        raise ConfigError(
+            f"task pixel_regression needs a pixel_regression head (or unet_regression), got {type(head).__name__}"
+        )
     if output_names is not None and len(output_names) != n_outputs:
         raise ConfigError(f"task.output_names: expected {n_outputs} names, one per output, got {len(output_names)}")
     return PixelRegressionTask(backbone, head, output_names)

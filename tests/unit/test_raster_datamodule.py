@@ -95,6 +95,7 @@ def test_sample_layout_facts_and_coords(scene: tuple[Path, Path]) -> None:
         "img_size": 32,
         "n_classes": 2,
         "ignore_index": -1,
+        "class_names": None,
     }
     batch = next(iter(dm.train_dataloader()))
     assert batch["x"].shape == (dm.batch_size, 4, 1, 32, 32) and batch["x"].dtype == torch.float32
