@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -40,22 +41,36 @@ def fit(
     return summary
 
 
+HIGHER_IS_BETTER = {"miou", "iou", "f1", "mean_f1", "accuracy", "r2", "acc"}
+
+
 def print_comparison(summary: dict[str, Any], console: Console) -> None:
     ev = summary.get("evaluation") or {}
     if not ev.get("rows"):
         return
     metrics = ev["metrics"]
-    table = Table(title=f"{summary['pipeline']}: test split of {ev.get('data', '')}")
+    where = str(ev.get("data", ""))
+    table = Table(title=f"{summary['pipeline']}: {where if 'test' in where else 'test split of ' + where}")
     table.add_column("model")
     for m in metrics:
         table.add_column({"smape": "sMAPE"}.get(m, m.upper()), justify="right")
-    best = {m: min(r.get(m, float("inf")) for r in ev["rows"]) for m in metrics}
+
+    def finite(v: Any) -> bool:
+        return isinstance(v, int | float) and math.isfinite(v)
+
+    best = {}
+    for m in metrics:
+        values = [r[m] for r in ev["rows"] if finite(r.get(m))]
+        if values:
+            # scores (IoU, F1, accuracy, R^2, ACC) are best high, errors best low; bias best near 0
+            pick = max if m.split("/")[0] in HIGHER_IS_BETTER else min
+            best[m] = pick(values, key=abs) if m == "bias" else pick(values)
     for r in ev["rows"]:
         cells = []
         for m in metrics:
             v = r.get(m)
             text = "-" if v is None else f"{v:.4f}"
-            cells.append(f"[bold green]{text}[/]" if v is not None and v == best[m] else text)
+            cells.append(f"[bold green]{text}[/]" if finite(v) and v == best.get(m) else text)
         table.add_row(r["model"], *cells)
     console.print(table)
 

@@ -55,6 +55,13 @@ class Task(pl.LightningModule):
         # Dropout and any other in-step randomness follow (seed, stage, epoch), so a run
         # resumed at an epoch boundary draws the same numbers as an uninterrupted one.
         torch.manual_seed(self.seed * 7919 + self.stage_index * 1009 + self.current_epoch)
+        # A frozen encoder stays frozen: BatchNorm layers whose parameters do not train keep their
+        # running statistics too (train mode would keep updating them from the new domain).
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+                params = list(module.parameters(recurse=False))
+                if params and not any(p.requires_grad for p in params):
+                    module.eval()
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)

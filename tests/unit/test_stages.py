@@ -88,3 +88,29 @@ def test_early_stopping_and_pretrained_init(tmp_path: Path, series_csv: Path) ->
     after = torch.load(run2 / "checkpoints" / "source" / "final.ckpt", weights_only=True)["state_dict"]
     for k, v in backbone.items():
         assert torch.equal(after[f"backbone.{k}"], v), k
+
+
+def test_frozen_batchnorm_keeps_its_running_statistics() -> None:
+    from torch import nn
+
+    from sciadapt.tasks.base import Task
+
+    class Backbone(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bn_frozen = nn.BatchNorm1d(3)
+            self.bn_trained = nn.BatchNorm1d(3)
+
+        def forward_features(self, x):  # type: ignore[no-untyped-def]
+            return self.bn_trained(self.bn_frozen(x))
+
+    task = Task(Backbone(), nn.Identity())
+    for p in task.backbone.bn_frozen.parameters():
+        p.requires_grad_(False)
+    task.train()
+    task.on_train_epoch_start()
+    assert not task.backbone.bn_frozen.training and task.backbone.bn_trained.training
+    before = task.backbone.bn_frozen.running_mean.clone()
+    task.backbone.forward_features(torch.randn(8, 3) + 5)
+    assert torch.equal(task.backbone.bn_frozen.running_mean, before)
+    assert not torch.equal(task.backbone.bn_trained.running_mean, torch.zeros(3))
