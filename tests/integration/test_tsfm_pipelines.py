@@ -72,7 +72,9 @@ def test_moment_zero_shot_predict_from_weights_matches_the_model(tmp_path: Path)
     data = make_series_csv(tmp_path / "s.csv", n=300, channels=2, exog=False)
     weights = _write_moment_checkpoint(tmp_path / "moment", horizon=12)
     out = tmp_path / "zs.csv"
-    code = main(["predict", "--backbone", "moment_tiny", "--weights", str(weights), "--data", str(data), "--out", str(out)])
+    code = main(
+        ["predict", "--backbone", "moment_tiny", "--weights", str(weights), "--data", str(data), "--out", str(out)]
+    )
     assert code == 0
     got = pd.read_csv(out)
     # the same forecast straight from the model on the last 300 raw rows (left-padded to 512 inside)
@@ -84,15 +86,31 @@ def test_moment_zero_shot_predict_from_weights_matches_the_model(tmp_path: Path)
     with torch.no_grad():
         want = model.forward_features(x, x_mask=mask)[0, :, :, 0].numpy()
     assert len(got) == 12
-    torch.testing.assert_close(torch.tensor(got[["y0", "y1"]].to_numpy()), torch.tensor(want, dtype=torch.float64), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        torch.tensor(got[["y0", "y1"]].to_numpy()), torch.tensor(want, dtype=torch.float64), rtol=1e-4, atol=1e-4
+    )
 
 
-def test_zero_shot_predict_needs_a_horizon_when_the_checkpoint_has_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_zero_shot_predict_needs_a_horizon_when_the_checkpoint_has_none(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = make_series_csv(tmp_path / "s.csv", n=300, channels=1, exog=False)
     folder = tmp_path / "w"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"seq_len": 512}))
-    code = main(["predict", "--backbone", "moment_tiny", "--weights", str(folder), "--data", str(data), "--out", str(tmp_path / "o.csv")])
+    code = main(
+        [
+            "predict",
+            "--backbone",
+            "moment_tiny",
+            "--weights",
+            str(folder),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "o.csv"),
+        ]
+    )
     assert code == 2
     assert "--horizon" in capsys.readouterr().err
     assert not (tmp_path / "o.csv").exists()
@@ -178,12 +196,18 @@ def test_ttm_zero_shot_predict_from_weights_equals_the_official_forward(tmp_path
 
     data = make_series_csv(tmp_path / "s.csv", n=200, channels=3, exog=False)
     out = tmp_path / "zs.csv"
-    assert main(["predict", "--backbone", "ttm", "--weights", str(TTM_TINY), "--data", str(data), "--out", str(out)]) == 0
+    assert (
+        main(["predict", "--backbone", "ttm", "--weights", str(TTM_TINY), "--data", str(data), "--out", str(out)]) == 0
+    )
     got = pd.read_csv(out)
     model = TTM.from_pretrained(str(TTM_TINY)).eval()
     past = torch.tensor(pd.read_csv(data)[["y0", "y1", "y2"]].to_numpy()[-64:], dtype=torch.float32)[None]
     with torch.no_grad():
         want = model.forward_official(past_values=past)["prediction_outputs"][0]
     assert list(got.columns) == ["timestamp", "y0", "y1", "y2"] and len(got) == 16
-    torch.testing.assert_close(torch.tensor(got[["y0", "y1", "y2"]].to_numpy(), dtype=torch.float32), want, rtol=1e-5, atol=1e-5)
-    assert pd.Timestamp(got["timestamp"].iloc[0]) == pd.Timestamp(pd.read_csv(data)["date"].iloc[-1]) + pd.Timedelta("1h")
+    torch.testing.assert_close(
+        torch.tensor(got[["y0", "y1", "y2"]].to_numpy(), dtype=torch.float32), want, rtol=1e-5, atol=1e-5
+    )
+    assert pd.Timestamp(got["timestamp"].iloc[0]) == pd.Timestamp(pd.read_csv(data)["date"].iloc[-1]) + pd.Timedelta(
+        "1h"
+    )

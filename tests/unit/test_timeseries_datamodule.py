@@ -604,7 +604,9 @@ def test_fewshot_keeps_a_fraction_of_train_windows_only(tmp_path: Path, location
     else:
         assert starts == sorted(starts) and set(starts) <= set(all_starts)
         assert starts != all_starts[: len(starts)] and starts != all_starts[-len(starts) :]
-        again = build(path, context_length=24, horizon=6, fewshot_fraction=0.1, fewshot_location=location, fewshot_seed=3)
+        again = build(
+            path, context_length=24, horizon=6, fewshot_fraction=0.1, fewshot_location=location, fewshot_seed=3
+        )
         assert [again.dataset("train")[i]["meta"]["start"] for i in range(len(starts))] == starts  # seeded
     assert "few-shot" in few.describe()
 
