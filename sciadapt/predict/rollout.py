@@ -101,7 +101,7 @@ def predict_rollout_run(
 def _cf_dataset(xr: Any, forecast: np.ndarray, truth: np.ndarray, dm: Any, inits: list[pd.Timestamp]) -> Any:
     """CF-1.8: dimensions (init_time, lead_time, latitude, longitude), valid time as a 2-D coordinate."""
     leads = pd.to_timedelta(dm.lead_hours(), unit="h")
-    data_vars = {}
+    data_vars: dict[str, Any] = {}
     for c, name in enumerate(dm.variables):
         data_vars[name] = (("init_time", "lead_time", "latitude", "longitude"), forecast[:, :, c].astype(np.float32))
         data_vars[f"{name}_truth"] = (
