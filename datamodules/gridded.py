@@ -34,6 +34,7 @@ used only out of core, once: for the normalisation statistics and by :func:`prep
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import hashlib
 import importlib.util
@@ -174,6 +175,22 @@ def _require_cfgrib(path: str) -> None:
         )
 
 
+@functools.cache
+def _proj_before_eccodes() -> None:
+    """Initialise pyproj's bundled PROJ before xarray can load ecCodes.
+
+    With the ``grib`` extra installed, xarray imports cfgrib (and the ecCodes wheel's libraries)
+    on its first open of *any* file. PROJ initialised after that fails ("no database context
+    specified") and the process can abort at exit ("double free"); measured here with torchgeo /
+    rasterio used after a gridded read in one process. In the other order both work.
+    """
+    if importlib.util.find_spec("cfgrib") is None or importlib.util.find_spec("pyproj") is None:
+        return
+    import pyproj
+
+    pyproj.CRS.from_epsg(4326)
+
+
 def open_xarray(path: str, kind: str, engine: str | None, chunks: Any) -> xr.Dataset:
     """Open a store with xarray; ``chunks=None`` gives lazy numpy-backed arrays (no dask).
 
@@ -186,6 +203,7 @@ def open_xarray(path: str, kind: str, engine: str | None, chunks: Any) -> xr.Dat
     Raises:
         DataError: If the file is missing, unreadable, or its reader is not installed.
     """
+    _proj_before_eccodes()
     p = Path(path)
     if not p.exists():
         hint = ""
@@ -2127,6 +2145,7 @@ def _expand_inputs(inputs: list[str] | str) -> list[str]:
 
 
 def _open_inputs(files: list[str], engine: str | None) -> xr.Dataset:
+    _proj_before_eccodes()
     kinds = {store_kind(Path(f), engine) for f in files}
     if len(kinds) > 1:
         raise DataError(f"data prepare: inputs mix formats ({', '.join(sorted(kinds))}); convert one format at a time")
