@@ -220,6 +220,35 @@ def prepare_data(
     return Path(path)
 
 
+def submit(pipeline: str, overrides: list[str], sweep: list[str], console: Console | None = None) -> Path:
+    """Run every point of a sweep in turn (see :mod:`sciadapt.hpc.sweep`), then print the summary table."""
+    from sciadapt.hpc.sweep import run_sweep
+
+    console = console or Console()
+    folder = run_sweep(pipeline, overrides, sweep, console)
+    summarize(str(folder), console=console)
+    return folder
+
+
+def summarize(path: str, console: Console | None = None) -> dict[str, Any]:
+    """Print one table over the finished runs below ``path``."""
+    from sciadapt.hpc.sweep import summarize as _summarize
+
+    console = console or Console()
+    result = _summarize(Path(path))
+    metrics = [k for k in result["rows"][0] if k not in ("run", "model")]
+    table = Table(title=f"runs below {path}")
+    table.add_column("run")
+    table.add_column("final model")
+    for m in metrics:
+        table.add_column(m.upper(), justify="right")
+    for row in result["rows"]:
+        cells = [f"{row[m]:.4f}" if isinstance(row.get(m), int | float) else "-" for m in metrics]
+        table.add_row(row["run"], str(row.get("model")), *cells)
+    console.print(table)
+    return result
+
+
 def list_components(kind: str | None, console: Console | None = None) -> dict[str, list[str]]:
     console = console or Console()
     kinds = {**{k: r.list() for k, r in KINDS.items()}, "pipelines": bundled_pipelines()}

@@ -65,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--overwrite", action="store_true", help="replace an existing output store")
     dp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    sb = sub.add_parser("submit", help="run a pipeline sweep: the product of --sweep key=v1,v2 (one run each, in turn)")
+    sb.add_argument("pipeline", help="a .yaml path or a bundled name")
+    sb.add_argument("overrides", nargs="*", help="key=value overrides shared by every run")
+    sb.add_argument("--sweep", nargs="+", required=True, metavar="KEY=V1,V2", help="swept keys and their values")
+
+    sm = sub.add_parser("summarize", help="one table over the finished runs below a folder (e.g. a sweep)")
+    sm.add_argument("path")
+
     ls = sub.add_parser("list", help="list registered components")
     ls.add_argument("kind", nargs="?", help="backbones | heads | peft | tasks | datamodules | pipelines")
     return p
@@ -140,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
                 progress=not args.no_progress,
                 console=console,
             )
+        elif args.verb == "submit":
+            api.submit(args.pipeline, args.overrides, args.sweep, console=console)
+        elif args.verb == "summarize":
+            api.summarize(args.path, console=console)
         elif args.verb == "list":
             api.list_components(args.kind, console=console)
     except SciadaptError as e:
