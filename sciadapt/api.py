@@ -36,8 +36,11 @@ def fit(
         runner = PipelineRunner.create(cfg, console)
         console.print(f"run directory: {runner.run_dir}")
     summary = runner.run()
-    print_comparison(summary, console)
-    console.print(f"summary: {runner.run_dir / 'summary.json'}")
+    from sciadapt.stages.runner import is_writer
+
+    if is_writer():  # under DDP every rank runs the stages; one prints
+        print_comparison(summary, console)
+        console.print(f"summary: {runner.run_dir / 'summary.json'}")
     return summary
 
 

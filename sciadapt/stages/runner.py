@@ -12,6 +12,7 @@ import fnmatch
 import io
 import json
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -46,6 +47,17 @@ from sciadapt.runs import (
 )
 
 log = logging.getLogger("sciadapt")
+
+# rank 0 publishes its run directory here; processes launched for the other DDP ranks join it
+RUN_DIR_ENV = "SCIADAPT_RUN_DIR"
+
+
+def is_writer() -> bool:
+    """True in the process that writes run files: global rank 0 (the only process without DDP)."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0)) == 0
+
 
 # data facts that fix the model's shapes: every stage's data must agree on them
 GEOMETRY_FACTS = (
@@ -256,11 +268,18 @@ class PipelineRunner:
         """
         runner = cls(cfg, Path(cfg["run_dir"]) / "_pending", console)
         runner.preflight()
-        runner.run_dir = new_run_dir(cfg["run_dir"], cfg["name"])
+        shared = os.environ.get(RUN_DIR_ENV)
+        if not is_writer() and shared:
+            # a DDP worker process re-running the command: it joins rank 0's run and writes nothing
+            runner.run_dir = Path(shared)
+        else:
+            runner.run_dir = new_run_dir(cfg["run_dir"], cfg["name"])
+            atomic_write_text(runner.run_dir / "config.yaml", to_yaml(cfg))
+            # the processes Lightning launches for the other ranks inherit this and join the run
+            os.environ[RUN_DIR_ENV] = str(runner.run_dir)
         runner.state_path = runner.run_dir / "state.json"
         runner.summary_path = runner.run_dir / "summary.json"
         runner.summary["run_dir"] = str(runner.run_dir)
-        atomic_write_text(runner.run_dir / "config.yaml", to_yaml(cfg))
         return runner
 
     def preflight(self) -> None:
@@ -517,7 +536,7 @@ class PipelineRunner:
                 )
             trainer = self._trainer(spec, callbacks)
             self.state["current"] = name
-            write_json(self.state_path, self.state)
+            self._write_json(self.state_path, self.state)
             t0 = time.perf_counter()
             if spec.get("max_epochs") == 0:
                 # evaluation only (zero-shot): the weights are scored as loaded, nothing trains
@@ -535,7 +554,8 @@ class PipelineRunner:
             if adapter is not None:
                 from sciadapt.peft import core as peft_core
 
-                peft_core.save_adapter(self.task, self.run_dir / "adapters" / name, adapter)
+                if is_writer():
+                    peft_core.save_adapter(self.task, self.run_dir / "adapters" / name, adapter)
                 if spec["peft"].get("merge_after"):
                     peft_core.merge_and_drop(self.task, adapter)
             if spec.get("max_epochs") == 0:
@@ -544,7 +564,8 @@ class PipelineRunner:
                 self.task.on_save_checkpoint(ckpt)
                 buf = io.BytesIO()
                 torch.save(ckpt, buf)
-                atomic_write_bytes(self.final_ckpt(name), buf.getvalue())
+                if is_writer():
+                    atomic_write_bytes(self.final_ckpt(name), buf.getvalue())
             else:
                 trainer.save_checkpoint(str(self.final_ckpt(name)), weights_only=True)
             stage_summary: dict[str, Any] = {
@@ -561,29 +582,39 @@ class PipelineRunner:
             if hasattr(self.task.backbone, "input_policy"):
                 stage_summary["backbone_input"] = self.task.backbone.input_policy(dm.context_length)
             if spec.get("evaluate", True):
-                stage_summary["test"] = self.test(trainer, dm)
+                # under DDP each rank scores the whole test split on one device (a sharded test
+                # would score each rank's shard only)
+                stage_summary["test"] = self.test(trainer if trainer.world_size == 1 else None, dm)
             self.summary["stages"][name] = stage_summary
-            write_json(self.summary_path, self.summary)
+            self._write_json(self.summary_path, self.summary)
             # the stage is complete only once its final weights and summary are on disk
             self.state["completed"].append(name)
-            write_json(self.state_path, self.state)
-            resume_from.unlink(missing_ok=True)
-            (sdir / "best.ckpt").unlink(missing_ok=True)
+            self._write_json(self.state_path, self.state)
+            if is_writer():
+                resume_from.unlink(missing_ok=True)
+                (sdir / "best.ckpt").unlink(missing_ok=True)
             self._weights_stage = name
         if dm is None:  # every stage was already complete: rebuild for the comparison
             dm = self._datamodule(len(stages) - 1)
             self._ensure_task(dm, stages[-1]["name"], len(stages) - 1)
         if hasattr(dm, "scaler_state"):
-            write_json(self.run_dir / "scaler.json", dm.scaler_state())
+            self._write_json(self.run_dir / "scaler.json", dm.scaler_state())
         if self.cfg["evaluation"].get("data"):
             dm = self._eval_datamodule()
         self.summary["evaluation"] = self.compare(dm)
         self.summary["final"] = self.summary["evaluation"]["rows"][-1] if self.summary["evaluation"]["rows"] else {}
-        write_json(self.summary_path, self.summary)
-        self._plot_losses()
+        self._write_json(self.summary_path, self.summary)
+        if is_writer():
+            self._plot_losses()
         self.state["status"] = "done"
-        write_json(self.state_path, self.state)
+        self._write_json(self.state_path, self.state)
         return self.summary
+
+    @staticmethod
+    def _write_json(path: Path, obj: Any) -> None:
+        """Run files are written by global rank 0 only (every rank runs the same stages)."""
+        if is_writer():
+            write_json(path, obj)
 
     # -- evaluation -------------------------------------------------------------------------
     def _eval_trainer(self) -> pl.Trainer:
