@@ -349,14 +349,13 @@ class PipelineRunner:
 
     def _ensure_task(self, dm: Any, stage_name: str, i: int = 0) -> None:
         facts = data_facts(dm)
-        model_key = json.dumps(model_config(self.cfg, i)["backbone"], sort_keys=True, default=str) + json.dumps(
-            model_config(self.cfg, i)["head"], sort_keys=True, default=str
-        )
+        model_cfg = model_config(self.cfg, i)
+        model_key = json.dumps([model_cfg["backbone"], model_cfg["head"]], sort_keys=True, default=str)
         if self.task is None or model_key != self._model_key:
             # the first stage, or a stage that brings its own backbone/head
             self._model_key = model_key
             self.facts = facts
-            self.task = build_task(model_config(self.cfg, i), facts)
+            self.task = build_task(model_cfg, facts)
             self.task.seed = self.cfg["seed"]
             self.task.data_signature = {**facts}
             for key in ("target_columns", "exog_columns"):
