@@ -54,12 +54,12 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES, suggest
 from sciadapt.runs import read_json, write_json
-from sciadapt.sampling import EpochShuffleSampler
+from sciadapt.sampling import ShardedEpochSampler, apply_resume, shard_indices  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -734,80 +734,6 @@ def latitude_area_weights(lat: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ sampling
 
 
-def _dist_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size(), torch.distributed.get_rank()
-    return 1, 0
-
-
-def shard_indices(n: int, epoch: int, seed: int, rank: int, world_size: int, shuffle: bool) -> list[int]:
-    """The sample positions one rank reads in one epoch.
-
-    Every rank draws the same permutation of ``range(n)`` (a function of ``seed`` and ``epoch``
-    only, as :class:`~sciadapt.sampling.EpochShuffleSampler`), pads it by repeating its head until
-    ``world_size`` divides it (DDP needs equal counts) and takes every ``world_size``-th entry
-    from ``rank``. So the shards are disjoint and cover ``range(n)``, except for the
-    ``(-n) % world_size`` padded repeats.
-
-    Args:
-        n: Number of samples.
-        epoch: Epoch number.
-        seed: Shuffle seed.
-        rank: This process's rank, ``0 <= rank < world_size``.
-        world_size: Number of ranks.
-        shuffle: Permute (train) or keep time order (evaluation).
-    """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
-    if n == 0:
-        return []
-    if shuffle:
-        sampler = EpochShuffleSampler(n, seed=seed)
-        sampler.set_epoch(epoch)
-        order = list(iter(sampler))
-    else:
-        order = list(range(n))
-    total = math.ceil(n / world_size) * world_size
-    while len(order) < total:
-        order += order[: total - len(order)]
-    return order[rank:total:world_size]
-
-
-class ShardedEpochSampler(DistributedSampler):
-    """Per-epoch deterministic order, sharded over DDP ranks (see :func:`shard_indices`).
-
-    It subclasses :class:`~torch.utils.data.DistributedSampler` only so that Lightning keeps it
-    instead of wrapping it in a second distributed sampler; its ``__init__`` does not need an
-    initialised process group (rank and world size come from ``torch.distributed`` when it is).
-
-    Args:
-        n: Number of samples.
-        seed: Shuffle seed.
-        shuffle: Permute per epoch (train) or keep time order (evaluation).
-        num_replicas / rank: Override the world size / rank (tests).
-    """
-
-    def __init__(
-        self, n: int, seed: int = 0, shuffle: bool = True, num_replicas: int | None = None, rank: int | None = None
-    ) -> None:
-        world, me = _dist_world()
-        self.n = n
-        self.seed = seed
-        self.shuffle = shuffle
-        self.num_replicas = world if num_replicas is None else num_replicas
-        self.rank = me if rank is None else rank
-        self.epoch = 0
-        self.drop_last = False
-        self.num_samples = math.ceil(n / self.num_replicas) if n else 0
-        self.total_size = self.num_samples * self.num_replicas
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(shard_indices(self.n, self.epoch, self.seed, self.rank, self.num_replicas, self.shuffle))
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
 # ------------------------------------------------------------------------------------------ dataset
 
 
@@ -1322,6 +1248,8 @@ class GriddedDataModule(L.LightningDataModule):
         self.engine = engine
         self.member = int(member)
         self.shuffle_seed = int(shuffle_seed)  # the stage runner sets it per stage
+        # (epoch, batches done) of a run preempted mid-epoch, for the next train sampler
+        self.train_resume: tuple[int, int] | None = None
         self._validate()
 
         self._info: StoreInfo | None = None
@@ -1898,6 +1826,8 @@ class GriddedDataModule(L.LightningDataModule):
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         ds = self.dataset(name)
         sampler = ShardedEpochSampler(len(ds), seed=self.shuffle_seed, shuffle=shuffle)
+        if shuffle:
+            apply_resume(sampler, self, batch_size)
         workers: dict[str, Any] = {}
         if self.num_workers > 0:
             workers = {"persistent_workers": True, "prefetch_factor": self.prefetch_factor}

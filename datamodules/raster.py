@@ -50,7 +50,7 @@ import os
 import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -70,7 +70,7 @@ from torch.utils.data import DataLoader, Dataset
 from sciadapt.datamodules.timeseries import resolve_path
 from sciadapt.errors import ConfigError, DataError
 from sciadapt.registry import DATAMODULES, suggest
-from sciadapt.sampling import EpochShuffleSampler
+from sciadapt.sampling import EpochShuffleSampler, apply_resume
 
 TASKS = ("segmentation", "regression")
 SAMPLERS = ("random", "grid")
@@ -842,9 +842,9 @@ class ChipDataset(Dataset):
 class EpochChipSampler(EpochShuffleSampler):
     """The project's per-epoch permutation, offset by ``epoch * n`` so chips differ between epochs."""
 
-    def __iter__(self) -> Iterator[int]:
+    def positions(self, shard: list[int]) -> list[int]:
         base = self.epoch * self.n
-        return (base + int(i) for i in super().__iter__())
+        return [base + int(i) for i in shard]
 
 
 def grid_starts(start: int, length: int, chip: int, stride: int) -> list[int]:
@@ -929,6 +929,8 @@ class RasterDataModule(L.LightningDataModule):
         self.num_workers = int(num_workers)
         self.seed = int(seed)
         self.shuffle_seed = 0  # set per stage by the stage runner
+        # (epoch, batches done) of a run preempted mid-epoch, for the next train sampler
+        self.train_resume: tuple[int, int] | None = None
         self._validate(label_map)
 
         self._scenes: list[Scene] | None = None
@@ -1371,7 +1373,9 @@ class RasterDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, batch_size: int) -> DataLoader:
         ds = self._dataset(split)
-        sampler = EpochChipSampler(len(ds), seed=self._train_seed()) if split == "train" else None
+        sampler = None
+        if split == "train":
+            sampler = apply_resume(EpochChipSampler(len(ds), seed=self._train_seed()), self, batch_size)
         return DataLoader(
             ds,
             batch_size=batch_size,

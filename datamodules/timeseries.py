@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES, suggest
-from sciadapt.sampling import EpochShuffleSampler
+from sciadapt.sampling import EpochShuffleSampler, apply_resume
 
 LAYOUTS = ("wide", "long")
 SPLITS = ("ett_hourly", "ett_minutely", "ratio", "rows")
@@ -333,6 +333,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
         self._bounds: dict[str, tuple[int, int]] | None = None
         self._datasets: dict[str, WindowDataset] | None = None
         self.shuffle_seed = 0  # set per stage by the stage runner
+        # (epoch, batches done) of a run preempted mid-epoch, for the next train sampler
+        self.train_resume: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ config checks
     def _validate(self, split_ratios_given: bool) -> None:
@@ -800,7 +802,9 @@ class TimeSeriesDataModule(L.LightningDataModule):
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         ds = self.dataset(name)
         # the order is a function of (shuffle_seed, epoch) only, so resumed runs replay it exactly
-        sampler = EpochShuffleSampler(len(ds), seed=self.shuffle_seed) if shuffle else None
+        sampler = (
+            apply_resume(EpochShuffleSampler(len(ds), seed=self.shuffle_seed), self, batch_size) if shuffle else None
+        )
         return DataLoader(
             ds,
             batch_size=batch_size,

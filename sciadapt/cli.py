@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 
-from sciadapt.errors import ConfigError, SciadaptError
+from sciadapt.errors import EXIT_PREEMPTED, ConfigError, Preempted, SciadaptError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -163,6 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("interrupted")
         return 130
+    except Preempted as p:
+        # a clean stop: the resume checkpoint and state.json are on disk
+        from sciadapt.hpc.preempt import requeue
+
+        err.print(f"preempted: {p}", markup=False, highlight=False, soft_wrap=True)
+        err.print(f"resume with: sciadapt fit --resume {p.run_dir}; {requeue()}", markup=False, soft_wrap=True)
+        return EXIT_PREEMPTED
     return 0
 
 

@@ -6,6 +6,10 @@ The CLI catches :class:`SciadaptError` and prints the message without a tracebac
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
+from typing import Any
+
 
 class SciadaptError(Exception):
     """Base class of errors caused by user input (config, data, checkpoints)."""
@@ -41,3 +45,24 @@ class CheckpointError(SciadaptError):
 
 class DataError(SciadaptError):
     """Input data that cannot be used as given (missing column, bad timestamps, NaNs...)."""
+
+
+EXIT_PREEMPTED = 3  # the CLI's exit status after a preemption checkpoint
+
+
+class Preempted(Exception):  # noqa: N818 (an event, not an error)
+    """A run stopped on a preemption signal after writing its resume checkpoint
+    (see :mod:`sciadapt.hpc.preempt`)."""
+
+    def __init__(self, signum: int, stage: str, epoch: int | None = None, step: int | None = None) -> None:
+        self.signum = int(signum)
+        self.stage = stage
+        self.epoch = epoch
+        self.step = step
+        self.run_dir: Path | None = None  # set by the runner
+        where = f"stage {stage!r}" + (f", epoch {epoch}, step {step}" if step is not None else " (before it started)")
+        super().__init__(f"{signal.Signals(self.signum).name} received: checkpoint written at {where}")
+
+    def record(self) -> dict[str, Any]:
+        """What ``state.json`` keeps under ``preemptions``."""
+        return {"signal": signal.Signals(self.signum).name, "stage": self.stage, "epoch": self.epoch, "step": self.step}

@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from sciadapt.config import (
     build_datamodule,
@@ -32,7 +33,8 @@ from sciadapt.config import (
     stage_data_config,
     to_yaml,
 )
-from sciadapt.errors import CheckpointError, ConfigError
+from sciadapt.errors import CheckpointError, ConfigError, Preempted
+from sciadapt.hpc.preempt import PreemptionCheckpoint, SignalWatch
 from sciadapt.metrics.forecasting import forecast_metrics, seasonal_naive
 from sciadapt.runs import (
     atomic_write_bytes,
@@ -444,7 +446,12 @@ class PipelineRunner:
         max_epochs = spec.get("max_epochs")
         if max_epochs is None:
             max_epochs = -1
+        plugins = []
+        if SLURMEnvironment.detect():
+            # the runner's own preemption handling checkpoints and requeues (sciadapt.hpc.preempt)
+            plugins.append(SLURMEnvironment(auto_requeue=False))
         return pl.Trainer(
+            plugins=plugins or None,
             accelerator=t["accelerator"],
             devices=t["devices"],
             strategy=t["strategy"],
@@ -468,7 +475,29 @@ class PipelineRunner:
         )
 
     def run(self) -> dict[str, Any]:
-        """Run (or continue) every stage, then the comparison; returns the summary."""
+        """Run (or continue) every stage, then the comparison; returns the summary.
+
+        Raises:
+            Preempted: After a SIGUSR1/SIGTERM, once the resume checkpoint and ``state.json`` are
+                written (see :mod:`sciadapt.hpc.preempt`).
+        """
+        with SignalWatch() as self._watch:
+            try:
+                return self._run()
+            except Preempted as p:
+                p.run_dir = self.run_dir
+                self.state["status"] = "preempted"
+                self.state.setdefault("preemptions", []).append(p.record())
+                self._write_json(self.state_path, self.state)
+                raise
+
+    def _check_signal(self, stage: str) -> None:
+        """Between stages: stop now if a preemption signal came while nothing was training."""
+        if self._watch.received is not None:
+            raise Preempted(self._watch.received, stage)
+
+    def _run(self) -> dict[str, Any]:
+        self.state["status"] = "running"
         if self.task is None:
             self.preflight()
         pl.seed_everything(self.cfg["seed"], workers=True, verbose=False)
@@ -481,6 +510,7 @@ class PipelineRunner:
             name = spec["name"]
             if name in self.state["completed"]:
                 continue
+            self._check_signal(name)
             dm = self._datamodule(i)
             self._ensure_task(dm, name, i)
             self._init_weights(i, spec)
@@ -522,6 +552,7 @@ class PipelineRunner:
                 ckpt_cb,
                 MetricsCSV(self.run_dir / "metrics.csv", name),
                 EpochEndCheckpoint(resume_from),
+                PreemptionCheckpoint(self._watch, resume_from, name, dm),
             ]
             es = spec.get("early_stopping")
             if es:
@@ -593,6 +624,8 @@ class PipelineRunner:
                 resume_from.unlink(missing_ok=True)
                 (sdir / "best.ckpt").unlink(missing_ok=True)
             self._weights_stage = name
+            if i + 1 < len(stages):
+                self._check_signal(stages[i + 1]["name"])
         if dm is None:  # every stage was already complete: rebuild for the comparison
             dm = self._datamodule(len(stages) - 1)
             self._ensure_task(dm, stages[-1]["name"], len(stages) - 1)
