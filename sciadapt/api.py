@@ -223,11 +223,33 @@ def prepare_data(
     return Path(path)
 
 
-def submit(pipeline: str, overrides: list[str], sweep: list[str], console: Console | None = None) -> Path:
-    """Run every point of a sweep in turn (see :mod:`sciadapt.hpc.sweep`), then print the summary table."""
+def submit(
+    pipeline: str,
+    overrides: list[str],
+    sweep: list[str] | None,
+    cluster: str | None = None,
+    cluster_set: list[str] | None = None,
+    dry_run: bool = False,
+    wait: bool = False,
+    console: Console | None = None,
+) -> Any:
+    """With ``cluster``: submit the pipeline (a sweep: a job array) through submitit
+    (:mod:`sciadapt.hpc.cluster`). Without: run every point of the sweep here, in turn
+    (:mod:`sciadapt.hpc.sweep`), then print the summary table."""
+    console = console or Console()
+    if cluster is not None:
+        from sciadapt.hpc.cluster import submit as submit_cluster
+
+        return submit_cluster(pipeline, overrides, sweep, cluster, cluster_set, dry_run, wait, console)
+    if cluster_set or dry_run or wait:
+        raise ConfigError("--cluster-set, --dry-run and --wait need --cluster <name|path>")
+    if not sweep:
+        raise ConfigError(
+            "submit needs --cluster <profile> (submit to a cluster) or --sweep key=v1,v2 (run a sweep here); "
+            "for one local run use `sciadapt fit`"
+        )
     from sciadapt.hpc.sweep import run_sweep
 
-    console = console or Console()
     folder = run_sweep(pipeline, overrides, sweep, console)
     summarize(str(folder), console=console)
     return folder

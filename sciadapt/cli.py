@@ -65,10 +65,20 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--overwrite", action="store_true", help="replace an existing output store")
     dp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    sb = sub.add_parser("submit", help="run a pipeline sweep: the product of --sweep key=v1,v2 (one run each, in turn)")
+    sb = sub.add_parser(
+        "submit",
+        help="submit a pipeline (or a --sweep of it) to a cluster (--cluster), or run a sweep here in turn",
+    )
     sb.add_argument("pipeline", help="a .yaml path or a bundled name")
     sb.add_argument("overrides", nargs="*", help="key=value overrides shared by every run")
-    sb.add_argument("--sweep", nargs="+", required=True, metavar="KEY=V1,V2", help="swept keys and their values")
+    sb.add_argument("--sweep", nargs="+", metavar="KEY=V1,V2", help="swept keys and their values (one run each)")
+    sb.add_argument(
+        "--cluster",
+        help="a cluster profile: a name in configs/cluster/ (slurm, local) or a YAML path; submitit submits",
+    )
+    sb.add_argument("--cluster-set", nargs="+", metavar="KEY=VALUE", help="override profile fields (partition=gpu)")
+    sb.add_argument("--dry-run", action="store_true", help="print the sbatch script, submit nothing")
+    sb.add_argument("--wait", action="store_true", help="wait for the jobs to finish")
 
     sm = sub.add_parser("summarize", help="one table over the finished runs below a folder (e.g. a sweep)")
     sm.add_argument("path")
@@ -149,7 +159,16 @@ def main(argv: list[str] | None = None) -> int:
                 console=console,
             )
         elif args.verb == "submit":
-            api.submit(args.pipeline, args.overrides, args.sweep, console=console)
+            api.submit(
+                args.pipeline,
+                args.overrides,
+                args.sweep,
+                cluster=args.cluster,
+                cluster_set=args.cluster_set,
+                dry_run=args.dry_run,
+                wait=args.wait,
+                console=console,
+            )
         elif args.verb == "summarize":
             api.summarize(args.path, console=console)
         elif args.verb == "list":

@@ -117,8 +117,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def config_groups() -> list[str]:
-    """The building-block groups under configs/ (backbone, data, trainer, ...)."""
-    return sorted(p.name for p in resource_dir("configs").iterdir() if p.is_dir())
+    """The building-block groups under configs/ (backbone, data, trainer, ...); ``cluster`` holds
+    submission profiles (``sciadapt submit --cluster``), not pipeline blocks."""
+    return sorted(p.name for p in resource_dir("configs").iterdir() if p.is_dir() and p.name != "cluster")
 
 
 def _compose(path: Path, seen: tuple[Path, ...] = (), choices: dict[str, str] | None = None) -> dict[str, Any]:
