@@ -54,6 +54,7 @@ import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.utils.data import DataLoader, Dataset
 
 from sciadapt.errors import ConfigError, DataError, ShapeError
@@ -751,7 +752,7 @@ def _empty(shape: tuple[int, ...], shared: bool, dtype: torch.dtype = torch.floa
 
 
 _ONE = torch.ones(())
-_RECYCLED = ("x", "y", "forcings")
+_RECYCLED = ("x", "y", "forcings")  # views of one re-used buffer
 
 
 class _SlotPool:
@@ -787,6 +788,15 @@ class _Release:
         self.slot = slot
 
 
+def compact_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t.to(device)``, but a broadcast view (a stride-0 dimension) moves only its distinct
+    values and is expanded again on the device (``.to`` would materialise it on the host first)."""
+    if 0 not in t.stride():
+        return t.to(device, non_blocking=True)
+    base = t[tuple(slice(0, 1) if st == 0 else slice(None) for st in t.stride())]
+    return base.contiguous().to(device, non_blocking=True).expand(t.shape)
+
+
 def collate_gridded(data: Any) -> Any:
     """DataLoader ``collate_fn``: batches come ready from :meth:`GriddedDataset.__getitems__`."""
     if isinstance(data, dict):
@@ -817,8 +827,11 @@ class GriddedLoader(DataLoader):
             except StopIteration:
                 return
             release = batch.pop("_release", None) if isinstance(batch, dict) else None
+            if isinstance(batch, dict) and "_time_index" in batch:
+                batch = self.dataset.complete(batch)  # type: ignore[attr-defined]
             if release is not None:
-                storages = [batch[k].untyped_storage() for k in _RECYCLED]
+                # one handle per storage (x and y are views of one buffer): each handle counts as a use
+                storages = list({st.data_ptr(): st for st in (batch[k].untyped_storage() for k in _RECYCLED)}.values())
                 self._held.append((release.flags, release.slot, storages))
             yield batch
 
@@ -916,44 +929,44 @@ class GriddedDataset(Dataset):
     def __getitems__(self, positions: list[int]) -> dict[str, Any]:
         """A whole batch, built in place: the DataLoader hands it to :func:`collate_gridded` as it is.
 
-        ``x`` and ``y`` are decoded by zarr straight into (in a worker, shared-memory) batch
-        buffers and normalised there, so a state is written once and crosses to the training
-        process without a copy. ``mask``/``x_mask`` of a batch without missing values, and
-        ``static``, are broadcast views (stride 0) of one value / one field.
+        The states of every sample's window (``n_input`` past and ``n_lead`` future, one zarr read
+        per variable) and the forcings are decoded straight into one (in a worker, shared-memory,
+        re-used) buffer and normalised there, so a state is written once and the batch crosses
+        to the training process as a single shared storage. What the training process already
+        has is not sent: :meth:`complete` adds ``static``, the all-ones masks of a batch without
+        missing values (broadcast views, stride 0) and ``meta`` there.
         """
         shared = torch.utils.data.get_worker_info() is not None
         n_b, n_in, n_ld, s = len(positions), self.n_input, self.n_lead, self.stride
-        c, h, w = len(self.channels), self.n_lat, len(self.lon)
+        n_t, c, h, w = n_in + n_ld, len(self.channels), self.n_lat, len(self.lon)
         n_f = len(FORCING_NAMES) if self.forcings else 0
-        shapes = {"x": (n_b, n_in, c, h, w), "y": (n_b, n_ld, c, h, w), "forcings": (n_b, n_in + n_ld, n_f, h, w)}
+        size = n_b * n_t * (c + n_f) * h * w
         pool, slot = None, None
         if shared and self.recycle_slots > 0:
-            pool = self._pools.get(shapes["x"])
+            pool = self._pools.get((size,))
             if pool is None:
-                pool = self._pools[shapes["x"]] = _SlotPool(self.recycle_slots, shapes)
+                pool = self._pools[(size,)] = _SlotPool(self.recycle_slots, {"flat": (size,)})
             slot = pool.acquire()
-        if pool is not None and slot is not None:
-            buffers = pool.buffers[slot]
-        else:
-            buffers = {k: _empty(shape, shared) for k, shape in shapes.items()}
-        x, y, forcings = buffers["x"], buffers["y"], buffers["forcings"]
-        xs, ys = x.numpy(), y.numpy()
+        flat = pool.buffers[slot]["flat"] if pool is not None and slot is not None else _empty((size,), shared)
+        n_states = n_b * n_t * c * h * w
+        states = flat[:n_states].view(n_b, n_t, c, h, w)
+        forcings = flat[n_states:].view(n_b, n_t, n_f, h, w)
+        ss = states.numpy()
         ts = [int(self.indices[i]) for i in positions]
         for b, t in enumerate(ts):
-            self._fill(xs[b], t - (n_in - 1) * s, t + 1)
-            self._fill(ys[b], t + s, t + n_ld * s + 1)
-        xs -= self.mean
-        xs *= self.inv_std
-        ys -= self.mean
-        ys *= self.inv_std
+            # the whole window in one read per variable: zarr's per-call cost is paid once, not twice
+            self._fill(ss[b], t - (n_in - 1) * s, t + n_ld * s + 1)
+        ss -= self.mean
+        ss *= self.inv_std
         batch: dict[str, Any] = {
-            "x": x,  # (B, n_input, C, H, W)
-            "y": y,  # (B, n_lead, C, H, W)
-            "x_mask": self._mask(xs, ts, first=-(n_in - 1), shared=shared),
-            "mask": self._mask(ys, ts, first=1, shared=shared),
-            "static": self.static[None].expand(n_b, *self.static.shape),  # (B, S, H, W)
-            "meta": {"time_index": torch.tensor(ts, dtype=torch.int64)},
+            "x": states[:, :n_in],  # (B, n_input, C, H, W), a view of the one buffer
+            "y": states[:, n_in:],  # (B, n_lead, C, H, W)
+            "_time_index": ts,  # plain ints: pickled inline, no shared tensor of its own
         }
+        for key, part, first in (("x_mask", ss[:, :n_in], -(n_in - 1)), ("mask", ss[:, n_in:], 1)):
+            mask = self._mask(part, ts, first=first, shared=shared)
+            if mask is not None:
+                batch[key] = mask
         if self.forcings:
             fs = forcings.numpy()
             for b, t in enumerate(ts):
@@ -963,10 +976,23 @@ class GriddedDataset(Dataset):
             batch["_release"] = _Release(pool.flags, slot)
         return batch
 
-    def _mask(self, arr: np.ndarray, ts: list[int], first: int, shared: bool) -> torch.Tensor:
-        """1 where ``arr`` (B, T, C, H, W) is observed; NaNs there become 0 (or an error)."""
+    def complete(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """In the training process: add what :meth:`__getitems__` leaves out (see there)."""
+        ts = batch.pop("_time_index", None)
+        if ts is not None:
+            batch["meta"] = {"time_index": torch.tensor(ts, dtype=torch.int64)}
+        x, y = batch["x"], batch["y"]
+        if "x_mask" not in batch:
+            batch["x_mask"] = _ONE.expand(x.shape)
+        if "mask" not in batch:
+            batch["mask"] = _ONE.expand(y.shape)
+        batch["static"] = self.static[None].expand(x.shape[0], *self.static.shape)  # (B, S, H, W)
+        return batch
+
+    def _mask(self, arr: np.ndarray, ts: list[int], first: int, shared: bool) -> torch.Tensor | None:
+        """1 where ``arr`` (B, T, C, H, W) is observed (None: everywhere); NaNs there become 0 (or an error)."""
         if not np.isnan(arr.min()):  # min propagates NaN, without a temporary the size of arr
-            return _ONE.expand(arr.shape)
+            return None
         nan = np.isnan(arr)
         if self.nan_policy == "error":
             b, k, c = (int(v) for v in np.argwhere(nan)[0][:3])
@@ -982,7 +1008,7 @@ class GriddedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         """One sample: the entries of :meth:`__getitems__` without the batch axis."""
-        batch = self.__getitems__([i])
+        batch = self.complete(self.__getitems__([i]))
         item = {k: v[0] for k, v in batch.items() if k not in ("meta", "_release")}
         item["meta"] = {"time_index": int(batch["meta"]["time_index"][0])}
         return item
@@ -1927,6 +1953,16 @@ class GriddedDataModule(L.LightningDataModule):
                 + ". Fix: regrid or re-select the store to the training grid and variables (sciadapt data "
                 "prepare with the same variables/levels), or use the training data config"
             )
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Move a batch to the device without materialising its broadcast views: the all-ones
+        masks and the static fields travel as one value / one field and are expanded there."""
+        if device.type == "cpu" or not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return {
+            k: compact_to_device(v, device) if isinstance(v, torch.Tensor) else move_data_to_device(v, device)
+            for k, v in batch.items()
+        }
 
     def facts(self) -> dict[str, Any]:
         """What the model and task follow (the config layer fills builder parameters of these names)."""

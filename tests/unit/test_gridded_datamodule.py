@@ -444,3 +444,20 @@ def test_real_era5_levels_members_global() -> None:
     if os.environ.get("CI") is None and importlib.util.find_spec("cfgrib") is not None:
         grib = build(SHARED / "era5-levels-members.grib", variables=["z", "t"], split_fractions=[0.5, 0.0, 0.5])
         torch.testing.assert_close(grib.dataset("train")[0]["x"], item["x"], atol=1e-4, rtol=0)
+
+
+def test_worker_batches_cross_as_one_storage_with_broadcast_views(tmp_path: Path) -> None:
+    """What a worker sends: x, y and forcings as views of one shared buffer; masks and static
+    (already in the training process) added there as stride-0 views, moved compactly to a device."""
+    path = store(tmp_path, n_time=30)
+    dm = build(path, n_input=2, n_lead=3, batch_size=2, num_workers=1, prefetch_factor=1)
+    batch = next(iter(dm.train_dataloader()))
+    storages = {batch[k].untyped_storage().data_ptr() for k in ("x", "y", "forcings")}
+    assert len(storages) == 1
+    assert 0 in batch["mask"].stride() and 0 in batch["x_mask"].stride() and batch["static"].stride()[0] == 0
+    assert batch["meta"]["time_index"].dtype == torch.int64 and batch["meta"]["time_index"].shape == (2,)
+    moved = dm.transfer_batch_to_device(batch, torch.device("cpu"), 0)
+    for key in ("x", "y", "mask", "static"):
+        torch.testing.assert_close(moved[key], batch[key], rtol=0, atol=0)
+    static = gm.compact_to_device(batch["static"], torch.device("cpu"))
+    assert static.stride()[0] == 0 and torch.equal(static, batch["static"])
