@@ -224,7 +224,7 @@ def prepare_data(
 
 
 def submit(
-    pipeline: str,
+    pipeline: str | None,
     overrides: list[str],
     sweep: list[str] | None,
     cluster: str | None = None,
@@ -232,6 +232,7 @@ def submit(
     dry_run: bool = False,
     wait: bool = False,
     console: Console | None = None,
+    resume: str | None = None,
 ) -> Any:
     """With ``cluster``: submit the pipeline (a sweep: a job array) through submitit
     (:mod:`sciadapt.hpc.cluster`). Without: run every point of the sweep here, in turn
@@ -240,9 +241,13 @@ def submit(
     if cluster is not None:
         from sciadapt.hpc.cluster import submit as submit_cluster
 
-        return submit_cluster(pipeline, overrides, sweep, cluster, cluster_set, dry_run, wait, console)
-    if cluster_set or dry_run or wait:
-        raise ConfigError("--cluster-set, --dry-run and --wait need --cluster <name|path>")
+        if pipeline is None and resume is None:
+            raise ConfigError("submit needs a pipeline, or --resume RUN")
+        return submit_cluster(pipeline, overrides, sweep, cluster, cluster_set, dry_run, wait, console, resume)  # type: ignore[arg-type]
+    if cluster_set or dry_run or wait or resume:
+        raise ConfigError("--cluster-set, --dry-run, --wait and --resume need --cluster <name|path>")
+    if pipeline is None:
+        raise ConfigError("submit needs a pipeline (a .yaml path or a bundled name)")
     if not sweep:
         raise ConfigError(
             "submit needs --cluster <profile> (submit to a cluster) or --sweep key=v1,v2 (run a sweep here); "

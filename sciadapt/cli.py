@@ -69,8 +69,9 @@ def _parser() -> argparse.ArgumentParser:
         "submit",
         help="submit a pipeline (or a --sweep of it) to a cluster (--cluster), or run a sweep here in turn",
     )
-    sb.add_argument("pipeline", help="a .yaml path or a bundled name")
+    sb.add_argument("pipeline", nargs="?", help="a .yaml path or a bundled name")
     sb.add_argument("overrides", nargs="*", help="key=value overrides shared by every run")
+    sb.add_argument("--resume", metavar="RUN", help="submit an existing run directory to continue it (with --cluster)")
     sb.add_argument("--sweep", nargs="+", metavar="KEY=V1,V2", help="swept keys and their values (one run each)")
     sb.add_argument(
         "--cluster",
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 dry_run=args.dry_run,
                 wait=args.wait,
                 console=console,
+                resume=args.resume,
             )
         elif args.verb == "summarize":
             api.summarize(args.path, console=console)

@@ -270,8 +270,12 @@ def submit(
     dry_run: bool,
     wait: bool,
     console: Any,
+    resume: str | None = None,
 ) -> dict[str, Any]:
     """Validate the profile and every run, make the run directories, submit one job (or one array).
+
+    With ``resume``: submit an existing run (one that ran out of requeues, or was started
+    elsewhere) to continue where it stopped.
 
     Returns:
         ``{"jobs": [...ids], "run_dirs": [...], "folder": ..., "script": ... (dry run)}``.
@@ -285,6 +289,8 @@ def submit(
     from sciadapt.stages.runner import PipelineRunner
 
     prof = load_cluster(cluster, cluster_set)
+    if resume is not None:
+        return _resubmit(pipeline, overrides, sweep, resume, prof, dry_run, wait, console)
     points = expand_sweep(sweep) if sweep else [[]]
     implied = trainer_overrides(prof)
     configs = []
@@ -308,14 +314,7 @@ def submit(
         if script:
             print(script)
         return {"jobs": [], "run_dirs": [], "folder": str(folder), "script": script}
-    if prof["executor"] == "slurm":
-        import shutil
-
-        if shutil.which("sbatch") is None:
-            raise ConfigError(
-                "sbatch not found: submit from a SLURM login node, or use --dry-run to see the script, "
-                "or --cluster local to run the jobs on this machine"
-            )
+    _require_sbatch(prof)
     import os
 
     from sciadapt.stages.runner import RUN_DIR_ENV
@@ -333,6 +332,22 @@ def submit(
             os.environ.pop(RUN_DIR_ENV, None)
         else:
             os.environ[RUN_DIR_ENV] = before
+    return _submit_runs(pipeline, overrides, sweep, points, run_dirs, prof, folder, name, wait, console)
+
+
+def _submit_runs(
+    pipeline: str | None,
+    overrides: list[str],
+    sweep: list[str] | None,
+    points: list[list[str]],
+    run_dirs: list[str],
+    prof: dict[str, Any],
+    folder: Path,
+    name: str,
+    wait: bool,
+    console: Any,
+) -> dict[str, Any]:
+    logs = folder / "slurm"
     executor = make_executor(prof, logs, name)
     if len(run_dirs) == 1:
         jobs = [executor.submit(run_job, run_dirs[0])]
@@ -354,3 +369,48 @@ def submit(
             result = job.result()
             console.print(f"job {job.job_id}: {result['status']} ({result['run_dir']})", soft_wrap=True)
     return {"jobs": record["jobs"], "run_dirs": run_dirs, "folder": str(folder)}
+
+
+def _require_sbatch(prof: dict[str, Any]) -> None:
+    import shutil
+
+    if prof["executor"] == "slurm" and shutil.which("sbatch") is None:
+        raise ConfigError(
+            "sbatch not found: submit from a SLURM login node, or use --dry-run to see the script, "
+            "or --cluster local to run the jobs on this machine"
+        )
+
+
+def _resubmit(
+    pipeline: str | None,
+    overrides: list[str],
+    sweep: list[str] | None,
+    resume: str,
+    prof: dict[str, Any],
+    dry_run: bool,
+    wait: bool,
+    console: Any,
+) -> dict[str, Any]:
+    """Submit an existing run directory; refused before submission when it belongs to another pipeline."""
+    from sciadapt.config import load_config
+    from sciadapt.runs import open_run
+    from sciadapt.stages.runner import PipelineRunner
+
+    if sweep or overrides:
+        raise ConfigError("--resume continues a run as it was configured: drop --sweep and key=value overrides")
+    run_dir = open_run(resume).resolve()
+    cfg = load_config(pipeline, []) if pipeline else None
+    runner = PipelineRunner.resume(run_dir, cfg)  # a run of another pipeline fails here, naming both
+    if runner.state.get("status") == "done":
+        raise ConfigError(f"{run_dir} is already finished (state.json: done); nothing to resume")
+    folder = run_dir / "resubmit"
+    if dry_run:
+        print(f"# {prof['executor']} profile {prof['source']}: resume {run_dir}, nothing submitted")
+        script = sbatch_script(prof, runner.cfg["name"], folder / "slurm") if prof["executor"] == "slurm" else ""
+        if script:
+            print(script)
+        return {"jobs": [], "run_dirs": [str(run_dir)], "folder": str(folder), "script": script}
+    _require_sbatch(prof)
+    return _submit_runs(
+        runner.cfg["name"], [], None, [[]], [str(run_dir)], prof, folder, runner.cfg["name"], wait, console
+    )

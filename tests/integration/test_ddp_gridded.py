@@ -269,7 +269,9 @@ def test_two_process_ddp_gridded_matches_single_process(tmp_path: Path) -> None:
     print(f"\nwall: DDP run {ddp_s:.1f} s, single-process run {single_s:.1f} s")
     print(f"final weights, max |ddp - single| / max |single| per tensor: {weight_diff}")
     for k in b:
-        print(f"final RMSE {k}: ddp {a[k]:.6g}  single {b[k]:.6g}  rel diff {rel[k]:.2e}  (persistence {pers_b[k]:.4g})")
+        print(
+            f"final RMSE {k}: ddp {a[k]:.6g}  single {b[k]:.6g}  rel diff {rel[k]:.2e}  (persistence {pers_b[k]:.4g})"
+        )
 
     # gradients are averaged over the ranks: 2 x B per rank trains exactly like 2B in one process
     # (the same global batches, see N_TIME), up to float summation order in the all-reduce
@@ -284,10 +286,10 @@ def test_two_process_ddp_gridded_matches_single_process(tmp_path: Path) -> None:
     # the persistence baseline trains nothing: it must be equal to the single-process score
     assert pers_a == pytest.approx(pers_b, rel=1e-6)
 
-    # 3. final test RMSE by lead within 1e-3 (relative) of the single-process run; measured
-    # differences are ~1e-6 (float summation order), a real divergence (unsynchronised gradients,
-    # overlapping or missing samples, a sharded test) moves it by 1e-2 or more
+    # 3. final test RMSE by lead within 1e-4 (relative) of the single-process run. Measured: <= 1e-7
+    # (float summation order in the all-reduce; weights differ by ~3e-6). A real divergence moves it by
+    # 1e-2 or more: with the test split sharded over the ranks it was 0.5-2 %.
     assert a.keys() == b.keys() and len(a) == 4
-    assert max(rel.values()) < 1e-3, rel
-    # and training under DDP learned something: better than persistence at the first lead
-    assert all(a[k] < pers_b[k] for k in a if k.endswith("@1h") or k.endswith("@1.0h")), (a, pers_b)
+    assert max(rel.values()) < 1e-4, rel
+    # and training under DDP learned something: better than persistence at every lead
+    assert all(a[k] < pers_b[k] for k in a), (a, pers_b)

@@ -147,3 +147,22 @@ def test_local_executor_runs_a_sweep_as_jobs_and_summarizes(
     rows = summarize(folder)["rows"]  # what the printed table shows, one row per sweep point
     assert [r["run"] for r in rows] == ["stages.finetune.optim.lr=1e-3", "stages.finetune.optim.lr=3e-3"]
     assert all(r["mse"] > 0 for r in rows)
+
+
+def test_resubmit_continues_an_unfinished_run_and_refuses_others(
+    tmp_path: Path, series_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sciadapt.config import load_config
+    from sciadapt.stages.runner import PipelineRunner
+
+    pipe = tiny_pipeline(tmp_path / "p.yaml", series_csv, tmp_path / "runs")
+    run = PipelineRunner.create(load_config(str(pipe), ["stages.*.max_epochs=1"])).run_dir  # made, not run
+    # a run of another pipeline: refused before anything is submitted
+    assert main(["submit", "quickstart", "--resume", str(run), "--cluster", "local"]) == 2
+    assert "is a run of pipeline 'tiny'" in capsys.readouterr().err
+    assert not (run / "resubmit").exists()
+    assert main(["submit", "--resume", str(run), "--cluster", "local", "--wait"]) == 0
+    assert ": done (" in capsys.readouterr().out
+    assert json.loads((run / "state.json").read_text())["status"] == "done"
+    assert main(["submit", "--resume", str(run), "--cluster", "local"]) == 2  # finished: nothing to resume
+    assert "already finished" in capsys.readouterr().err
