@@ -1851,9 +1851,15 @@ class GriddedDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
         ds = self.dataset(name)
-        sampler = ShardedEpochSampler(len(ds), seed=self.shuffle_seed, shuffle=shuffle)
-        if shuffle:
-            apply_resume(sampler, self, batch_size)
+        # train: a per-epoch order, sharded over the DDP ranks by the sampler itself. Evaluation:
+        # time order, left to Lightning, which shards it only for a distributed trainer (a sampler
+        # that shards whenever a process group is up would make the runner's one-device test
+        # after a DDP fit score this rank's half of the test split only)
+        sampler = (
+            apply_resume(ShardedEpochSampler(len(ds), seed=self.shuffle_seed, shuffle=True), self, batch_size)
+            if shuffle
+            else None
+        )
         workers: dict[str, Any] = {}
         if self.num_workers > 0:
             workers = {"persistent_workers": True, "prefetch_factor": self.prefetch_factor}

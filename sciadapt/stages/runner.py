@@ -507,125 +507,150 @@ class PipelineRunner:
         stages = self.cfg["stages"]
         dm = None
         for i, spec in enumerate(stages):
-            name = spec["name"]
-            if name in self.state["completed"]:
+            if spec["name"] in self.state["completed"]:
                 continue
-            self._check_signal(name)
-            dm = self._datamodule(i)
-            self._ensure_task(dm, name, i)
-            self._init_weights(i, spec)
-            sdir = self.stage_dir(name)
-            resume_from = sdir / "last.ckpt"  # present when this stage was killed mid-way
-            where = f"stages[{i}] ({name})"
-            n_train, n_total = apply_trainable(
-                self.task, self._trainable(spec), spec["frozen"], where, adapter_follows=bool(spec.get("peft"))
-            )
-            adapter = None
-            if spec.get("peft"):
-                from sciadapt.peft import core as peft_core
-
-                adapter = attach_stage_peft(self.task, self.cfg, i)
-                if spec["peft"].get("init") == "eva" and not resume_from.exists():
-                    from itertools import islice
-
-                    from sciadapt.peft.lora import eva_init
-
-                    n_batches = int(spec["peft"].get("eva_batches", 4))
-                    eva_init(self.task, adapter, (b["x"] for b in islice(dm.train_dataloader(), n_batches)), self.task)
-                n_train, n_total = peft_core.mark_trainable(
-                    self.task, adapter, also=[p for p in self._trainable(spec) if p not in spec["frozen"]]
-                )
-            self.task.stage = spec
-            self.task.stage_index = i
-            self._print(
-                f"[bold]stage {i + 1}/{len(stages)} {name}[/bold]: {n_train:,} of {n_total:,} parameters train "
-                f"({100 * n_train / n_total:.3g} %), {dm.describe() if hasattr(dm, 'describe') else ''}"
-            )
-            ckpt_cb = ModelCheckpoint(
-                dirpath=str(sdir),
-                filename="best",
-                monitor="val/loss",
-                save_top_k=1 if spec.get("restore_best") else 0,
-                enable_version_counter=False,
-            )
-            callbacks: list[Callback] = [
-                ckpt_cb,
-                MetricsCSV(self.run_dir / "metrics.csv", name),
-                EpochEndCheckpoint(resume_from),
-                PreemptionCheckpoint(self._watch, resume_from, name, dm),
-            ]
-            es = spec.get("early_stopping")
-            if es:
-                callbacks.append(
-                    EarlyStopping(
-                        monitor=es["monitor"],
-                        patience=es["patience"],
-                        mode=es["mode"],
-                        min_delta=es["min_delta"],
-                    )
-                )
-            trainer = self._trainer(spec, callbacks)
-            self.state["current"] = name
-            self._write_json(self.state_path, self.state)
-            t0 = time.perf_counter()
-            if spec.get("max_epochs") == 0:
-                # evaluation only (zero-shot): the weights are scored as loaded, nothing trains
-                self._print(f"  {name}: max_epochs 0, evaluation only")
-            else:
-                trainer.fit(
-                    self.task,
-                    datamodule=dm,
-                    ckpt_path=str(resume_from) if resume_from.exists() else None,
-                    weights_only=True if resume_from.exists() else None,
-                )
-            seconds = time.perf_counter() - t0
-            if spec.get("restore_best") and ckpt_cb.best_model_path:
-                load_into(self.task, load_weights(Path(ckpt_cb.best_model_path)), ckpt_cb.best_model_path)
-            if adapter is not None:
-                from sciadapt.peft import core as peft_core
-
-                if is_writer():
-                    peft_core.save_adapter(self.task, self.run_dir / "adapters" / name, adapter)
-                if spec["peft"].get("merge_after"):
-                    peft_core.merge_and_drop(self.task, adapter)
-            if spec.get("max_epochs") == 0:
-                # no fit, so no trainer-attached model to save from: write the same layout directly
-                ckpt = {"state_dict": self.task.state_dict()}
-                self.task.on_save_checkpoint(ckpt)
-                buf = io.BytesIO()
-                torch.save(ckpt, buf)
-                if is_writer():
-                    atomic_write_bytes(self.final_ckpt(name), buf.getvalue())
-            else:
-                trainer.save_checkpoint(str(self.final_ckpt(name)), weights_only=True)
-            stage_summary: dict[str, Any] = {
-                "trainable_params": n_train,
-                "total_params": n_total,
-                "epochs": trainer.current_epoch,
-                "steps": trainer.global_step,
-                "fit_seconds": round(seconds, 2),
-            }
-            # what the model saw of the data: padded short histories, few-shot subsets, and how
-            # the backbone fit the window to its own context (pad / truncate)
-            if hasattr(dm, "padding_report"):
-                stage_summary["data"] = dm.padding_report()
-            if hasattr(self.task.backbone, "input_policy"):
-                stage_summary["backbone_input"] = self.task.backbone.input_policy(dm.context_length)
-            if spec.get("evaluate", True):
-                # under DDP each rank scores the whole test split on one device (a sharded test
-                # would score each rank's shard only)
-                stage_summary["test"] = self.test(trainer if trainer.world_size == 1 else None, dm)
-            self.summary["stages"][name] = stage_summary
-            self._write_json(self.summary_path, self.summary)
-            # the stage is complete only once its final weights and summary are on disk
-            self.state["completed"].append(name)
-            self._write_json(self.state_path, self.state)
-            if is_writer():
-                resume_from.unlink(missing_ok=True)
-                (sdir / "best.ckpt").unlink(missing_ok=True)
-            self._weights_stage = name
+            self._check_signal(spec["name"])
+            dm = self._run_stage(i, spec)
             if i + 1 < len(stages):
                 self._check_signal(stages[i + 1]["name"])
+        return self._finish(dm)
+
+    def _prepare_stage(self, i: int, spec: dict[str, Any], dm: Any, resume_from: Path) -> tuple[int, int, Any]:
+        """Weights, trainable parameters and the stage's adapter; returns (trainable, total, adapter)."""
+        name = spec["name"]
+        self._ensure_task(dm, name, i)
+        self._init_weights(i, spec)
+        where = f"stages[{i}] ({name})"
+        n_train, n_total = apply_trainable(
+            self.task, self._trainable(spec), spec["frozen"], where, adapter_follows=bool(spec.get("peft"))
+        )
+        adapter = None
+        if spec.get("peft"):
+            from sciadapt.peft import core as peft_core
+
+            adapter = attach_stage_peft(self.task, self.cfg, i)
+            if spec["peft"].get("init") == "eva" and not resume_from.exists():
+                from itertools import islice
+
+                from sciadapt.peft.lora import eva_init
+
+                n_batches = int(spec["peft"].get("eva_batches", 4))
+                eva_init(self.task, adapter, (b["x"] for b in islice(dm.train_dataloader(), n_batches)), self.task)
+            n_train, n_total = peft_core.mark_trainable(
+                self.task, adapter, also=[p for p in self._trainable(spec) if p not in spec["frozen"]]
+            )
+        self.task.stage = spec
+        self.task.stage_index = i
+        return n_train, n_total, adapter
+
+    def _stage_callbacks(
+        self, spec: dict[str, Any], dm: Any, resume_from: Path
+    ) -> tuple[ModelCheckpoint, list[Callback]]:
+        name = spec["name"]
+        ckpt_cb = ModelCheckpoint(
+            dirpath=str(self.stage_dir(name)),
+            filename="best",
+            monitor="val/loss",
+            save_top_k=1 if spec.get("restore_best") else 0,
+            enable_version_counter=False,
+        )
+        callbacks: list[Callback] = [
+            ckpt_cb,
+            MetricsCSV(self.run_dir / "metrics.csv", name),
+            EpochEndCheckpoint(resume_from),
+            PreemptionCheckpoint(self._watch, resume_from, name, dm),
+        ]
+        es = spec.get("early_stopping")
+        if es:
+            callbacks.append(
+                EarlyStopping(
+                    monitor=es["monitor"], patience=es["patience"], mode=es["mode"], min_delta=es["min_delta"]
+                )
+            )
+        return ckpt_cb, callbacks
+
+    def _run_stage(self, i: int, spec: dict[str, Any]) -> Any:
+        """Train (or, with ``max_epochs: 0``, only score) one stage and record it; returns its datamodule."""
+        name = spec["name"]
+        stages = self.cfg["stages"]
+        dm = self._datamodule(i)
+        sdir = self.stage_dir(name)
+        resume_from = sdir / "last.ckpt"  # present when this stage was killed or preempted mid-way
+        n_train, n_total, adapter = self._prepare_stage(i, spec, dm, resume_from)
+        self._print(
+            f"[bold]stage {i + 1}/{len(stages)} {name}[/bold]: {n_train:,} of {n_total:,} parameters train "
+            f"({100 * n_train / n_total:.3g} %), {dm.describe() if hasattr(dm, 'describe') else ''}"
+        )
+        ckpt_cb, callbacks = self._stage_callbacks(spec, dm, resume_from)
+        trainer = self._trainer(spec, callbacks)
+        self.state["current"] = name
+        self._write_json(self.state_path, self.state)
+        t0 = time.perf_counter()
+        evaluation_only = spec.get("max_epochs") == 0
+        if evaluation_only:
+            # zero-shot: the weights are scored as loaded, nothing trains
+            self._print(f"  {name}: max_epochs 0, evaluation only")
+        else:
+            trainer.fit(
+                self.task,
+                datamodule=dm,
+                ckpt_path=str(resume_from) if resume_from.exists() else None,
+                weights_only=True if resume_from.exists() else None,
+            )
+        seconds = time.perf_counter() - t0
+        if spec.get("restore_best") and ckpt_cb.best_model_path:
+            load_into(self.task, load_weights(Path(ckpt_cb.best_model_path)), ckpt_cb.best_model_path)
+        if adapter is not None:
+            from sciadapt.peft import core as peft_core
+
+            if is_writer():
+                peft_core.save_adapter(self.task, self.run_dir / "adapters" / name, adapter)
+            if spec["peft"].get("merge_after"):
+                peft_core.merge_and_drop(self.task, adapter)
+        self._save_final(name, trainer, evaluation_only)
+        stage_summary: dict[str, Any] = {
+            "trainable_params": n_train,
+            "total_params": n_total,
+            "epochs": trainer.current_epoch,
+            "steps": trainer.global_step,
+            "fit_seconds": round(seconds, 2),
+        }
+        # what the model saw of the data: padded short histories, few-shot subsets, and how
+        # the backbone fit the window to its own context (pad / truncate)
+        if hasattr(dm, "padding_report"):
+            stage_summary["data"] = dm.padding_report()
+        if hasattr(self.task.backbone, "input_policy"):
+            stage_summary["backbone_input"] = self.task.backbone.input_policy(dm.context_length)
+        if spec.get("evaluate", True):
+            # under DDP each rank scores the whole test split on one device (a sharded test
+            # would score each rank's shard only)
+            stage_summary["test"] = self.test(trainer if trainer.world_size == 1 else None, dm)
+        self.summary["stages"][name] = stage_summary
+        self._write_json(self.summary_path, self.summary)
+        # the stage is complete only once its final weights and summary are on disk
+        self.state["completed"].append(name)
+        self._write_json(self.state_path, self.state)
+        if is_writer():
+            resume_from.unlink(missing_ok=True)
+            (sdir / "best.ckpt").unlink(missing_ok=True)
+        self._weights_stage = name
+        return dm
+
+    def _save_final(self, name: str, trainer: pl.Trainer, evaluation_only: bool) -> None:
+        if not evaluation_only:
+            trainer.save_checkpoint(str(self.final_ckpt(name)), weights_only=True)
+            return
+        # no fit, so no trainer-attached model to save from: write the same layout directly
+        ckpt = {"state_dict": self.task.state_dict()}
+        self.task.on_save_checkpoint(ckpt)
+        buf = io.BytesIO()
+        torch.save(ckpt, buf)
+        if is_writer():
+            atomic_write_bytes(self.final_ckpt(name), buf.getvalue())
+
+    def _finish(self, dm: Any) -> dict[str, Any]:
+        """After the last stage: the comparison table, the loss plot, ``state.json`` done."""
+        stages = self.cfg["stages"]
         if dm is None:  # every stage was already complete: rebuild for the comparison
             dm = self._datamodule(len(stages) - 1)
             self._ensure_task(dm, stages[-1]["name"], len(stages) - 1)

@@ -76,9 +76,10 @@ class Task(pl.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         loss, pred = self._loss(batch)
         bs = len(batch["x"])
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=bs)
+        # sync_dist: under DDP each rank sees its shard; early stopping and restore_best need the split's value
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
         for name, value in self.validation_metrics(pred, batch).items():
-            self.log(f"val/{name}", value, on_epoch=True, batch_size=bs)
+            self.log(f"val/{name}", value, on_epoch=True, batch_size=bs, sync_dist=True)
 
     def validation_metrics(self, pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         return {}
