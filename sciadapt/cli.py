@@ -187,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as p:
         # a clean stop: the resume checkpoint and state.json are on disk
         from sciadapt.hpc.preempt import requeue
+        from sciadapt.stages.runner import is_writer
 
-        err.print(f"preempted: {p}", markup=False, highlight=False, soft_wrap=True)
-        err.print(f"resume with: sciadapt fit --resume {p.run_dir}; {requeue()}", markup=False, soft_wrap=True)
+        if is_writer():  # under DDP every rank stops; one reports and requeues
+            err.print(f"preempted: {p}", markup=False, highlight=False, soft_wrap=True)
+            err.print(f"resume with: sciadapt fit --resume {p.run_dir}; {requeue()}", markup=False, soft_wrap=True)
         return EXIT_PREEMPTED
     return 0
 

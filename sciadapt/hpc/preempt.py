@@ -171,15 +171,14 @@ class PreemptionCheckpoint(Callback):
             return
         # Checked before a batch, not after one: by now the previous step's scheduler update is
         # done too (it comes after on_train_batch_end), so the checkpoint holds a whole step.
-        stop = self.watch.received is not None
+        signum = int(self.watch.received or 0)
         if trainer.world_size > 1:  # every rank stops at the same step, whichever got the signal
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if not stop:
+            signum = int(trainer.strategy.reduce(torch.tensor(signum, device=pl_module.device), reduce_op="max"))
+        if not signum:
             return
         done = trainer.fit_loop.epoch_loop.batch_progress.current.completed  # this epoch, this rank
         if done % trainer.accumulate_grad_batches:
             return  # mid-accumulation: the gradients so far are in no checkpoint; stop after the step
-        signum = self.watch.received or signal.SIGTERM  # a rank that only heard of it through the all-reduce
         self._position = {
             "epoch": trainer.current_epoch,
             "batches": int(done),

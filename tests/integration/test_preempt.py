@@ -114,3 +114,35 @@ def test_sampler_resume_skips_this_ranks_done_samples_once() -> None:
     s.set_epoch(3)
     assert list(s) == expected[8:] and len(s) == 20  # len() still counts the whole shard
     assert list(s) == expected  # the next pass over an epoch is whole again
+
+
+def test_ddp_ranks_stop_at_the_same_step_and_resume_exactly(tmp_path: Path, series: Path) -> None:
+    """Two CPU DDP processes: the signal reaches rank 0 only (as a local `kill` does); the flag is
+    all-reduced, both ranks checkpoint at the same step, one reports, and the resumed DDP run
+    equals an uninterrupted one."""
+    ddp = [*OVERRIDES, "stages.probe.max_epochs=3", "trainer.devices=2", "trainer.strategy=ddp"]
+    ref_pipe = tiny_pipeline(tmp_path / "ref.yaml", series, tmp_path / "ref")
+    subprocess.run(_fit(str(ref_pipe), *ddp), env=_env(), check=True, capture_output=True, timeout=300)
+    reference = json.loads((_only_run(tmp_path / "ref") / "summary.json").read_text())
+
+    pipe = tiny_pipeline(tmp_path / "p.yaml", series, tmp_path / "runs")
+    proc = subprocess.Popen(_fit(str(pipe), *ddp), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if list((tmp_path / "runs").glob("tiny/*/checkpoints/probe/last.ckpt")):
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGUSR1)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    err = err.decode()
+    assert proc.returncode == EXIT_PREEMPTED, err[-3000:]
+    assert err.count("preempted: SIGUSR1") == 1, err[-3000:]  # both ranks stopped, rank 0 reported
+    run = _only_run(tmp_path / "runs")
+    assert json.loads((run / "state.json").read_text())["status"] == "preempted"
+    done = subprocess.run(_fit("--resume", str(run)), env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads((run / "summary.json").read_text())
+    for stage in ("source", "probe", "finetune"):
+        assert got["stages"][stage]["steps"] == reference["stages"][stage]["steps"], stage
+        assert got["stages"][stage]["test"]["mse"] == reference["stages"][stage]["test"]["mse"], stage
