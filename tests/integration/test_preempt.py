@@ -146,3 +146,25 @@ def test_ddp_ranks_stop_at_the_same_step_and_resume_exactly(tmp_path: Path, seri
     for stage in ("source", "probe", "finetune"):
         assert got["stages"][stage]["steps"] == reference["stages"][stage]["steps"], stage
         assert got["stages"][stage]["test"]["mse"] == reference["stages"][stage]["test"]["mse"], stage
+
+
+def test_requeue_calls_scontrol_for_this_job_on_rank_zero_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sciadapt.hpc.preempt import requeue
+
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "bin" / "scontrol"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    for var in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    assert "not a SLURM job" in requeue() and not log.exists()
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert "requeued" in requeue()
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    requeue()  # an array task requeues itself, not the whole array
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    assert "rank 0 requeues" in requeue()  # other ranks leave it to rank 0
+    assert log.read_text().splitlines() == ["requeue 4242", "requeue 77_3"]
