@@ -63,6 +63,7 @@ def test_two_process_ddp_writes_one_run_and_matches_single_process(tmp_path: Pat
     a = json.loads((run / "summary.json").read_text())["final"]["mse"]
     b = json.loads((single_run / "summary.json").read_text())["final"]["mse"]
     # same global batch and steps, different sample order: stated tolerance 25 % on the final MSE
+    print("final mse ddp", a, "single", b, "rel", abs(a - b) / b)
     assert abs(a - b) / b < 0.25, (a, b)
     untrained = json.loads((run / "summary.json").read_text())["stages"]["source"]["test"]["mse"]
     assert a < 0.5 * untrained  # training under DDP really learned (gradients were synchronised)
