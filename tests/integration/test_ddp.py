@@ -62,8 +62,10 @@ def test_two_process_ddp_writes_one_run_and_matches_single_process(tmp_path: Pat
     (single_run,) = (tmp_path / "single").glob("tiny/*")
     a = json.loads((run / "summary.json").read_text())["final"]["mse"]
     b = json.loads((single_run / "summary.json").read_text())["final"]["mse"]
-    # same global batch and steps, different sample order: stated tolerance 25 % on the final MSE
-    print("final mse ddp", a, "single", b, "rel", abs(a - b) / b)
-    assert abs(a - b) / b < 0.25, (a, b)
+    # Same global batches: each rank takes every other sample of the same per-epoch order, so the
+    # two rank batches of 16 together are the single process's batch of 32, and DDP averages the
+    # two gradients. What is left is float summation order in the all-reduce: measured 7e-8
+    # relative; stated tolerance 1e-4 (a different sample order would move it by ~10 %).
+    assert abs(a - b) / b < 1e-4, (a, b)
     untrained = json.loads((run / "summary.json").read_text())["stages"]["source"]["test"]["mse"]
     assert a < 0.5 * untrained  # training under DDP really learned (gradients were synchronised)
