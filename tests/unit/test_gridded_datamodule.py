@@ -461,3 +461,20 @@ def test_worker_batches_cross_as_one_storage_with_broadcast_views(tmp_path: Path
         torch.testing.assert_close(moved[key], batch[key], rtol=0, atol=0)
     static = gm.compact_to_device(batch["static"], torch.device("cpu"))
     assert static.stride()[0] == 0 and torch.equal(static, batch["static"])
+
+
+def test_second_epoch_rebuilds_batches_from_slots_sent_once(tmp_path: Path) -> None:
+    """Persistent workers send a slot's storage once; later batches are rebuilt from it, correctly."""
+    path = store(tmp_path, n_time=30)
+    serial = build(path, batch_size=2, num_workers=0, shuffle_seed=4).train_dataloader()
+    loader = build(path, batch_size=2, num_workers=2, prefetch_factor=1, shuffle_seed=4).train_dataloader()
+    for epoch in (0, 1):
+        serial.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        want = [(b["x"].clone(), b["y"].clone(), b["forcings"].clone()) for b in serial]
+        got = [(b["x"].clone(), b["y"].clone(), b["forcings"].clone()) for b in loader]
+        assert len(got) == len(want)
+        for g, w in zip(got, want, strict=True):
+            for a, b in zip(g, w, strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert len(loader._pools) == 2 and all(len(p["slots"]) <= 1 + 3 for p in loader._pools.values())  # per worker
