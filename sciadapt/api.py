@@ -281,7 +281,13 @@ def summarize(path: str, console: Console | None = None) -> dict[str, Any]:
 
 def list_components(kind: str | None, console: Console | None = None) -> dict[str, list[str]]:
     console = console or Console()
-    kinds = {**{k: r.list() for k, r in KINDS.items()}, "pipelines": bundled_pipelines()}
+    from sciadapt.hpc.cluster import bundled_clusters
+
+    kinds = {
+        **{k: r.list() for k, r in KINDS.items()},
+        "pipelines": bundled_pipelines(),
+        "clusters": bundled_clusters(),
+    }
     if kind is not None:
         if kind not in kinds:
             raise UnknownComponentError(f"unknown kind {kind!r}.{suggest(kind, kinds)} Kinds: {', '.join(kinds)}")

@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     sm.add_argument("path")
 
     ls = sub.add_parser("list", help="list registered components")
-    ls.add_argument("kind", nargs="?", help="backbones | heads | peft | tasks | datamodules | pipelines")
+    ls.add_argument("kind", nargs="?", help="backbones | heads | peft | tasks | datamodules | pipelines | clusters")
     return p
 
 
