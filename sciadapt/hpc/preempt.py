@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from sciadapt.errors import EXIT_PREEMPTED, Preempted
+from sciadapt.errors import EXIT_PREEMPTED, CheckpointError, Preempted
 
 __all__ = ["EXIT_PREEMPTED", "Preempted", "PreemptionCheckpoint", "SignalWatch", "requeue"]
 
@@ -139,9 +139,10 @@ class PreemptionCheckpoint(Callback):
         # count the steps of a schedule)
         dm = self.datamodule
         if dm is None or not hasattr(dm, "train_resume"):
-            raise RuntimeError(
+            raise CheckpointError(
                 f"{self.path} was written mid-epoch, but {type(dm).__name__} cannot skip the batches already "
-                "trained on: give its train sampler sciadapt.sampling.apply_resume"
+                "trained on. Fix: build its train sampler with sciadapt.sampling.apply_resume (see "
+                "datamodules/timeseries.py), or resume from an epoch boundary"
             )
         dm.train_resume = (self._pending["epoch"], self._pending["batches"])
         log.info(
