@@ -142,7 +142,7 @@ class PreemptionCheckpoint(Callback):
             raise CheckpointError(
                 f"{self.path} was written mid-epoch, but {type(dm).__name__} cannot skip the batches already "
                 "trained on. Fix: build its train sampler with sciadapt.sampling.apply_resume (see "
-                "datamodules/timeseries.py), or resume from an epoch boundary"
+                "datamodules/timeseries.py), or delete that checkpoint to restart the stage from its beginning"
             )
         dm.train_resume = (self._pending["epoch"], self._pending["batches"])
         log.info(
