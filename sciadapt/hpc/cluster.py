@@ -32,6 +32,7 @@ becomes one job array, one run directory per point.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import sys
@@ -239,8 +240,6 @@ def make_executor(prof: dict[str, Any], folder: Path, job_name: str) -> Any:
 
 def run_job(run_dir: str) -> dict[str, Any]:
     """What each submitted job (and each requeue of it) runs: ``sciadapt fit --resume run_dir``."""
-    import os
-
     from rich.console import Console
 
     from sciadapt import api
@@ -315,8 +314,6 @@ def submit(
             print(script)
         return {"jobs": [], "run_dirs": [], "folder": str(folder), "script": script}
     _require_sbatch(prof)
-    import os
-
     from sciadapt.stages.runner import RUN_DIR_ENV
 
     run_dirs = []
