@@ -305,14 +305,11 @@ def submit(
     folder = base / f"{name}-{'sweep' if sweep else 'job'}-{stamp}"
     logs = folder / "slurm"
     if dry_run:
-        script = sbatch_script(prof, name, logs, len(points)) if prof["executor"] == "slurm" else ""
-        # plain print: a script to read or pipe, not a rich rendering
-        print(f"# {prof['executor']} profile {prof['source']}: {len(points)} run(s), nothing submitted")
-        for i, combo in enumerate(points):
-            print(f"# run {i}: sciadapt fit --resume {folder / str(i)}/<run>  {' '.join(combo)}".rstrip())
-        if script:
-            print(script)
-        return {"jobs": [], "run_dirs": [], "folder": str(folder), "script": script}
+        runs = [
+            f"sciadapt fit --resume {folder / str(i)}/<run>  {' '.join(combo)}".rstrip()
+            for i, combo in enumerate(points)
+        ]
+        return _dry_run(prof, name, logs, runs, len(points), folder, [])
     _require_sbatch(prof)
     from sciadapt.stages.runner import RUN_DIR_ENV
 
@@ -330,6 +327,19 @@ def submit(
         else:
             os.environ[RUN_DIR_ENV] = before
     return _submit_runs(pipeline, overrides, sweep, points, run_dirs, prof, folder, name, wait, console)
+
+
+def _dry_run(
+    prof: dict[str, Any], name: str, logs: Path, runs: list[str], n_array: int, folder: Path, run_dirs: list[str]
+) -> dict[str, Any]:
+    """Print what would be submitted (plain print: a script to read or pipe, not a rich rendering)."""
+    script = sbatch_script(prof, name, logs, n_array) if prof["executor"] == "slurm" else ""
+    print(f"# {prof['executor']} profile {prof['source']}: {len(runs)} run(s), nothing submitted")
+    for i, run in enumerate(runs):
+        print(f"# run {i}: {run}")
+    if script:
+        print(script)
+    return {"jobs": [], "run_dirs": run_dirs, "folder": str(folder), "script": script}
 
 
 def _submit_runs(
@@ -402,11 +412,8 @@ def _resubmit(
         raise ConfigError(f"{run_dir} is already finished (state.json: done); nothing to resume")
     folder = run_dir / "resubmit"
     if dry_run:
-        print(f"# {prof['executor']} profile {prof['source']}: resume {run_dir}, nothing submitted")
-        script = sbatch_script(prof, runner.cfg["name"], folder / "slurm") if prof["executor"] == "slurm" else ""
-        if script:
-            print(script)
-        return {"jobs": [], "run_dirs": [str(run_dir)], "folder": str(folder), "script": script}
+        runs = [f"sciadapt fit --resume {run_dir}"]
+        return _dry_run(prof, runner.cfg["name"], folder / "slurm", runs, 1, folder, [str(run_dir)])
     _require_sbatch(prof)
     return _submit_runs(
         runner.cfg["name"], [], None, [[]], [str(run_dir)], prof, folder, runner.cfg["name"], wait, console

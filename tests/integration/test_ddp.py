@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch.utils.data import DistributedSampler
 
-from sciadapt.sampling import EpochShuffleSampler
+from sciadapt.sampling import EpochShuffleSampler, ShardedEpochSampler
 from tests.conftest import tiny_pipeline
 
 # DDP re-launches the command for rank 1, so the run must go through the real CLI in a subprocess
@@ -21,9 +21,8 @@ def test_our_sampler_shards_disjoint_rank_slices_that_lightning_keeps() -> None:
     def shards(n: int, epoch: int) -> list[list[int]]:
         out = []
         for rank in (0, 1):
-            s = EpochShuffleSampler(n, seed=3)
-            s.num_replicas, s.rank = 2, rank  # what it reads from torch.distributed under DDP
-            s.num_samples = (n + 1) // 2
+            # the train samplers' class; under DDP rank and world size come from torch.distributed
+            s = ShardedEpochSampler(n, seed=3, num_replicas=2, rank=rank)
             s.set_epoch(epoch)  # Lightning calls this each epoch: the permutation changes per epoch
             out.append(list(s))
         return out
