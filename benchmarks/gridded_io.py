@@ -22,7 +22,12 @@ with zarr's decoding thread pool set to its share of the cores (cores // process
   dataset, through ``xbatcher.loaders.torch.MapDataset`` in the same DataLoader (skipped with a note
   when xbatcher is not installed);
 * ``raw zarr``: ``--workers`` processes reading ``array[t:t + 2]`` of every variable with zarr and
-  returning nothing: the decode limit of the machine, the reference of the ratios.
+  returning nothing: the issue's reference for the ratios;
+* ``bare decode``: ``--workers`` processes reading the same chunk files and zstd-decompressing
+  each into a re-used buffer with numcodecs, no zarr, returning nothing: the floor under every
+  reader. zarr's own machinery (event loop, thread hops, a copy out of each decoded chunk) costs
+  about a fifth on top of it, which the datamodule's direct chunk path
+  (``datamodules/zarr_chunks.py``) avoids; so the table shows both ratios.
 
 The first batch of each pass (worker start-up) is not timed. MB/s counts decoded state bytes
 delivered (2 states per sample). Each method runs ``--rounds`` passes in alternating order (load
@@ -287,6 +292,44 @@ def run_raw(path: Path, names: list[str], n: int, workers: int) -> tuple[int, fl
     return n, seconds
 
 
+def _decode_worker(path: str, names: list[str], indices: list[int], go: Any, out: Any) -> None:
+    import numcodecs
+
+    codec = numcodecs.Zstd()
+    bufs = [np.empty((len(LEVELS), N_LAT, N_LON), np.float32) for _ in range(2)]
+    go.wait()
+    total = 0
+    for t in indices:
+        for n in names:
+            for k in range(2):
+                with open(f"{path}/{n}/c/{t + k}/0/0/0", "rb") as fh:
+                    codec.decode(fh.read(), out=bufs[k].reshape(-1))
+                total += bufs[k].nbytes
+    out.put(total)
+
+
+def run_decode(path: Path, names: list[str], n: int, workers: int) -> tuple[int, float]:
+    """The floor under every reader: chunk files read and zstd-decompressed into re-used buffers
+    with numcodecs, no zarr (the store's key layout, ``<var>/c/<t>/0/0/0``, hard-coded)."""
+    ctx = mp.get_context("fork")
+    go, out = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=_decode_worker, args=(str(path), names, list(range(r, n, workers)), go, out))
+        for r in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(0.5)
+    t0 = time.perf_counter()
+    go.set()
+    for _ in procs:
+        out.get()
+    seconds = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    return n, seconds
+
+
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -298,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-gb", type=float, default=None, help="decoded store size (default 4.0, --quick 0.2)")
     parser.add_argument("--workers", type=int, default=2, help="processes per method (default 2)")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out: sciadapt naive xbatcher raw")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], help="methods to leave out: sciadapt naive xbatcher raw decode"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="passes per method, alternating order (default 3)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -337,8 +382,9 @@ def main(argv: list[str] | None = None) -> int:
             "sciadapt": lambda: run_sciadapt(path, args.workers, args.batch_size, stats),
             "xarray+dask": lambda: run_naive(path, names, n_samples, args.workers, args.batch_size),
             "xbatcher": lambda: run_xbatcher(path, names, args.workers, args.batch_size),
+            "bare decode": lambda: run_decode(path, names, n_samples, args.workers),
         }
-        skip = {"raw": "raw zarr", "naive": "xarray+dask"}
+        skip = {"raw": "raw zarr", "naive": "xarray+dask", "decode": "bare decode"}
         for s in args.skip:
             methods.pop(skip.get(s, s), None)
         if "xbatcher" in methods and importlib.util.find_spec("xbatcher") is None:
@@ -373,10 +419,9 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_rss_mb": peaks[name],
                 "rates": [r["rate"] for r in rs],
             }
-            if "raw zarr" in runs and name != "raw zarr":
-                entry["vs_raw"] = float(
-                    np.median([r["rate"] / q["rate"] for r, q in zip(rs, runs["raw zarr"], strict=True)])
-                )
+            for ref, key in (("raw zarr", "vs_raw"), ("bare decode", "vs_decode")):
+                if ref in runs and name != ref:
+                    entry[key] = float(np.median([r["rate"] / q["rate"] for r, q in zip(rs, runs[ref], strict=True)]))
             results.append(entry)
     finally:
         if args.keep:
@@ -393,11 +438,15 @@ def main(argv: list[str] | None = None) -> int:
         f"Streaming {n_time - 1} samples of 2 x {step_bytes(n_vars) / 2**20:.1f} MB, {args.workers} processes, "
         f"batch {args.batch_size}, median of {args.rounds} round(s)"
     )
-    print("| method | samples/s | MB/s | vs raw zarr | peak memory (MB, PSS) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| method | samples/s | MB/s | vs raw zarr | vs bare decode | peak memory (MB, PSS) |")
+    print("|---|---:|---:|---:|---:|---:|")
     for r in results:
         ratio = "1.00x" if r is raw else (f"{r['vs_raw']:.2f}x" if "vs_raw" in r else "-")
-        print(f"| {r['method']} | {r['samples_per_s']:.1f} | {r['mb_per_s']:.0f} | {ratio} | {r['peak_rss_mb']:.0f} |")
+        floor = "1.00x" if r["method"] == "bare decode" else (f"{r['vs_decode']:.2f}x" if "vs_decode" in r else "-")
+        print(
+            f"| {r['method']} | {r['samples_per_s']:.1f} | {r['mb_per_s']:.0f} | {ratio} | {floor} "
+            f"| {r['peak_rss_mb']:.0f} |"
+        )
     ours: dict[str, Any] | None = next((r for r in results if r["method"] == "sciadapt"), None)
     if ours is not None:
         print()

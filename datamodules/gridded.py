@@ -57,6 +57,7 @@ import xarray as xr
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.utils.data import DataLoader, Dataset
 
+from sciadapt.datamodules.zarr_chunks import ChunkDecoder, chunk_decoder, decode_all
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES, suggest
 from sciadapt.runs import read_json, write_json
@@ -550,10 +551,13 @@ class StoreReader:
         self._handle: dict[str, Any] | None = None
         self._dataset: xr.Dataset | None = None
         self._pid = -1
+        # name -> ChunkDecoder for zarr arrays whose chunks decode straight into our buffers
+        self._direct: dict[str, ChunkDecoder] = {}
+        self._threads = 1  # decoding threads of this process
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_handle"], state["_dataset"], state["_pid"] = None, None, -1
+        state["_handle"], state["_dataset"], state["_pid"], state["_direct"] = None, None, -1, {}
         return state
 
     def _open(self) -> dict[str, Any]:
@@ -574,6 +578,12 @@ class StoreReader:
                 handle: dict[str, Any] = {p.name: group[p.name] for p in self.plans}
             except Exception as err:
                 raise DataError(f"cannot open zarr store {info.path}: {type(err).__name__}: {err}") from err
+            self._direct = {}
+            for p in self.plans:
+                decoder = chunk_decoder(handle[p.name]) if self._whole_steps(p) else None
+                if decoder is not None:
+                    self._direct[p.name] = decoder
+            self._threads = int(zarr.config.get("threading.max_workers") or os.cpu_count() or 1)
         else:
             ds = open_xarray(info.path, info.kind, info.engine, chunks=None)
             handle = {}
@@ -586,6 +596,12 @@ class StoreReader:
                 self._dataset = ds
         self._handle, self._pid = handle, os.getpid()
         return handle
+
+    def _whole_steps(self, plan: VarPlan) -> bool:
+        """Whether ``plan``'s variable is stored as (time, [level,] lat, lon), without a member axis."""
+        info = self.info
+        levels = (info.level_dim,) if plan.level_index is not None else ()
+        return plan.dims == (info.time_dim, *levels, info.lat_dim, info.lon_dim)
 
     def _select(self, da: xr.DataArray, plan: VarPlan) -> xr.DataArray:
         """The variable as (time, level, lat, lon) (or without level), member chosen; lazy."""
@@ -656,12 +672,23 @@ class StoreReader:
         order = [kept.index(d) for d in (info.time_dim, info.level_dim, info.lat_dim, info.lon_dim) if d in kept]
         # slices and integers take zarr's basic selection, much faster than an orthogonal one
         basic = all(isinstance(v, slice | int) for v in sel)
-        if (
-            out is not None
-            and basic
-            and src.dtype == np.float32
-            and self.info.decode.get(plan.name) == (None, None, None)
-        ):
+        plain = self.info.decode.get(plan.name) == (None, None, None)
+        direct = self._direct.get(plan.name)
+        if out is not None and plain and direct is not None:
+            # whole chunks, one per time step, decoded straight into place (see zarr_chunks)
+            ts = range(start, stop, step)
+            steps = [out[k] if plan.level_index is not None else out[k, 0] for k in range(len(ts))]
+            pick = None
+            if plan.level_index is not None and plan.level_index != list(range(src.shape[1])):
+                pick = plan.level_index  # a subset or another order of the levels
+            tail = (0,) * (src.ndim - 1)
+            jobs = [((t, *tail), o) for t, o in zip(ts, steps, strict=True)]
+            for (t, _), o, ok in zip(jobs, steps, decode_all(direct, jobs, self._threads, pick), strict=True):
+                if not ok:  # no chunk file (zarr's fill value) or a frame without its size
+                    block = np.asarray(src[t])
+                    o[...] = block if pick is None else block[pick]
+            return out
+        if out is not None and basic and src.dtype == np.float32 and plain:
             # Decode straight into the caller's buffer: ``out`` viewed in the store's axis order.
             target = out[:, 0] if plan.level_index is None else (out[:, ::-1] if reverse else out)
             src.get_basic_selection(tuple(sel), out=_nd_buffer(target.transpose(np.argsort(order))))
