@@ -272,13 +272,12 @@ def _raw_worker(path: str, names: list[str], indices: list[int], n_procs: int, g
     out.put(total)
 
 
-def run_raw(path: Path, names: list[str], n: int, workers: int) -> tuple[int, float]:
+def _run_procs(target: Callable[..., None], args: Callable[[list[int]], tuple], n: int, workers: int) -> float:
+    """Seconds for ``workers`` forked processes to run ``target(*args(indices), go, out)`` over
+    every ``workers``-th sample each; start-up (imports, opening the store) is not timed."""
     ctx = mp.get_context("fork")
     go, out = ctx.Event(), ctx.Queue()
-    procs = [
-        ctx.Process(target=_raw_worker, args=(str(path), names, list(range(r, n, workers)), workers, go, out))
-        for r in range(workers)
-    ]
+    procs = [ctx.Process(target=target, args=(*args(list(range(r, n, workers))), go, out)) for r in range(workers)]
     for p in procs:
         p.start()
     time.sleep(0.5)  # let them import and open the store: start-up is not timed for anyone
@@ -289,7 +288,11 @@ def run_raw(path: Path, names: list[str], n: int, workers: int) -> tuple[int, fl
     seconds = time.perf_counter() - t0
     for p in procs:
         p.join()
-    return n, seconds
+    return seconds
+
+
+def run_raw(path: Path, names: list[str], n: int, workers: int) -> tuple[int, float]:
+    return n, _run_procs(_raw_worker, lambda idx: (str(path), names, idx, workers), n, workers)
 
 
 def _decode_worker(path: str, names: list[str], indices: list[int], go: Any, out: Any) -> None:
@@ -311,23 +314,7 @@ def _decode_worker(path: str, names: list[str], indices: list[int], go: Any, out
 def run_decode(path: Path, names: list[str], n: int, workers: int) -> tuple[int, float]:
     """The floor under every reader: chunk files read and zstd-decompressed into re-used buffers
     with numcodecs, no zarr (the store's key layout, ``<var>/c/<t>/0/0/0``, hard-coded)."""
-    ctx = mp.get_context("fork")
-    go, out = ctx.Event(), ctx.Queue()
-    procs = [
-        ctx.Process(target=_decode_worker, args=(str(path), names, list(range(r, n, workers)), go, out))
-        for r in range(workers)
-    ]
-    for p in procs:
-        p.start()
-    time.sleep(0.5)
-    t0 = time.perf_counter()
-    go.set()
-    for _ in procs:
-        out.get()
-    seconds = time.perf_counter() - t0
-    for p in procs:
-        p.join()
-    return n, seconds
+    return n, _run_procs(_decode_worker, lambda idx: (str(path), names, idx), n, workers)
 
 
 # ------------------------------------------------------------------------------------------ main

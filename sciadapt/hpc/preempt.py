@@ -188,7 +188,7 @@ class PreemptionCheckpoint(Callback):
             "rng": rng_state(),
         }
         try:
-            trainer.save_checkpoint(str(self.path))
+            trainer.save_checkpoint(str(self.path), weights_only=False)  # full state: optimizer, loops
         finally:
             self._position = None
         raise Preempted(signum, self.stage, trainer.current_epoch, trainer.global_step)

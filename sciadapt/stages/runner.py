@@ -231,7 +231,7 @@ class EpochEndCheckpoint(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.sanity_checking:
-            trainer.save_checkpoint(str(self.path))
+            trainer.save_checkpoint(str(self.path), weights_only=False)  # full state: optimizer, loops
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,12 +19,10 @@ from sciadapt.datamodules import gridded as gm
 from sciadapt.datamodules.gridded import GriddedDataModule, build_gridded, prepare_store, shard_indices
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES
+from tests.conftest import gridded_make
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "gridded"
-_spec = importlib.util.spec_from_file_location("gridded_make", Path(__file__).parents[1] / "data/gridded/make.py")
-assert _spec is not None and _spec.loader is not None
-make = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make)
+make = gridded_make()
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,9 @@ from zarr.codecs import BloscCodec, GzipCodec, TransposeCodec, ZstdCodec
 from sciadapt.datamodules.gridded import GriddedDataModule
 from sciadapt.datamodules.zarr_chunks import chunk_decoder, decode_all, zstd_content_size
 from sciadapt.errors import DataError
+from tests.conftest import gridded_make
 
-_spec = importlib.util.spec_from_file_location("gridded_make", Path(__file__).parents[1] / "data/gridded/make.py")
-assert _spec is not None and _spec.loader is not None
-make = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make)
+make = gridded_make()
 
 
 @pytest.fixture(autouse=True)
