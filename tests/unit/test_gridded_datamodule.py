@@ -394,6 +394,9 @@ def test_prepare_store_converts_netcdf_with_statistics(tmp_path: Path) -> None:
     a = build(out, variables=["z", "t2m"])
     b = build(nc, variables=["z", "t2m"], levels=[500])
     a.setup()
+    reader = a.dataset("test").reader
+    reader._open()
+    assert set(reader._direct) == {"z", "t2m"}  # what prepare writes decodes straight into batches
     np.testing.assert_allclose(a.stats["mean"], b.stats["mean"], rtol=1e-6)
     torch.testing.assert_close(a.dataset("test")[0]["y"], b.dataset("test")[0]["y"])
     with pytest.raises(DataError, match="already exists"):
