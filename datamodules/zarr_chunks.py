@@ -7,8 +7,8 @@ CPU time on top of decompression itself (measured: 9.0 ms per 8-chunk sample thr
 ``array[t:t + 2]`` against 7.4 ms decoding the same chunk files in place). That layout is: a
 local store, chunks holding whole time steps (``(1, *rest)``), C order, native little-endian
 float32, no filters, and zstd, blosc or no compression. For it, :class:`ChunkDecoder` reads a
-chunk's file and decompresses it into the caller's (contiguous) buffer, checking the size the
-compressed frame declares against the chunk's. :func:`chunk_decoder` returns None for any
+chunk's file and decompresses it into the caller's buffer (through one scratch chunk when that is
+a strided view), checking the size the compressed frame declares against the chunk's. :func:`chunk_decoder` returns None for any
 other array, which then takes zarr's own path; so does a chunk that is not on disk (zarr's fill
 value applies) or whose frame does not declare its size.
 """

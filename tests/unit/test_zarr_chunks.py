@@ -15,7 +15,7 @@ import zarr
 from zarr.codecs import BloscCodec, GzipCodec, TransposeCodec, ZstdCodec
 
 from sciadapt.datamodules.gridded import GriddedDataModule
-from sciadapt.datamodules.zarr_chunks import chunk_decoder, decode_all, zstd_content_size
+from sciadapt.datamodules.zarr_chunks import blosc_content_size, chunk_decoder, decode_all, zstd_content_size
 from sciadapt.errors import DataError
 from tests.conftest import gridded_make
 
@@ -85,6 +85,14 @@ def test_chunk_checks(tmp_path: Path) -> None:
     shutil.copy(tmp_path / "c.zarr" / "c" / "0" / "0" / "0" / "0", chunk)  # a chunk of another shape
     with pytest.raises(ValueError, match="decodes to 360 bytes, not the 420"):
         decoder.read_into((2, 0, 0, 0), out)
+
+
+@pytest.mark.parametrize("nbytes", [0, 40, 255, 256, 300, 65791, 65792, 1 << 20])
+def test_frame_headers_declare_their_size(nbytes: int) -> None:
+    data = np.arange(nbytes, dtype=np.uint8)
+    assert zstd_content_size(numcodecs.Zstd().encode(data)) == nbytes  # 1-, 2- (+256), 4-byte fields
+    assert blosc_content_size(numcodecs.Blosc().encode(data)) == nbytes
+    assert zstd_content_size(b"not a zstd frame") is None
 
 
 def _store(tmp_path: Path, **kw: Any) -> Path:
