@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 # OpenMP threads that spin while waiting make torch many times slower on a CPU shared with other
@@ -10,7 +9,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path  # noqa: E402
-from types import ModuleType  # noqa: E402
 
 import numpy as np
 import pandas as pd
@@ -18,15 +16,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
-
-
-def gridded_make() -> ModuleType:
-    """``tests/data/gridded/make.py``, the writer of tiny seeded gridded stores, as a module."""
-    spec = importlib.util.spec_from_file_location("gridded_make", Path(__file__).parent / "data/gridded/make.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make_series_csv(path: Path, n: int = 1200, seed: int = 0, channels: int = 2, exog: bool = True) -> Path:

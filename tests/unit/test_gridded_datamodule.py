@@ -19,10 +19,9 @@ from sciadapt.datamodules import gridded as gm
 from sciadapt.datamodules.gridded import GriddedDataModule, build_gridded, prepare_store, shard_indices
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES
-from tests.conftest import gridded_make
+from tests.data.gridded import make
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "gridded"
-make = gridded_make()
 
 
 @pytest.fixture(autouse=True)

@@ -17,9 +17,7 @@ from zarr.codecs import BloscCodec, GzipCodec, TransposeCodec, ZstdCodec
 from sciadapt.datamodules.gridded import GriddedDataModule
 from sciadapt.datamodules.zarr_chunks import blosc_content_size, chunk_decoder, decode_all, zstd_content_size
 from sciadapt.errors import DataError
-from tests.conftest import gridded_make
-
-make = gridded_make()
+from tests.data.gridded import make
 
 
 @pytest.fixture(autouse=True)
