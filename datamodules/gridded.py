@@ -551,8 +551,9 @@ class StoreReader:
         self._handle: dict[str, Any] | None = None
         self._dataset: xr.Dataset | None = None
         self._pid = -1
-        # name -> ChunkDecoder for zarr arrays whose chunks decode straight into our buffers
-        self._direct: dict[str, ChunkDecoder] = {}
+        # name -> (decoder, level positions or None for all in order) for zarr arrays whose
+        # chunks decode straight into our buffers
+        self._direct: dict[str, tuple[ChunkDecoder, list[int] | None]] = {}
         self._threads = 1  # decoding threads of this process
 
     def __getstate__(self) -> dict[str, Any]:
@@ -582,7 +583,8 @@ class StoreReader:
             for p in self.plans:
                 decoder = chunk_decoder(handle[p.name]) if self._whole_steps(p) else None
                 if decoder is not None:
-                    self._direct[p.name] = decoder
+                    every = p.level_index is None or p.level_index == list(range(handle[p.name].shape[1]))
+                    self._direct[p.name] = (decoder, None if every else p.level_index)
             self._threads = int(zarr.config.get("threading.max_workers") or os.cpu_count() or 1)
         else:
             ds = open_xarray(info.path, info.kind, info.engine, chunks=None)
@@ -656,6 +658,21 @@ class StoreReader:
                 return block
             out[...] = block
             return out
+        plain = self.info.decode.get(plan.name) == (None, None, None)
+        direct = self._direct.get(plan.name)
+        if out is not None and plain and direct is not None:
+            # whole chunks, one per time step, decoded straight into place (see zarr_chunks);
+            # ``pick``: a subset or another order of the levels, copied from a scratch chunk
+            decoder, pick = direct
+            ts = range(start, stop, step)
+            steps = [out[k] if plan.level_index is not None else out[k, 0] for k in range(len(ts))]
+            tail = (0,) * (src.ndim - 1)
+            jobs = [((t, *tail), o) for t, o in zip(ts, steps, strict=True)]
+            for (t, _), o, ok in zip(jobs, steps, decode_all(decoder, jobs, self._threads, pick), strict=True):
+                if not ok:  # no chunk file (zarr's fill value) or a frame without its size
+                    block = np.asarray(src[t])
+                    o[...] = block if pick is None else block[pick]
+            return out
         sel: list[Any] = []
         reverse = False
         for d in plan.dims:
@@ -672,22 +689,6 @@ class StoreReader:
         order = [kept.index(d) for d in (info.time_dim, info.level_dim, info.lat_dim, info.lon_dim) if d in kept]
         # slices and integers take zarr's basic selection, much faster than an orthogonal one
         basic = all(isinstance(v, slice | int) for v in sel)
-        plain = self.info.decode.get(plan.name) == (None, None, None)
-        direct = self._direct.get(plan.name)
-        if out is not None and plain and direct is not None:
-            # whole chunks, one per time step, decoded straight into place (see zarr_chunks)
-            ts = range(start, stop, step)
-            steps = [out[k] if plan.level_index is not None else out[k, 0] for k in range(len(ts))]
-            pick = None
-            if plan.level_index is not None and plan.level_index != list(range(src.shape[1])):
-                pick = plan.level_index  # a subset or another order of the levels
-            tail = (0,) * (src.ndim - 1)
-            jobs = [((t, *tail), o) for t, o in zip(ts, steps, strict=True)]
-            for (t, _), o, ok in zip(jobs, steps, decode_all(direct, jobs, self._threads, pick), strict=True):
-                if not ok:  # no chunk file (zarr's fill value) or a frame without its size
-                    block = np.asarray(src[t])
-                    o[...] = block if pick is None else block[pick]
-            return out
         if out is not None and basic and src.dtype == np.float32 and plain:
             # Decode straight into the caller's buffer: ``out`` viewed in the store's axis order.
             target = out[:, 0] if plan.level_index is None else (out[:, ::-1] if reverse else out)
