@@ -62,6 +62,10 @@ def _codec(name: str) -> Any:
 class ChunkDecoder:
     """Decodes whole chunks of one local zarr array into caller buffers (see the module docstring).
 
+    Built in the process that reads: ``StoreReader`` builds its decoders again in every process
+    (a forked or spawned DataLoader worker) and never pickles them, so this holds per-process
+    state (codec, per-thread scratch) freely.
+
     Args:
         directory: The array's folder.
         encode_key: Chunk coordinates -> the chunk's key (file path relative to ``directory``).
@@ -82,18 +86,8 @@ class ChunkDecoder:
         self.chunk_shape = tuple(chunk_shape)
         self.nbytes = int(np.prod(chunk_shape)) * 4
         self._codec = _codec(compression) if compression else None
-        self._declared = zstd_content_size if compression == "zstd" else blosc_content_size
+        self._declared = {"zstd": zstd_content_size, "blosc": blosc_content_size}.get(compression or "")
         self._local = threading.local()  # per-thread scratch chunk
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_codec"], state["_local"] = None, None  # rebuilt in each process
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._codec = _codec(self.compression) if self.compression else None
-        self._local = threading.local()
 
     def read_into(self, coords: tuple[int, ...], out: np.ndarray, pick: list[int] | None = None) -> bool:
         """Decode chunk ``coords`` into ``out``: float32, the chunk's shape without its time axis.
@@ -108,7 +102,8 @@ class ChunkDecoder:
 
         Raises:
             ValueError: If the chunk's frame declares a size other than the chunk's (a chunk of
-                another array or shape), or decompression fails (a corrupt or truncated chunk).
+                another array or shape).
+            RuntimeError: numcodecs' error when decompression fails (a corrupt or truncated chunk).
         """
         path = os.path.join(self.directory, self.encode_key(coords))
         try:
@@ -116,7 +111,7 @@ class ChunkDecoder:
                 data = fh.read()
         except FileNotFoundError:
             return False
-        if self._codec is None:
+        if self._declared is None:  # uncompressed: the file is the chunk
             if len(data) != self.nbytes:
                 raise ValueError(f"chunk {path} holds {len(data)} bytes, not the {self.nbytes} of its shape")
         else:
