@@ -61,7 +61,7 @@ from sciadapt.datamodules.zarr_chunks import ChunkDecoder, chunk_decoder, decode
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES, suggest
 from sciadapt.runs import read_json, write_json
-from sciadapt.sampling import ShardedEpochSampler, apply_resume, shard_indices  # noqa: F401 (re-exported)
+from sciadapt.datamodules.sampling import ShardedEpochSampler, apply_resume, shard_indices  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 

@@ -70,7 +70,7 @@ from torch.utils.data import DataLoader, Dataset
 from sciadapt.datamodules.timeseries import resolve_path
 from sciadapt.errors import ConfigError, DataError
 from sciadapt.registry import DATAMODULES, suggest
-from sciadapt.sampling import EpochShuffleSampler, apply_resume
+from sciadapt.datamodules.sampling import EpochShuffleSampler, apply_resume
 
 TASKS = ("segmentation", "regression")
 SAMPLERS = ("random", "grid")

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES, suggest
-from sciadapt.sampling import EpochShuffleSampler, apply_resume
+from sciadapt.datamodules.sampling import EpochShuffleSampler, apply_resume
 
 LAYOUTS = ("wide", "long")
 SPLITS = ("ett_hourly", "ett_minutely", "ratio", "rows")

@@ -13,7 +13,7 @@ preemption or ``scancel``. The stage runner then
 
 ``sciadapt fit --resume <run>`` (what a requeued job runs) continues at that step: the train
 sampler skips the samples this rank had already seen in the epoch
-(:meth:`sciadapt.sampling.ShardedEpochSampler.resume_at`) and the RNG states are restored before
+(:meth:`sciadapt.datamodules.sampling.ShardedEpochSampler.resume_at`) and the RNG states are restored before
 the next batch, so the finished run equals an uninterrupted one.
 """
 
@@ -141,7 +141,7 @@ class PreemptionCheckpoint(Callback):
         if dm is None or not hasattr(dm, "train_resume"):
             raise CheckpointError(
                 f"{self.path} was written mid-epoch, but {type(dm).__name__} cannot skip the batches already "
-                "trained on. Fix: build its train sampler with sciadapt.sampling.apply_resume (see "
+                "trained on. Fix: build its train sampler with sciadapt.datamodules.sampling.apply_resume (see "
                 "datamodules/timeseries.py), or delete that checkpoint to restart the stage from its beginning"
             )
         dm.train_resume = (self._pending["epoch"], self._pending["batches"])

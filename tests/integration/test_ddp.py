@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch.utils.data import DistributedSampler
 
-from sciadapt.sampling import EpochShuffleSampler, ShardedEpochSampler
+from sciadapt.datamodules.sampling import EpochShuffleSampler, ShardedEpochSampler
 from tests.conftest import tiny_pipeline
 
 # DDP re-launches the command for rank 1, so the run must go through the real CLI in a subprocess

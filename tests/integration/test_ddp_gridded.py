@@ -130,7 +130,7 @@ from tests.data.gridded.make import make_dataset, write_zarr  # noqa: E402
 
 
 def _sampling() -> tuple[Any, Any]:
-    # they live in sciadapt.sampling now; the gridded datamodule keeps re-exporting them
+    # they live in sciadapt.datamodules.sampling now; the gridded datamodule keeps re-exporting them
     from sciadapt.datamodules.gridded import ShardedEpochSampler, shard_indices
 
     return ShardedEpochSampler, shard_indices

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sciadapt.errors import EXIT_PREEMPTED
-from sciadapt.sampling import ShardedEpochSampler, apply_resume
+from sciadapt.datamodules.sampling import ShardedEpochSampler, apply_resume
 from tests.conftest import REPO, make_series_csv, tiny_pipeline
 
 # stage 2 ("probe", unfrozen) runs 6 epochs of ~250 batches, with dropout so that the RNG state
