@@ -129,12 +129,20 @@ def resolve_file(source: str | os.PathLike[str], default_names: Sequence[str] = 
     return path
 
 
-def read_state_dict(path: Path, prefix: str | None = None) -> dict[str, Tensor]:
+def read_state_dict(path: Path, prefix: str | None = None, unwrap: bool = True) -> dict[str, Tensor]:
     """A flat ``name -> tensor`` mapping from a safetensors or torch file, never executing code.
 
-    A Lightning checkpoint (``{"state_dict": ...}``) is unwrapped. With ``prefix``, only entries under
-    it are kept, with the prefix removed.
+    Args:
+        path: A ``.safetensors`` file or a torch file (``.pt``, ``.pth``, ``.bin``, ``.ckpt``).
+        prefix: Keep only the entries under this prefix, with the prefix removed.
+        unwrap: Unwrap a Lightning checkpoint (``{"state_dict": ...}``) or a ``{"model": ...}``
+            wrapper; without it the file must hold the flat mapping itself.
+
+    Raises:
+        CheckpointError: The file is missing, of an unsupported format, unreadable, or not a state dict.
     """
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} not found (expected a local file)")
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":
@@ -145,15 +153,15 @@ def read_state_dict(path: Path, prefix: str | None = None) -> dict[str, Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         else:
             raise CheckpointError(
-                f"unsupported weight file {path}: use .safetensors or one of {', '.join(_TORCH_SUFFIXES)}"
+                f"unsupported checkpoint format {path}: use .safetensors or one of {', '.join(_TORCH_SUFFIXES)}"
             )
     except CheckpointError:
         raise
     except Exception as err:  # truncated, foreign or pickled-code files
-        raise CheckpointError(f"cannot read weights {path}: {err}. Is the file complete and a state dict?") from None
-    if isinstance(obj, Mapping) and "state_dict" in obj:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}. Is the file complete and a state dict?") from None
+    if unwrap and isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
-    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+    if unwrap and isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         obj = obj["model"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
@@ -164,7 +172,16 @@ def read_state_dict(path: Path, prefix: str | None = None) -> dict[str, Tensor]:
 
 
 def describe_mismatch(own: Mapping[str, Tensor], state: Mapping[str, Tensor], n: int = 8) -> list[str]:
-    """Missing, unexpected and mis-shaped keys between a model's and a file's state dicts."""
+    """Missing, unexpected and mis-shaped keys between a model's and a file's state dicts.
+
+    Args:
+        own: The model's ``state_dict()``.
+        state: What the file holds.
+        n: Keys named per kind before the rest is counted.
+
+    Returns:
+        One message per kind of problem (empty when ``state`` loads strictly).
+    """
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shaped = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
@@ -172,7 +189,7 @@ def describe_mismatch(own: Mapping[str, Tensor], state: Mapping[str, Tensor], n:
     def preview(keys: list[str]) -> str:
         return ", ".join(keys[:n]) + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
-    problems = []
+    problems: list[str] = []
     if missing:
         problems.append(f"{len(missing)} keys missing from the file: {preview(missing)}")
     if unexpected:
