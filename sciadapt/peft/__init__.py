@@ -1,3 +1,4 @@
-"""Parameter-efficient fine-tuning: the core plus one file per method."""
+"""Parameter-efficient fine-tuning: the core, adapter I/O, and one file per method."""
 
-from sciadapt.peft import adapters, bitfit, ia3, lora, norm_tuning, ssf, vpt  # noqa: F401
+# the first import (adapters) loads core, whose last line loads io: core is complete by then
+from sciadapt.peft import adapters, bitfit, core, ia3, io, lora, norm_tuning, ssf, vpt  # noqa: F401

@@ -19,19 +19,23 @@ guard against a glob that matches a module *and* its children (``*`` matches dot
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import torch
 from torch import nn
 
 from sciadapt.errors import ConfigError, ShapeError
-from sciadapt.peft.core import PeftLayer, register_wrapper
+from sciadapt.peft.core import MethodBase, PeftLayer, register_wrapper
 from sciadapt.registry import PEFT_METHODS
+from sciadapt.spec import Ge
 
+Activation = Literal["gelu", "relu", "silu", "tanh"]
 ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh}
+assert tuple(ACTIVATIONS) == get_args(Activation)  # the schema's choices are the modules built here
 # attributes a block/MLP commonly declares its token width under (timm, HF, torch)
 WIDTH_ATTRS = ("dim", "embed_dim", "hidden_size", "d_model")
-KINDS = ("houlsby", "adaptformer")
+BottleneckKind = Literal["houlsby", "adaptformer"]
+KINDS: tuple[str, ...] = get_args(BottleneckKind)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,25 +234,19 @@ class BottleneckLayer(PeftLayer):
 # the method
 
 
-class Bottleneck:
+class Bottleneck(MethodBase):
     """The Houlsby / AdaptFormer method object (see :func:`build_houlsby`, :func:`build_adaptformer`)."""
 
     family = "bottleneck"  # BottleneckLayer is registered for any nn.Module
-    # only the outermost module a pattern matches is meant (read by the core when it supports it)
+    # only the outermost module a pattern matches is meant: the core keeps `blocks.0`, not its children
     whole_modules = True
 
-    def __init__(self, name: str, bottleneck: int, activation: str, dropout: float, scale: float) -> None:
-        if name not in KINDS:
-            raise ValueError(f"unknown bottleneck adapter kind {name!r}")
-        problems = []
-        if bottleneck < 1:
-            problems.append(f"peft.bottleneck must be >= 1, got {bottleneck}")
-        if activation not in ACTIVATIONS:
-            problems.append(f"peft.activation: {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+    def __init__(
+        self, name: BottleneckKind, bottleneck: int, activation: Activation, dropout: float, scale: float
+    ) -> None:
+        # spec.py has no strict upper bound (`Lt`) for the signature, so [0, 1) is checked here
         if not 0.0 <= dropout < 1.0:
-            problems.append(f"peft.dropout must be in [0, 1), got {dropout}")
-        if problems:
-            raise ConfigError(problems)
+            raise ConfigError(f"peft.dropout must be in [0, 1), got {dropout}")
         self.name, self.bottleneck, self.activation, self.dropout, self.scale = (
             name,
             bottleneck,
@@ -273,7 +271,9 @@ class Bottleneck:
 
 
 @PEFT_METHODS.register("houlsby")
-def build_houlsby(bottleneck: int = 64, activation: str = "gelu", dropout: float = 0.0) -> Bottleneck:
+def build_houlsby(
+    bottleneck: Annotated[int, Ge(1)] = 64, activation: Activation = "gelu", dropout: float = 0.0
+) -> Bottleneck:
     """Houlsby adapter (sequential): ``y = h + up(act(down(h)))`` with ``h = module(x)``.
 
     Target modules whose output's last axis is the token width ``D`` (a Linear, an MLP, a
@@ -289,7 +289,7 @@ def build_houlsby(bottleneck: int = 64, activation: str = "gelu", dropout: float
 
 @PEFT_METHODS.register("adaptformer")
 def build_adaptformer(
-    bottleneck: int = 64, scale: float = 0.1, activation: str = "relu", dropout: float = 0.0
+    bottleneck: Annotated[int, Ge(1)] = 64, scale: float = 0.1, activation: Activation = "relu", dropout: float = 0.0
 ) -> Bottleneck:
     """AdaptFormer (parallel, scaled): ``y = module(x) + scale * up(act(down(x)))``.
 
@@ -307,7 +307,9 @@ def build_adaptformer(
 
 __all__ = [
     "ACTIVATIONS",
+    "Activation",
     "Bottleneck",
+    "BottleneckKind",
     "BottleneckLayer",
     "build_adaptformer",
     "build_houlsby",

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sciadapt.peft.core import PeftLayer, register_wrapper
+from sciadapt.peft.core import MethodBase, PeftLayer, register_wrapper
 from sciadapt.peft.ssf import CONVS, ChannelAffineLayer, new_vector
 from sciadapt.registry import PEFT_METHODS
 
@@ -68,7 +68,7 @@ class DiffFitLayer(ChannelAffineLayer):
         return gamma, gamma * self.difffit_bias[name]
 
 
-class BitFit:
+class BitFit(MethodBase):
     """The BitFit method object (see :func:`build_bitfit`)."""
 
     family = "bitfit"  # wraps the layers BitFitLayer is registered for
@@ -83,7 +83,7 @@ class BitFit:
         layer.add_bitfit(adapter)
 
 
-class DiffFit:
+class DiffFit(MethodBase):
     """The DiffFit method object (see :func:`build_difffit`)."""
 
     family = "difffit"  # wraps the layers DiffFitLayer is registered for

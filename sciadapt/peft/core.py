@@ -1,4 +1,4 @@
-"""The PEFT core: targeting, the wrapper registry, merge/unmerge, named adapters, save/load, fingerprints.
+"""The PEFT core: targeting, the wrapper registry, attach, merge/unmerge, activation, trainability.
 
 Every method is a wrapper around one base module (``PeftLayer``) that keeps the original module
 as ``base_layer`` and each adapter's tensors under a ``ModuleDict``/``ParameterDict`` keyed by
@@ -6,10 +6,15 @@ the adapter name — the layout Hugging Face PEFT uses, so for LoRA and DoRA the
 are PEFT's and an adapter directory is loadable by ``peft``. A second adapter of the same method
 on a layer is added to the same wrapper; a different method wraps the wrapper.
 
-A method is an object with ``name``, ``family`` (the wrapper family it shares, e.g. LoRA and
-DoRA are both ``lora``), ``add(layer, adapter, module_name, slices)`` and ``config()``;
-:data:`sciadapt.registry.PEFT_METHODS` maps names to builders whose signatures are the config
-schema.
+A method is a :class:`PeftMethod`: ``name``, ``family`` (the wrapper family it shares, e.g.
+LoRA and DoRA are both ``lora``), ``add(layer, adapter, module_name, slices)``, ``config()`` and
+the hooks :class:`MethodBase` gives every built-in method a default for (``whole_modules``,
+``check_targets``, ``hf_config``, ``init_from_data``). :data:`sciadapt.registry.PEFT_METHODS`
+maps names to builders (or method classes) whose signatures are the config schema.
+
+Saving and loading adapters (the Hugging Face PEFT file layout, fingerprints of the base) live
+in :mod:`sciadapt.peft.io`; ``save_adapter``, ``load_adapter``, ``adapter_state_dict`` and
+``fingerprint`` are re-exported here.
 
 Which layers a method can adapt, and with which wrapper, is the wrapper registry: one entry per
 (family, layer type). :func:`wrapper_for` finds the entry for a module by walking its type's
@@ -36,19 +41,16 @@ the types the method's family has wrappers for.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
-import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import nn
 
-from sciadapt.errors import CheckpointError, ConfigError
-from sciadapt.registry import PEFT_METHODS, suggest
+from sciadapt.errors import ConfigError
+from sciadapt.registry import suggest
 
 HF_PREFIX = "base_model.model."
 SLICE_RE = re.compile(r"^(?P<path>[^\[\]]+)\[(?P<slices>[a-z,\s]+)\]$")
@@ -56,12 +58,55 @@ QKV = ("q", "k", "v")
 
 
 class PeftMethod(Protocol):
+    """What :func:`attach`, the stage runner and :mod:`sciadapt.peft.io` need of a method object."""
+
     name: str
     family: str  # the wrapper family (registry key); methods sharing one share a wrapper class
+    # a pattern means only the outermost modules it matches (for methods wrapping whole blocks)
+    whole_modules: bool
 
     def add(self, layer: PeftLayer, adapter: str, module_name: str, slices: tuple[str, ...] | None) -> None: ...
 
     def config(self) -> dict[str, Any]: ...
+
+    def check_targets(self, model: nn.Module, found: list[Target], adapter: str) -> None: ...
+
+    def hf_config(self, targets: list[str]) -> dict[str, Any] | None: ...
+
+    def init_from_data(self, model: nn.Module, adapter: str, batches: Iterable[Mapping[str, Any]]) -> None: ...
+
+
+class MethodBase:
+    """Defaults of the optional :class:`PeftMethod` hooks; every built-in method inherits them."""
+
+    whole_modules = False
+
+    def check_targets(self, model: nn.Module, found: list[Target], adapter: str) -> None:
+        """Refuse a target set before any module is wrapped (the default accepts every set).
+
+        Args:
+            model: the model being adapted.
+            found: the targets :func:`find_targets` selected.
+            adapter: the adapter name.
+        """
+
+    def hf_config(self, targets: list[str]) -> dict[str, Any] | None:
+        """Hugging Face PEFT's ``adapter_config.json`` for this adapter, or None where PEFT lacks the method.
+
+        Args:
+            targets: the adapted module names.
+        """
+        return None
+
+    def init_from_data(self, model: nn.Module, adapter: str, batches: Iterable[Mapping[str, Any]]) -> None:
+        """Initialise adapter ``adapter`` from training data before the first step (default: nothing).
+
+        Args:
+            model: the adapted model (the task), called as ``model(x)``.
+            adapter: the adapter name.
+            batches: the training batches (dicts with an ``"x"`` tensor); a method takes as many
+                as it needs.
+        """
 
 
 class PeftLayer(nn.Module):
@@ -199,7 +244,7 @@ def register_wrapper(
 def method_family(method: PeftMethod | str) -> str:
     if isinstance(method, str):
         return method
-    return getattr(method, "family", method.name)
+    return method.family
 
 
 def registered_types(method: PeftMethod | str) -> tuple[type[nn.Module], ...]:
@@ -355,7 +400,7 @@ def find_targets(
                 f"Module names look like {', '.join(list(modules)[:4])}"
             )
             continue
-        if getattr(method, "whole_modules", False):
+        if method.whole_modules:
             # `blocks.*` means the blocks, not every module inside them (fnmatch's * crosses dots)
             names = [n for n in names if not any(n.startswith(m + ".") for m in names)]
         usable = [n for n in names if isinstance(base_of(modules[n]), allowed)]
@@ -428,8 +473,7 @@ def attach(
     Everything is checked before the model is touched, so a bad target leaves it unchanged.
     """
     found = find_targets(model, method, targets, layer_types, where=f"{where}.targets", predicate=predicate)
-    if hasattr(method, "check_targets"):
-        method.check_targets(model, found, adapter)
+    method.check_targets(model, found, adapter)
     family = method_family(method)
     for t in found:
         if isinstance(t.module, PeftLayer) and adapter in t.module.adapters:
@@ -472,9 +516,9 @@ def attach(
 
 
 def _methods(model: nn.Module) -> dict[str, Any]:
-    if not hasattr(model, "_sciadapt_adapters"):
-        object.__setattr__(model, "_sciadapt_adapters", {})
-    return model.__dict__["_sciadapt_adapters"]  # type: ignore[no-any-return]
+    """The model's adapter records, kept in its ``__dict__`` (not a submodule, buffer or parameter)."""
+    records: dict[str, Any] = model.__dict__.setdefault("_sciadapt_adapters", {})
+    return records
 
 
 def peft_layers(model: nn.Module) -> dict[str, PeftLayer]:
@@ -579,222 +623,6 @@ def trainable_report(model: nn.Module) -> dict[str, Any]:
     return {"trainable": train, "total": total, "percent": 100.0 * train / max(total, 1)}
 
 
-# ---------------------------------------------------------------------------------------------
-# fingerprints, save and load
-
-
-def fingerprint(model: nn.Module, targets: list[str]) -> dict[str, Any]:
-    """Names, shapes and a checksum of the targeted base weights an adapter was trained on."""
-    tensors: dict[str, list[int]] = {}
-    digest = hashlib.sha256()
-    for name in sorted(targets):
-        for pname, p in _base_params(logical_modules(model)[name]):
-            key = f"{name}.{pname}"
-            tensors[key] = list(p.shape)
-            digest.update(key.encode())
-            digest.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return {"tensors": tensors, "sha256": digest.hexdigest()}
-
-
-def _base_params(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """The base tensors under a (possibly wrapped) module, named without ``.base_layer``,
-    excluding every adapter's own tensors — what an adapter's fingerprint covers."""
-    adapter_owned: set[int] = set()
-    for m in module.modules():
-        if isinstance(m, PeftLayer):
-            for pname, p in m.named_parameters():
-                if not pname.startswith("base_layer."):
-                    adapter_owned.add(id(p))
-    out = []
-    for pname, p in module.named_parameters():
-        if id(p) not in adapter_owned:
-            out.append((pname.replace("base_layer.", ""), p))
-    return sorted(out, key=lambda kv: kv[0])
-
-
-def _summaries(model: nn.Module, targets: list[str]) -> dict[str, list[float]]:
-    """Per-tensor summaries (mean, std, max |w|, 16 strided values) for a tolerant comparison.
-
-    A merge/unmerge round trip changes the last bits of the base weights; the exact checksum
-    then differs although the base is the same, so values are compared with a tolerance.
-    """
-    out = {}
-    for name in sorted(targets):
-        for pname, p in _base_params(logical_modules(model)[name]):
-            w = p.detach().to("cpu", torch.float64).flatten()
-            idx = torch.linspace(0, w.numel() - 1, min(16, w.numel())).long()
-            stats = [w.mean().item(), w.std().item() if w.numel() > 1 else 0.0, w.abs().max().item()]
-            out[f"{name}.{pname}"] = stats + w[idx].tolist()
-    return out
-
-
-def _same(a: list[float], b: list[float], tol: float = 1e-4) -> bool:
-    return len(a) == len(b) and all(abs(x - y) <= tol * (1 + abs(y)) for x, y in zip(a, b, strict=True))
-
-
-def _hf_key(model_key: str, adapter: str) -> str:
-    """``fc1.lora_A.default.weight`` -> ``base_model.model.fc1.lora_A.weight`` (PEFT's on-disk key)."""
-    parts = model_key.split(".")
-    idx = len(parts) - 1 - parts[::-1].index(adapter)
-    del parts[idx]
-    key = ".".join(parts)
-    if key.endswith("lora_magnitude_vector.weight"):
-        key = key[: -len(".weight")]  # PEFT stores the DoRA magnitude without ".weight"
-    return HF_PREFIX + key
-
-
-def adapter_state_dict(model: nn.Module, adapter: str) -> dict[str, torch.Tensor]:
-    """One adapter's tensors under PEFT's on-disk keys, plus BatchNorm statistics if they train."""
-    params = dict(model.named_parameters())
-    sd = {_hf_key(n, adapter): params[n].detach().cpu().contiguous() for n in adapter_param_names(model, adapter)}
-    # BatchNorm layers that train, or that an adapter of this name wraps, keep running statistics
-    # the adapter depends on
-    wrapped_bn = {
-        f"{n}.base_layer"
-        for n, m in peft_layers(model).items()
-        if adapter in m.adapters and isinstance(m.base_layer, nn.modules.batchnorm._BatchNorm)
-    }
-    for mname, mod in model.named_modules():
-        if not isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            continue
-        if mname in wrapped_bn:
-            for bname, buf in mod.named_buffers(recurse=False):
-                if buf is not None:
-                    sd[f"{HF_PREFIX}{mname}.{bname}"] = buf.detach().cpu().contiguous()
-            continue
-        if mod.weight is not None and mod.weight.requires_grad:
-            for bname, buf in mod.named_buffers(recurse=False):
-                if buf is not None:
-                    sd[f"{HF_PREFIX}{mname}.{bname}"] = buf.detach().cpu().contiguous()
-            for pname, p in mod.named_parameters(recurse=False):
-                sd[f"{HF_PREFIX}{mname}.{pname}"] = p.detach().cpu().contiguous()
-    return sd
-
-
-def save_adapter(model: nn.Module, directory: str | Path, adapter: str = "default") -> Path:
-    """``adapter_config.json`` + ``adapter_model.safetensors``, written atomically."""
-    from safetensors.torch import save
-
-    from sciadapt.runs import atomic_write_bytes, atomic_write_text
-
-    info = _methods(model).get(adapter)
-    if info is None:
-        raise ConfigError(f"no adapter named {adapter!r} to save.{suggest(adapter, list(_methods(model)))}")
-    if any(adapter in layer.merged for layer in peft_layers(model).values()):
-        # the fingerprint would describe the merged weights, not the base the adapter belongs on
-        raise ConfigError(f"adapter {adapter!r} is merged; unmerge(model, {adapter!r}) before saving it")
-    method = PEFT_METHODS.build(info["method"], **info["config"])
-    slices = info.get("slices")
-    # PEFT has no per-slice targets: a sliced adapter is sciadapt-only (peft_type null below)
-    hf = method.hf_config(info["targets"]) if hasattr(method, "hf_config") and not slices else None
-    ours = {
-        "method": info["method"],
-        "config": info["config"],
-        "targets": info["targets"],
-        "fingerprint": fingerprint(model, info["targets"]),
-        "summaries": _summaries(model, info["targets"]),
-    }
-    if slices:
-        ours["slices"] = slices
-    # PEFT's own adapter_config.json where PEFT has the method (so `peft` loads it without
-    # warnings); sciadapt's description rides in the safetensors header, which PEFT ignores.
-    cfg = hf if hf is not None else {"peft_type": None, "sciadapt_method": info["method"], **info["config"]}
-    if slices:
-        cfg["sciadapt_slices"] = slices
-    d = Path(directory)
-    blob = save(adapter_state_dict(model, adapter), metadata={"sciadapt": json.dumps(ours)})
-    atomic_write_bytes(d / "adapter_model.safetensors", blob)
-    atomic_write_text(d / "adapter_config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    return d
-
-
-def _read_meta(path: Path) -> dict[str, Any] | None:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as e:
-        raise CheckpointError(f"cannot read {path}: {e}. Is the file complete?") from None
-    return json.loads(meta["sciadapt"]) if "sciadapt" in meta else None
-
-
-def load_adapter(
-    model: nn.Module, directory: str | Path, adapter: str = "default", check_base: bool = True
-) -> list[str]:
-    """Attach and fill an adapter saved by sciadapt or by Hugging Face PEFT (LoRA / DoRA)."""
-    from safetensors.torch import load_file
-
-    d = Path(directory)
-    cfg_path, weights_path = d / "adapter_config.json", d / "adapter_model.safetensors"
-    if not cfg_path.is_file() or not weights_path.is_file():
-        raise CheckpointError(
-            f"{d} is not an adapter directory (needs adapter_config.json + adapter_model.safetensors)"
-        )
-    cfg = json.loads(cfg_path.read_text())
-    ours = _read_meta(weights_path)
-    patterns: list[str]
-    if ours:
-        method = PEFT_METHODS.build(ours["method"], **ours["config"])
-        targets = ours["targets"]
-        slices = ours.get("slices", {})
-        patterns = [f"{t}[{','.join(slices[t])}]" if t in slices else t for t in targets]
-    else:
-        from sciadapt.peft.lora import from_hf_config
-
-        method, targets = from_hf_config(cfg, model)
-        patterns = targets
-    if check_base and ours and "fingerprint" in ours:
-        _check_fingerprint(model, targets, ours, d)
-    attach(model, method, adapter, targets=patterns, where=f"adapter {d}")
-    state = load_file(str(weights_path))
-    params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
-    own = {_hf_key(n, adapter): n for n in adapter_param_names(model, adapter)}
-    missing = [k for k in own if k not in state]
-    extra = [
-        k
-        for k in state
-        if k not in own and k.removeprefix(HF_PREFIX) not in params and k.removeprefix(HF_PREFIX) not in buffers
-    ]
-    if missing or extra:
-        raise CheckpointError(
-            f"adapter {d} does not fit this model: missing {missing[:4]}{' ...' if len(missing) > 4 else ''}, "
-            f"unexpected {extra[:4]}{' ...' if len(extra) > 4 else ''}. Was it trained on another backbone?"
-        )
-    with torch.no_grad():
-        for key, tensor in state.items():
-            name = own.get(key) or key.removeprefix(HF_PREFIX)
-            target: torch.Tensor | None = params.get(name)
-            if target is None:
-                target = buffers[name]
-            if tuple(target.shape) != tuple(tensor.shape):
-                raise CheckpointError(
-                    f"adapter {d}: {key} has shape {tuple(tensor.shape)} but the model expects {tuple(target.shape)}"
-                )
-            target.copy_(tensor)
-    return targets
-
-
-def _check_fingerprint(model: nn.Module, targets: list[str], ours: dict[str, Any], d: Path) -> None:
-    try:
-        now = fingerprint(model, targets)
-    except KeyError as e:
-        raise CheckpointError(f"adapter {d} targets modules this model does not have: {e}") from None
-    want = ours["fingerprint"]
-    if now["sha256"] == want["sha256"]:
-        return
-    shapes = [
-        f"{k}: saved {tuple(v)} vs model {tuple(now['tensors'].get(k, []))}"
-        for k, v in want["tensors"].items()
-        if now["tensors"].get(k) != v
-    ]
-    summ = _summaries(model, targets)
-    values = [k for k, v in ours.get("summaries", {}).items() if k in summ and not _same(summ[k], v)]
-    if not shapes and not values:
-        return  # the same base up to rounding (e.g. after a merge/unmerge round trip)
-    detail = "; ".join(shapes[:4]) if shapes else f"different values in {', '.join(values[:6])}"
-    raise CheckpointError(
-        f"adapter {d} was trained on a different base model ({detail}). Load the base weights it was "
-        "trained on first, or pass check_base=False if you really mean to transfer it"
-    )
+# io imports this module, so the re-export sits below everything io needs from here; the
+# package __init__ imports core before io, so this import always finds core complete
+from sciadapt.peft.io import adapter_state_dict, fingerprint, load_adapter, save_adapter  # noqa: E402, F401

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from sciadapt.errors import ConfigError
-from sciadapt.peft.core import PeftLayer, Target, register_wrapper
+from sciadapt.peft.core import MethodBase, PeftLayer, Target, register_wrapper
 from sciadapt.peft.ssf import CONVS, ChannelAffineLayer, new_vector
 from sciadapt.registry import PEFT_METHODS
 
@@ -69,7 +69,7 @@ def _matches(name: str, patterns: list[str]) -> bool:
     return False
 
 
-class IA3:
+class IA3(MethodBase):
     """The (IA)^3 method object (see :func:`build_ia3`)."""
 
     family = "ia3"  # wraps the layers IA3Layer is registered for

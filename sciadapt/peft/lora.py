@@ -20,19 +20,32 @@ backward pass. On qkv slices the same terms are formed per slice, from that slic
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any
+import re
+from collections.abc import Callable, Iterable, Mapping
+from itertools import islice
+from typing import Annotated, Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from sciadapt.errors import ConfigError
-from sciadapt.peft.core import HF_PREFIX, PeftLayer, base_of, logical_modules, register_wrapper, registered_types
+from sciadapt.peft.core import (
+    HF_PREFIX,
+    MethodBase,
+    PeftLayer,
+    base_of,
+    logical_modules,
+    peft_layers,
+    register_wrapper,
+    registered_types,
+)
 from sciadapt.registry import PEFT_METHODS
+from sciadapt.spec import Ge
 
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-INITS = ("default", "gaussian", "pissa", "eva", "lora_fa")
+LoraInit = Literal["default", "gaussian", "pissa", "eva", "lora_fa"]
+INITS: tuple[str, ...] = get_args(LoraInit)
 
 
 class _Magnitude(nn.Module):
@@ -368,7 +381,7 @@ def _leaves(mod: nn.Module) -> list[Any]:
     return [m for m in mod.modules() if isinstance(m, (nn.Linear, *CONVS))]
 
 
-class LoRA:
+class LoRA(MethodBase):
     """The LoRA/DoRA method object (see :func:`build_lora`)."""
 
     family = "lora"  # LoRA and DoRA share LoraLayer, registered above for their layer types
@@ -379,15 +392,11 @@ class LoRA:
         alpha: float,
         dropout: float,
         rslora: bool,
-        init: str,
+        init: LoraInit,
         use_dora: bool,
         name: str,
         eva_batches: int = 4,
     ) -> None:
-        if r < 1:
-            raise ConfigError(f"peft.r must be >= 1, got {r}")
-        if init not in INITS:
-            raise ConfigError(f"peft.init: {init!r} is not one of {', '.join(INITS)}")
         self.r, self.alpha, self.dropout, self.rslora = r, alpha, dropout, rslora
         self.init, self.use_dora, self.name = init, use_dora, name
         self.eva_batches = eva_batches
@@ -408,6 +417,19 @@ class LoRA:
             layer.add_lora(adapter, self, slices)
         except ConfigError as e:
             raise ConfigError([f"{module_name}: {problem}" for problem in e.problems]) from None
+
+    def init_from_data(self, model: nn.Module, adapter: str, batches: Iterable[Mapping[str, Any]]) -> None:
+        """With ``init="eva"``: :func:`eva_init` on the inputs ``x`` of the first ``eva_batches``
+        training batches, the model called as ``model(x)``; other inits need no data.
+
+        Args:
+            model: the adapted model (the task).
+            adapter: the adapter name.
+            batches: the training batches (dicts with an ``"x"`` tensor); only ``eva_batches`` are drawn.
+        """
+        if self.init != "eva":
+            return
+        eva_init(model, adapter, (b["x"] for b in islice(batches, self.eva_batches)), model)
 
     def hf_config(self, targets: list[str]) -> dict[str, Any] | None:
         """PEFT's adapter_config.json fields (the subset PEFT needs to rebuild the adapter)."""
@@ -431,12 +453,12 @@ class LoRA:
 
 @PEFT_METHODS.register("lora")
 def build_lora(
-    r: int = 8,
+    r: Annotated[int, Ge(1)] = 8,
     alpha: float = 16.0,
     dropout: float = 0.0,
     rslora: bool = False,
-    init: str = "default",
-    eva_batches: int = 4,
+    init: LoraInit = "default",
+    eva_batches: Annotated[int, Ge(1)] = 4,
 ) -> LoRA:
     """LoRA: ``y = W x + (alpha / r) B A x`` (``alpha / sqrt(r)`` with ``rslora``).
 
@@ -456,12 +478,12 @@ def build_lora(
 
 @PEFT_METHODS.register("dora")
 def build_dora(
-    r: int = 8,
+    r: Annotated[int, Ge(1)] = 8,
     alpha: float = 16.0,
     dropout: float = 0.0,
     rslora: bool = False,
-    init: str = "default",
-    eva_batches: int = 4,
+    init: LoraInit = "default",
+    eva_batches: Annotated[int, Ge(1)] = 4,
 ) -> LoRA:
     """DoRA: LoRA's direction update with a learned magnitude per output unit.
 
@@ -479,7 +501,11 @@ def build_dora(
 
 
 def eva_init(
-    model: nn.Module, adapter: str, inputs: Iterable[torch.Tensor], forward: Any, max_rows: int = 16384
+    model: nn.Module,
+    adapter: str,
+    inputs: Iterable[torch.Tensor],
+    forward: Callable[[torch.Tensor], Any],
+    max_rows: int = 16384,
 ) -> int:
     """EVA (Paischer et al. 2024): set each LoRA ``A`` to the top-``r`` right singular vectors of
     the (centred) inputs the layer sees on a few batches; ``B`` stays zero, so outputs are unchanged.
@@ -487,8 +513,6 @@ def eva_init(
     Ranks stay uniform (EVA's explained-variance rank redistribution is not applied).
     Returns the number of layers initialised.
     """
-    from sciadapt.peft.core import peft_layers
-
     layers = {n: m for n, m in peft_layers(model).items() if isinstance(m, LoraLayer) and adapter in m.adapters}
     rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
 
@@ -547,8 +571,11 @@ def from_hf_config(cfg: dict[str, Any], model: nn.Module) -> tuple[LoRA, list[st
             raise ConfigError(f"PEFT adapter option {key}={cfg[key]!r} is not supported")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
         raise ConfigError("PEFT adapters with rank_pattern/alpha_pattern are not supported")
+    r = int(cfg["r"])
+    if r < 1:  # a file, not a config: its values were never checked against build_lora's signature
+        raise ConfigError(f"peft.r must be >= 1, got {r}")
     method = LoRA(
-        int(cfg["r"]),
+        r,
         float(cfg["lora_alpha"]),
         float(cfg.get("lora_dropout") or 0.0),
         bool(cfg.get("use_rslora")),
@@ -559,8 +586,6 @@ def from_hf_config(cfg: dict[str, Any], model: nn.Module) -> tuple[LoRA, list[st
     tm = cfg.get("target_modules")
     names = list(logical_modules(model))
     if isinstance(tm, str):
-        import re
-
         targets = [n for n in names if re.fullmatch(tm, n)]
     else:
         # PEFT matches a target name against the full module name or its dotted suffix
@@ -570,4 +595,14 @@ def from_hf_config(cfg: dict[str, Any], model: nn.Module) -> tuple[LoRA, list[st
     return method, targets
 
 
-__all__ = ["HF_PREFIX", "LoRA", "LoraLayer", "build_dora", "build_lora", "from_hf_config"]
+__all__ = [
+    "HF_PREFIX",
+    "INITS",
+    "LoRA",
+    "LoraInit",
+    "LoraLayer",
+    "build_dora",
+    "build_lora",
+    "eva_init",
+    "from_hf_config",
+]

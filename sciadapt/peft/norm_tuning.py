@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call
 
 from sciadapt.errors import ConfigError
-from sciadapt.peft.core import PeftLayer, register_wrapper
+from sciadapt.peft.core import MethodBase, PeftLayer, register_wrapper
 from sciadapt.peft.ssf import BATCHNORMS, innermost
 from sciadapt.registry import PEFT_METHODS
 
@@ -150,7 +150,7 @@ class NormTuningLayer(PeftLayer):
             self._origin = None
 
 
-class NormTuning:
+class NormTuning(MethodBase):
     """The LayerNorm-tuning method object (see :func:`build_layernorm`)."""
 
     family = "layernorm"  # wraps the norms NormTuningLayer is registered for

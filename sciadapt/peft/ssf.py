@@ -22,14 +22,15 @@ Merging keeps two invariants that make unmerge exact in any order:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
 from sciadapt.errors import ConfigError
-from sciadapt.peft.core import PeftLayer, register_wrapper
+from sciadapt.peft.core import MethodBase, PeftLayer, register_wrapper
 from sciadapt.registry import PEFT_METHODS
+from sciadapt.spec import Ge
 
 CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCHNORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -340,15 +341,13 @@ class SSFLayer(ChannelAffineLayer):
         return self.ssf_scale[name], self.ssf_shift[name]
 
 
-class SSF:
+class SSF(MethodBase):
     """The SSF method object (see :func:`build_ssf`)."""
 
     family = "ssf"  # wraps the layers SSFLayer is registered for
     name = "ssf"
 
     def __init__(self, init_std: float) -> None:
-        if init_std < 0:
-            raise ConfigError(f"peft.init_std must be >= 0, got {init_std}")
         self.init_std = init_std
 
     def config(self) -> dict[str, Any]:
@@ -361,7 +360,7 @@ class SSF:
 
 
 @PEFT_METHODS.register("ssf")
-def build_ssf(init_std: float = 0.0) -> SSF:
+def build_ssf(init_std: Annotated[float, Ge(0)] = 0.0) -> SSF:
     """SSF: ``y = gamma * f(x) + beta`` per output channel, mergeable into ``f``'s weight and bias.
 
     Args:

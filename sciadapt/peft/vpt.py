@@ -27,15 +27,16 @@ from __future__ import annotations
 
 import math
 import weakref
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
 from sciadapt.errors import ConfigError, ShapeError
 from sciadapt.peft.adapters import factory_kwargs, first_tensor, io_widths, note_target, unwrap
-from sciadapt.peft.core import PeftLayer, register_wrapper
+from sciadapt.peft.core import MethodBase, PeftLayer, register_wrapper
 from sciadapt.registry import PEFT_METHODS
+from sciadapt.spec import Ge
 
 
 @register_wrapper("vpt", nn.Module)
@@ -139,24 +140,18 @@ def _check_run_order(before: str, after: str) -> None:
             return
 
 
-class VPT:
+class VPT(MethodBase):
     """The visual-prompt-tuning method object (see :func:`build_vpt`)."""
 
     name = "vpt"
     family = "vpt"  # VptLayer is registered for any nn.Module
-    # only the outermost module a pattern matches is meant (read by the core when it supports it)
+    # only the outermost module a pattern matches is meant: the core keeps `blocks.0`, not its children
     whole_modules = True
 
     def __init__(self, n_prompts: int, deep: bool, dropout: float, patch_size: int | None) -> None:
-        problems = []
-        if n_prompts < 1:
-            problems.append(f"peft.n_prompts must be >= 1, got {n_prompts}")
+        # spec.py has no strict upper bound (`Lt`) for the signature, so [0, 1) is checked here
         if not 0.0 <= dropout < 1.0:
-            problems.append(f"peft.dropout must be in [0, 1), got {dropout}")
-        if patch_size is not None and patch_size < 1:
-            problems.append(f"peft.patch_size must be >= 1 or null, got {patch_size}")
-        if problems:
-            raise ConfigError(problems)
+            raise ConfigError(f"peft.dropout must be in [0, 1), got {dropout}")
         self.n_prompts, self.deep, self.dropout, self.patch_size = n_prompts, deep, dropout, patch_size
         self._seen: dict[str, list[str]] = {}
         # shallow: the block added last, which drops the prompts until a later one takes over
@@ -183,7 +178,12 @@ class VPT:
 
 
 @PEFT_METHODS.register("vpt")
-def build_vpt(n_prompts: int = 10, deep: bool = True, dropout: float = 0.0, patch_size: int | None = None) -> VPT:
+def build_vpt(
+    n_prompts: Annotated[int, Ge(1)] = 10,
+    deep: bool = True,
+    dropout: float = 0.0,
+    patch_size: Annotated[int, Ge(1)] | None = None,
+) -> VPT:
     """Visual prompt tuning: learned tokens prepended to the targeted blocks' inputs.
 
     Target the transformer blocks (``re:blocks\\.\\d+``). The caller's token count is unchanged.

@@ -163,11 +163,21 @@ def test_adaptformer_refuses_width_changing_module() -> None:
         core.attach(model, build_adaptformer(), targets=["blocks.0.mlp.0"])
 
 
+def check_peft(block: dict[str, object]) -> None:
+    """What the config layer says of a stage's ``peft:`` block (choices and bounds live in the builder signature)."""
+    from sciadapt.config import _check_peft
+
+    problems: list[str] = []
+    _check_peft(block, "peft", problems)
+    if problems:
+        raise ConfigError(problems)
+
+
 def test_bottleneck_config_errors() -> None:
     with pytest.raises(ConfigError, match="activation"):
-        build_houlsby(activation="swish")
+        check_peft({"method": "houlsby", "activation": "swish"})
     with pytest.raises(ConfigError, match="bottleneck"):
-        build_adaptformer(bottleneck=0)
+        check_peft({"method": "adaptformer", "bottleneck": 0})
     with pytest.raises(ConfigError, match="output width.*GELU"):
         core.attach(base_model(), build_houlsby(), targets=["blocks.0.mlp.1"])
 
@@ -332,6 +342,6 @@ def test_vpt_patch_size_init_and_config_errors() -> None:
         "blocks.2",
     ]
     with pytest.raises(ConfigError, match="n_prompts"):
-        build_vpt(n_prompts=0)
+        check_peft({"method": "vpt", "n_prompts": 0})
     with pytest.raises(ConfigError, match=r"blocks\.0\.mlp\.0.*16 -> 32"):
         core.attach(base_model(), build_vpt(), targets=["blocks.0.mlp.0"])
