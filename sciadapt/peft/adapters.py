@@ -212,7 +212,8 @@ class BottleneckLayer(PeftLayer):
                 f"{self.where}: {self.kind[name]} adapter {name!r} expects a last axis of {self.width}, got {tuple(z.shape)}"
             )
         a = self.adapter_dropout[name](self.adapter_act[name](self.adapter_down[name](z)))  # (..., bottleneck)
-        return self.adapter_up[name](a)  # (..., D)
+        up: torch.Tensor = self.adapter_up[name](a)  # (..., D)
+        return up
 
     def adapted_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         out = self.base_layer(x, *args, **kwargs)

@@ -302,7 +302,7 @@ def logical_modules(model: nn.Module) -> dict[str, nn.Module]:
 def real_name(model: nn.Module, logical: str) -> str:
     for n, _ in model.named_modules():
         if n.replace(".base_layer", "") == logical:
-            return n
+            return str(n)
     raise KeyError(logical)
 
 

@@ -224,7 +224,7 @@ def load_adapter(
                     f"adapter {d}: {key} has shape {tuple(tensor.shape)} but the model expects {tuple(target.shape)}"
                 )
             target.copy_(tensor)
-    return targets
+    return list(targets)
 
 
 def _check_fingerprint(model: nn.Module, targets: list[str], ours: dict[str, Any], d: Path) -> None:

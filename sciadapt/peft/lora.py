@@ -254,7 +254,8 @@ class LoraLayer(PeftLayer):
         norm = self._row_norm(name)
         mag = self.lora_magnitude_vector[name]
         if self.slices[name] is None:
-            return mag.weight.reshape(-1) / norm
+            gain: torch.Tensor = mag.weight.reshape(-1) / norm
+            return gain
         parts = []
         for sl, rows in _thirds(norm.shape[0]):
             parts.append(mag[sl].weight / norm[rows] if sl in mag else torch.ones_like(norm[rows]))
@@ -263,7 +264,8 @@ class LoraLayer(PeftLayer):
     def _lora_out(self, name: str, x: torch.Tensor) -> torch.Tensor:
         xd = self.lora_dropout[name](x)
         if self.slices[name] is None:
-            return self.lora_B[name](self.lora_A[name](xd)) * self.scaling[name]
+            whole: torch.Tensor = self.lora_B[name](self.lora_A[name](xd)) * self.scaling[name]
+            return whole
         parts = []
         d = self.base_layer.weight.shape[0] // 3
         for sl in "qkv":
@@ -297,7 +299,8 @@ class LoraLayer(PeftLayer):
                 z = base._conv_forward(x, base.weight, None)
             z = z.add_(self._lora_out(name, x))
             axis = 1 if isinstance(base, CONVS) else -1
-            return _ScaleShift.apply(z, g, base.bias, axis)  # g * (W x + s B A x) + b
+            y: torch.Tensor = _ScaleShift.apply(z, g, base.bias, axis)  # g * (W x + s B A x) + b
+            return y
         return self._general_forward(x, *args, **kwargs)
 
     def _general_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -314,7 +317,8 @@ class LoraLayer(PeftLayer):
                 out = _ScaleShift.apply(z, g, bias, axis)  # g * (W x + s B A x) + b
             else:
                 out = out + self._lora_out(name, x)
-        return out
+        y: torch.Tensor = out
+        return y
 
     def merge_adapter(self, name: str) -> None:
         self._w_norm_sq = None  # `.data` writes below keep the version counter: drop the cache

@@ -84,7 +84,8 @@ class NormTuningLayer(PeftLayer):
         """``base + sum_k (p_k - p0)`` for the adapters ``names``."""
         copies = [getattr(self.ln_tuning_layers[n], attr) for n in names]
         if len(copies) == 1 and self._origin is None:
-            return copies[0]  # exactly "use my copy": no rounding from adding and subtracting p0
+            only: torch.Tensor = copies[0]
+            return only  # exactly "use my copy": no rounding from adding and subtracting p0
         ref = self._reference(attr, base)
         out = base
         for p in copies:

@@ -201,7 +201,8 @@ class ChannelAffineLayer(PeftLayer):
                 out = out * self.on_output(scale, out)
             elif shift is not None:
                 out = out + self.on_output(shift, out)
-        return out
+        y: torch.Tensor = out
+        return y
 
     # -- merging --------------------------------------------------------------------------
     def _require_inner_merged(self, name: str) -> None:

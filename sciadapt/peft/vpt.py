@@ -92,7 +92,8 @@ class VptLayer(PeftLayer):
 
     def _prompts(self, name: str, batch: int, like: torch.Tensor) -> torch.Tensor:
         p = self.vpt_prompts[name].to(like.dtype).unsqueeze(0).expand(batch, -1, -1)  # (B, P, D)
-        return self.vpt_dropout[name](p)  # dropout after expand: a fresh mask per sample, as the paper
+        dropped: torch.Tensor = self.vpt_dropout[name](p)  # dropout after expand: a fresh mask per sample, as the paper
+        return dropped
 
     def adapted_forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         names = self.unmerged_active()
