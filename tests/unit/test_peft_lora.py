@@ -479,3 +479,22 @@ def test_dora_slices_with_a_second_adapter_merge_in_any_order() -> None:
     torch.testing.assert_close(qkv(x), out, rtol=1e-5, atol=1e-5)
     core.unmerge(model)
     torch.testing.assert_close(qkv.base_layer.weight, w0, rtol=0, atol=1e-6)
+
+
+def test_init_from_data_runs_eva_on_its_own_batches() -> None:
+    from sciadapt.peft.lora import eva_init
+
+    torch.manual_seed(0)
+    batches = [{"x": torch.randn(32, 6), "y": torch.zeros(1)} for _ in range(5)]
+    via_method, via_eva = nn.Sequential(nn.Linear(6, 6)), nn.Sequential(nn.Linear(6, 6))
+    via_eva.load_state_dict(via_method.state_dict())
+    for model in (via_method, via_eva):
+        torch.manual_seed(1)
+        core.attach(model, PEFT_METHODS.build("lora", r=2, init="eva", eva_batches=3), targets=["0"])
+    method = PEFT_METHODS.build("lora", r=2, init="eva", eva_batches=3)
+    method.init_from_data(via_method, "default", iter(batches))
+    eva_init(via_eva, "default", (b["x"] for b in batches[:3]), via_eva)
+    assert torch.equal(via_method[0].lora_A["default"].weight, via_eva[0].lora_A["default"].weight)
+    untouched = copy.deepcopy(via_method)
+    PEFT_METHODS.build("lora", r=2).init_from_data(via_method, "default", iter(batches))  # not eva: no-op
+    assert torch.equal(via_method[0].lora_A["default"].weight, untouched[0].lora_A["default"].weight)
