@@ -13,7 +13,7 @@ import rasterio
 import torch
 
 from sciadapt.datamodules import raster as rm
-from sciadapt.datamodules.raster import RasterDataModule, build_raster
+from sciadapt.datamodules.raster import RasterDataModule
 from sciadapt.errors import ConfigError, DataError
 from sciadapt.registry import DATAMODULES
 from tests.conftest import SHARED_DATA
@@ -59,12 +59,12 @@ def scene(tmp_path: Path) -> tuple[Path, Path]:
 def _dm(image: Path, mask: Path | None = None, **kw) -> RasterDataModule:
     kw.setdefault("chip_size", 32)
     kw.setdefault("split_fractions", [0.5, 0.25, 0.25])
-    return build_raster(images=str(image), masks=str(mask) if mask else None, **kw)
+    return RasterDataModule(images=str(image), masks=str(mask) if mask else None, **kw)
 
 
 def test_registered_builder_is_the_schema() -> None:
-    assert DATAMODULES.get("raster") is build_raster
-    params = inspect.signature(build_raster).parameters
+    assert DATAMODULES.get("raster") is RasterDataModule
+    params = inspect.signature(RasterDataModule).parameters
     assert not any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params.values())
     for key in ("images", "masks", "bands", "band_names", "frames", "chip_size", "sampler", "chips_per_epoch"):
         assert key in params
@@ -177,7 +177,7 @@ def test_augmentation_keeps_frames_and_mask_aligned(tmp_path: Path) -> None:
     profile.update(count=1, dtype="int16", nodata=None)
     with rasterio.open(tmp_path / "mask.tif", "w", **profile) as dst:
         dst.write(lab[None])
-    dm = build_raster(
+    dm = RasterDataModule(
         images=[str(f) for f in files],
         masks=str(tmp_path / "mask.tif"),
         frames=3,
@@ -231,7 +231,7 @@ def test_splits_do_not_share_pixels(scene: tuple[Path, Path]) -> None:
     assert max(b for _, b in cols["val"]) <= 96 and min(a for a, _ in cols["test"]) >= 96
     dm = _dm(image, mask, split="boxes", split_boxes={"train": [[0, 0, 1, 0.5]], "test": [[0, 0.5, 1, 1]]})
     assert len(dm.dataset("val")) == 0 and len(dm.dataset("test")) == 6  # 3 rows x 2 columns of 32 in 96 x 64
-    scenes = build_raster(
+    scenes = RasterDataModule(
         images=[str(image)] * 2,
         masks=[str(mask)] * 2,
         chip_size=32,
@@ -243,7 +243,7 @@ def test_splits_do_not_share_pixels(scene: tuple[Path, Path]) -> None:
 
 def test_multitemporal_band_stack_and_eopatch_arrays(tmp_path: Path) -> None:
     (stack,) = make.write_timeseries(tmp_path / "stack", frames=2, height=48, width=48, layout="bands")
-    dm = build_raster(
+    dm = RasterDataModule(
         images=str(stack),
         frames=2,
         frame_layout="bands",
@@ -256,7 +256,7 @@ def test_multitemporal_band_stack_and_eopatch_arrays(tmp_path: Path) -> None:
     np.testing.assert_allclose(s["x"][:, 1] - s["x"][:, 0], 0.1, atol=1e-5)
     assert dm.bands == ["R", "G", "B"] and "y" not in s
     patch = make.write_eopatch(tmp_path / "eopatch", frames=3, height=41, width=40)
-    dm = build_raster(
+    dm = RasterDataModule(
         images=str(patch / "REFERENCE_SCENES.npy"),
         masks=str(patch / "LULC.npy"),
         frames=3,
@@ -290,7 +290,7 @@ def test_torchgeo_dataset_by_name(tmp_path: Path) -> None:
         root / "m_3807511_ne_18_060_20181104.tif", height=64, width=64, descriptions=None, nodata=None
     )
     make.write_mask(tmp_path / "mask.tif", image)
-    dm = build_raster(
+    dm = RasterDataModule(
         images=str(root),
         masks=str(tmp_path / "mask.tif"),
         torchgeo="NAIP",
@@ -302,7 +302,7 @@ def test_torchgeo_dataset_by_name(tmp_path: Path) -> None:
     assert dm.bands == ["NIR", "R"] and s["x"].shape == (2, 1, 32, 32)
     assert s["temporal_coords"].tolist() == [[2018.0, 308.0]]
     with pytest.raises(ConfigError, match="did you mean 'NAIP'"):
-        _ = build_raster(images=str(root), torchgeo="NAIPP").bands
+        _ = RasterDataModule(images=str(root), torchgeo="NAIPP").bands
 
 
 def test_bad_input_messages(tmp_path: Path, scene: tuple[Path, Path]) -> None:
@@ -329,13 +329,13 @@ def test_bad_input_messages(tmp_path: Path, scene: tuple[Path, Path]) -> None:
     with pytest.raises(DataError, match="does not exist"):
         _ = _dm(tmp_path / "nope.tif").bands
     with pytest.raises(DataError, match="one mask per scene"):
-        _ = build_raster(images=[str(image)] * 2, masks=str(mask), chip_size=32).bands
+        _ = RasterDataModule(images=[str(image)] * 2, masks=str(mask), chip_size=32).bands
     with pytest.raises(ConfigError) as err:
-        build_raster(images=str(image), sampler="randm", split_fractions=[0.5, 0.6, 0.1], mean=[1.0], chip_size=0)
+        RasterDataModule(images=str(image), sampler="randm", split_fractions=[0.5, 0.6, 0.1], mean=[1.0], chip_size=0)
     text = str(err.value)
     assert "did you mean 'random'" in text and "split_fractions" in text and "data.mean and data.std" in text
     with pytest.raises(ConfigError, match="overlaps"):
-        build_raster(
+        RasterDataModule(
             images=str(image), split="boxes", split_boxes={"train": [[0, 0, 1, 0.6]], "test": [[0, 0.5, 1, 1]]}
         )
 
@@ -345,7 +345,7 @@ def test_real_sen1floods11_left_right() -> None:
     folder = GEO / "sen1floods11"
     if not folder.is_dir():
         pytest.skip(f"{folder} absent")
-    dm = build_raster(
+    dm = RasterDataModule(
         images=str(folder / "Spain_7370579_S2Hand.tif"),
         masks=str(folder / "Spain_7370579_LabelHand.tif"),
         band_names=S2_AS_HLS,
@@ -374,7 +374,7 @@ def test_real_eolearn_patch() -> None:
     folder = GEO / "eolearn-s2"
     if not folder.is_dir():
         pytest.skip(f"{folder} absent")
-    dm = build_raster(
+    dm = RasterDataModule(
         images=str(folder / "REFERENCE_SCENES.npy"),
         masks=str(folder / "LULC.npy"),
         frames=5,
