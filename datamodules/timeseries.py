@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.resources
 import math
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import lightning as L
 import numpy as np
@@ -23,9 +23,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sciadapt.datamodules.sampling import EpochShuffleSampler, apply_resume
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES, suggest
-from sciadapt.datamodules.sampling import EpochShuffleSampler, apply_resume
+from sciadapt.spec import FromData, Ge, Gt, Le
 
 LAYOUTS = ("wide", "long")
 SPLITS = ("ett_hourly", "ett_minutely", "ratio", "rows")
@@ -193,7 +194,8 @@ def _freq_of(index: pd.DatetimeIndex) -> str | None:
     if len(index) < 3:
         return None
     try:
-        return pd.infer_freq(index)
+        freq: str | None = pd.infer_freq(index)
+        return freq
     except (TypeError, ValueError):
         return None
 
@@ -258,39 +260,80 @@ class WindowDataset(Dataset):
 class TimeSeriesDataModule(L.LightningDataModule):
     """Windowed multivariate forecasting data from one CSV/parquet file.
 
-    The arguments are those of :func:`build_timeseries` (the config schema); see its docstring.
+    The config schema of ``data:`` for forecasting: choices and bounds are in the signature (the
+    config layer checks them); the constructor checks the settings that depend on each other.
     The file is read once, lazily: properties such as :attr:`n_input_channels` load it on first
     use, and :meth:`setup` is idempotent. After :meth:`load_scaler_state` the module can serve
     :meth:`predict_inputs` without ever reading the training file.
+
+    Args:
+        path: ``.csv``, ``.csv.gz`` or ``.parquet`` file; ``pkg://<name>`` reads bundled data from
+            ``sciadapt/resources/data/<name>``.
+        layout: ``"wide"``, one column per channel; or ``"long"``, rows of (id, timestamp, value)
+            pivoted so that each id becomes a channel.
+        timestamp_column: Column holding the timestamps.
+        target_columns: Channels to forecast; None means every numeric non-exog column (wide) or
+            every non-exog id (long).
+        exog_columns: Past-observed covariates, fed in ``x`` after the targets and not predicted.
+        id_column: Series id column (long layout).
+        value_column: Value column (long layout).
+        context_length: Input rows per window.
+        horizon: Forecast rows per window.
+        stride: Step between train windows.
+        eval_stride: Step between validation/test windows.
+        split: ``"ett_hourly"`` (8640/2880/2880 rows), ``"ett_minutely"`` (the same x4), ``"ratio"``
+            (Autoformer rule with ``split_ratios``) or ``"rows"`` (``split_rows`` counts).
+        split_ratios: ``[train, val, test]`` fractions summing to 1; default ``[0.7, 0.1, 0.2]``.
+        split_rows: ``[n_train, n_val, n_test]`` for ``split="rows"``.
+        scale: Z-score each channel with train-split mean/std; False keeps raw values.
+        nan_policy: ``"error"``, ``"mask"`` (zero-fill, add ``x_mask`` and zero ``mask``) or
+            ``"interpolate"`` (linear in time, edges filled from the nearest value).
+        batch_size: Train batch size.
+        eval_batch_size: Validation/test batch size.
+        num_workers: DataLoader worker processes.
+        encoding: CSV text encoding (``latin-1`` for the Jena weather file).
+        skiprows: Lines to skip before the CSV header.
+        duplicate_timestamps: ``"error"``, or ``"keep_first"`` / ``"keep_last"`` to drop repeated
+            timestamps (the LTSF Weather file repeats one); the count dropped is logged and recorded.
+        min_context: Allow windows whose context holds only this many real rows: the rest is
+            left-padded with zeros and masked (``x_mask`` 0), so series shorter than
+            ``context_length`` still train and forecast. None: full contexts only. Longer histories
+            are always truncated to the last ``context_length`` rows. The run records how many
+            windows were padded.
+        fewshot_fraction: Keep this fraction of the train windows (TTM's few-shot recipe uses 0.05);
+            validation and test are untouched.
+        fewshot_location: Which train windows: ``"first"``, ``"last"`` (upstream default) or
+            ``"uniform"`` (a random subset drawn with ``fewshot_seed``).
+        fewshot_seed: Seed of the ``"uniform"`` draw.
     """
 
     def __init__(
         self,
         path: str,
-        layout: str = "wide",
+        layout: Literal["wide", "long"] = "wide",
         timestamp_column: str = "date",
         target_columns: list[str] | None = None,
         exog_columns: list[str] | None = None,
         id_column: str = "id",
         value_column: str = "value",
-        context_length: int = 96,
-        horizon: int = 24,
-        stride: int = 1,
-        eval_stride: int = 1,
-        split: str = "ratio",
+        context_length: Annotated[int, Ge(1), FromData] = 96,
+        horizon: Annotated[int, Ge(1), FromData] = 24,
+        stride: Annotated[int, Ge(1)] = 1,
+        eval_stride: Annotated[int, Ge(1)] = 1,
+        split: Literal["ett_hourly", "ett_minutely", "ratio", "rows"] = "ratio",
         split_ratios: list[float] | None = None,
         split_rows: list[int] | None = None,
         scale: bool = True,
-        nan_policy: str = "error",
-        batch_size: int = 32,
-        eval_batch_size: int = 256,
-        num_workers: int = 0,
+        nan_policy: Literal["error", "mask", "interpolate"] = "error",
+        batch_size: Annotated[int, Ge(1)] = 32,
+        eval_batch_size: Annotated[int, Ge(1)] = 256,
+        num_workers: Annotated[int, Ge(0)] = 0,
         encoding: str = "utf-8",
-        skiprows: int = 0,
-        duplicate_timestamps: str = "error",
-        min_context: int | None = None,
-        fewshot_fraction: float = 1.0,
-        fewshot_location: str = "last",
+        skiprows: Annotated[int, Ge(0)] = 0,
+        duplicate_timestamps: Literal["error", "keep_first", "keep_last"] = "error",
+        min_context: Annotated[int | None, Ge(1)] = None,
+        fewshot_fraction: Annotated[float, Gt(0), Le(1)] = 1.0,
+        fewshot_location: Literal["first", "last", "uniform"] = "last",
         fewshot_seed: int = 0,
     ) -> None:
         super().__init__()
@@ -339,36 +382,11 @@ class TimeSeriesDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ config checks
     def _validate(self, split_ratios_given: bool) -> None:
         problems: list[str] = []
-        for key, choices, value in (
-            ("layout", LAYOUTS, self.layout),
-            ("split", SPLITS, self.split),
-            ("nan_policy", NAN_POLICIES, self.nan_policy),
-            ("duplicate_timestamps", DUPLICATE_POLICIES, self.duplicate_timestamps),
-            ("fewshot_location", FEWSHOT_LOCATIONS, self.fewshot_location),
-        ):
-            if value not in choices:
-                problems.append(
-                    f"data.{key}: unknown value {value!r}.{suggest(value, choices)} Choose one of: {', '.join(choices)}"
-                )
-        for key, minimum in (
-            ("context_length", 1),
-            ("horizon", 1),
-            ("stride", 1),
-            ("eval_stride", 1),
-            ("batch_size", 1),
-            ("eval_batch_size", 1),
-            ("num_workers", 0),
-            ("skiprows", 0),
-        ):
-            if getattr(self, key) < minimum:
-                problems.append(f"data.{key}: must be >= {minimum}, got {getattr(self, key)}")
-        if self.min_context is not None and not 1 <= self.min_context <= self.context_length:
+        if self.min_context is not None and self.min_context > self.context_length:
             problems.append(
                 f"data.min_context: must be between 1 and context_length ({self.context_length}), got "
                 f"{self.min_context} (null: every window has a full context, no padding)"
             )
-        if not 0.0 < self.fewshot_fraction <= 1.0:
-            problems.append(f"data.fewshot_fraction: must be in (0, 1], got {self.fewshot_fraction}")
         targets = self.requested_targets or []
         for key, cols in (("target_columns", targets), ("exog_columns", self.requested_exog)):
             dupes = sorted({c for c in cols if cols.count(c) > 1})
@@ -403,6 +421,16 @@ class TimeSeriesDataModule(L.LightningDataModule):
                 )
         if problems:
             raise ConfigError(problems)
+
+    def facts(self) -> dict[str, Any]:
+        """What the backbone, head and task must agree with (passed to builders by parameter name)."""
+        return {
+            "context_length": self.context_length,
+            "horizon": self.horizon,
+            "n_exog": self.n_exog,
+            "n_targets": self.n_targets,
+            "seasonality": self.seasonality,
+        }
 
     def describe(self) -> str:
         """One line for logs and tables: file, split rule, windows."""
@@ -648,18 +676,18 @@ class TimeSeriesDataModule(L.LightningDataModule):
         for name, (a, b) in bounds.items():
             if a < -pad or b - a < need_rows:
                 if name == "train":
-                    need = f"one window needs {'min_context' if pad else 'context_length'} + horizon = "
-                    need += f"{real_ctx + self.horizon} rows"
+                    wanted = f"one window needs {'min_context' if pad else 'context_length'} + horizon = "
+                    wanted += f"{real_ctx + self.horizon} rows"
                     have = b
                 else:
-                    need = (
+                    wanted = (
                         f"it needs at least horizon = {self.horizon} rows of its own (its windows take "
                         f"their context_length = {ctx} input rows from the rows before it)"
                     )
                     have = b - a - ctx
                 pad_hint = "" if pad else ", or set data.min_context to left-pad short contexts with a mask"
                 raise DataError(
-                    f"{self.source}: the {name} split has {have} rows but {need}. Fix: lower "
+                    f"{self.source}: the {name} split has {have} rows but {wanted}. Fix: lower "
                     f"data.context_length ({ctx}) or data.horizon ({self.horizon}), or give the {name} "
                     f"split more rows (data.split / data.split_ratios / data.split_rows){pad_hint}"
                 )
@@ -994,105 +1022,5 @@ class TimeSeriesDataModule(L.LightningDataModule):
         return out
 
 
-@DATAMODULES.register("timeseries")
-def build_timeseries(
-    path: str,
-    layout: str = "wide",
-    timestamp_column: str = "date",
-    target_columns: list[str] | None = None,
-    exog_columns: list[str] | None = None,
-    id_column: str = "id",
-    value_column: str = "value",
-    context_length: int = 96,
-    horizon: int = 24,
-    stride: int = 1,
-    eval_stride: int = 1,
-    split: str = "ratio",
-    split_ratios: list[float] | None = None,
-    split_rows: list[int] | None = None,
-    scale: bool = True,
-    nan_policy: str = "error",
-    batch_size: int = 32,
-    eval_batch_size: int = 256,
-    num_workers: int = 0,
-    encoding: str = "utf-8",
-    skiprows: int = 0,
-    duplicate_timestamps: str = "error",
-    min_context: int | None = None,
-    fewshot_fraction: float = 1.0,
-    fewshot_location: str = "last",
-    fewshot_seed: int = 0,
-) -> TimeSeriesDataModule:
-    """Windowed multivariate time series from one file (the config schema of ``data:``).
-
-    Args:
-        path: ``.csv``, ``.csv.gz`` or ``.parquet`` file; ``pkg://<name>`` reads bundled data from
-            ``sciadapt/resources/data/<name>``.
-        layout: ``"wide"``, one column per channel; or ``"long"``, rows of (id, timestamp, value)
-            pivoted so that each id becomes a channel.
-        timestamp_column: Column holding the timestamps.
-        target_columns: Channels to forecast; None means every numeric non-exog column (wide) or
-            every non-exog id (long).
-        exog_columns: Past-observed covariates, fed in ``x`` after the targets and not predicted.
-        id_column: Series id column (long layout).
-        value_column: Value column (long layout).
-        context_length: Input rows per window.
-        horizon: Forecast rows per window.
-        stride: Step between train windows.
-        eval_stride: Step between validation/test windows.
-        split: ``"ett_hourly"`` (8640/2880/2880 rows), ``"ett_minutely"`` (the same x4), ``"ratio"``
-            (Autoformer rule with ``split_ratios``) or ``"rows"`` (``split_rows`` counts).
-        split_ratios: ``[train, val, test]`` fractions summing to 1; default ``[0.7, 0.1, 0.2]``.
-        split_rows: ``[n_train, n_val, n_test]`` for ``split="rows"``.
-        scale: Z-score each channel with train-split mean/std; False keeps raw values.
-        nan_policy: ``"error"``, ``"mask"`` (zero-fill, add ``x_mask`` and zero ``mask``) or
-            ``"interpolate"`` (linear in time, edges filled from the nearest value).
-        batch_size: Train batch size.
-        eval_batch_size: Validation/test batch size.
-        num_workers: DataLoader worker processes.
-        encoding: CSV text encoding (``latin-1`` for the Jena weather file).
-        skiprows: Lines to skip before the CSV header.
-        duplicate_timestamps: ``"error"``, or ``"keep_first"`` / ``"keep_last"`` to drop repeated
-            timestamps (the LTSF Weather file repeats one); the count dropped is logged and recorded.
-        min_context: Allow windows whose context holds only this many real rows: the rest is
-            left-padded with zeros and masked (``x_mask`` 0), so series shorter than
-            ``context_length`` still train and forecast. None: full contexts only. Longer histories
-            are always truncated to the last ``context_length`` rows. The run records how many
-            windows were padded.
-        fewshot_fraction: Keep this fraction of the train windows (TTM's few-shot recipe uses 0.05);
-            validation and test are untouched.
-        fewshot_location: Which train windows: ``"first"``, ``"last"`` (upstream default) or
-            ``"uniform"`` (a random subset drawn with ``fewshot_seed``).
-        fewshot_seed: Seed of the ``"uniform"`` draw.
-
-    Returns:
-        The datamodule; the file is read on first use.
-    """
-    return TimeSeriesDataModule(
-        path=path,
-        layout=layout,
-        timestamp_column=timestamp_column,
-        target_columns=target_columns,
-        exog_columns=exog_columns,
-        id_column=id_column,
-        value_column=value_column,
-        context_length=context_length,
-        horizon=horizon,
-        stride=stride,
-        eval_stride=eval_stride,
-        split=split,
-        split_ratios=split_ratios,
-        split_rows=split_rows,
-        scale=scale,
-        nan_policy=nan_policy,
-        batch_size=batch_size,
-        eval_batch_size=eval_batch_size,
-        num_workers=num_workers,
-        encoding=encoding,
-        skiprows=skiprows,
-        duplicate_timestamps=duplicate_timestamps,
-        min_context=min_context,
-        fewshot_fraction=fewshot_fraction,
-        fewshot_location=fewshot_location,
-        fewshot_seed=fewshot_seed,
-    )
+# the class is the registered builder: its __init__ is the config schema of `data: {name: timeseries}`
+DATAMODULES.register("timeseries")(TimeSeriesDataModule)

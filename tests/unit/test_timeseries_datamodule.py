@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sciadapt.datamodules import timeseries as ts
-from sciadapt.datamodules.timeseries import TimeSeriesDataModule, build_timeseries
+from sciadapt.datamodules.timeseries import TimeSeriesDataModule
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES
 
@@ -46,7 +46,7 @@ def first_batch(loader: torch.utils.data.DataLoader) -> dict:
 
 
 def test_builder_signature_is_a_plain_schema() -> None:
-    sig = inspect.signature(build_timeseries)
+    sig = inspect.signature(TimeSeriesDataModule)
     kinds = {p.kind for p in sig.parameters.values()}
     assert inspect.Parameter.VAR_KEYWORD not in kinds and inspect.Parameter.VAR_POSITIONAL not in kinds
     for p in sig.parameters.values():
