@@ -28,11 +28,6 @@ from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES, suggest
 from sciadapt.spec import FromData, Ge, Gt, Le
 
-LAYOUTS = ("wide", "long")
-SPLITS = ("ett_hourly", "ett_minutely", "ratio", "rows")
-NAN_POLICIES = ("error", "mask", "interpolate")
-DUPLICATE_POLICIES = ("error", "keep_first", "keep_last")
-FEWSHOT_LOCATIONS = ("first", "last", "uniform")
 
 # ETT-small borders in hours: 12 months train, 4 months val, 4 months test (30-day months).
 _ETT_HOURLY_ROWS = (12 * 30 * 24, 4 * 30 * 24, 4 * 30 * 24)
