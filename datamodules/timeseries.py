@@ -28,7 +28,6 @@ from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES, suggest
 from sciadapt.spec import FromData, Ge, Gt, Le
 
-
 # ETT-small borders in hours: 12 months train, 4 months val, 4 months test (30-day months).
 _ETT_HOURLY_ROWS = (12 * 30 * 24, 4 * 30 * 24, 4 * 30 * 24)
 _DEFAULT_RATIOS = (0.7, 0.1, 0.2)
