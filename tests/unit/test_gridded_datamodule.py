@@ -16,7 +16,8 @@ import torch
 import xarray as xr
 
 from sciadapt.datamodules import gridded as gm
-from sciadapt.datamodules.gridded import GriddedDataModule, build_gridded, prepare_store, shard_indices
+from sciadapt.datamodules.gridded import GriddedDataModule, prepare_store, shard_indices
+from sciadapt.datamodules.gridded import stats as gstats
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES
 from tests.data.gridded import make
@@ -57,7 +58,7 @@ def reference(path: Path, var: str, level: int | None = None) -> xr.DataArray:
 
 
 def test_builder_is_a_plain_registered_schema() -> None:
-    sig = inspect.signature(build_gridded)
+    sig = inspect.signature(GriddedDataModule)
     assert not any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in sig.parameters.values())
     assert all(not isinstance(p.default, list | dict | set) for p in sig.parameters.values())
     assert "gridded" in DATAMODULES
@@ -65,10 +66,19 @@ def test_builder_is_a_plain_registered_schema() -> None:
 
 
 def test_config_problems_are_collected() -> None:
+    # choices and bounds are the signature's types, checked by the config layer with their key path
+    from sciadapt.config import load_config
+
+    bad = ["data.path=x.zarr", "data.split=fraction", "data.n_lead=0", "data.nan_policy=drop"]
     with pytest.raises(ConfigError) as err:
-        GriddedDataModule("x.zarr", split="fraction", n_lead=0, time_step="soon", nan_policy="drop")
+        load_config("graphcast_finetune", bad)
     text = str(err.value)
-    assert "4 problems" in text and "did you mean 'fractions'" in text and "data.n_lead" in text
+    assert "data.split" in text and "did you mean 'fractions'" in text and "data.n_lead" in text
+    assert "data.nan_policy" in text
+    # what the signature cannot say (a duration) the datamodule checks, collected with the rest
+    with pytest.raises(ConfigError) as err:
+        GriddedDataModule("x.zarr", time_step="soon", split_fractions=[0.5, 0.6, 0.1])
+    assert "2 problems" in str(err.value) and "data.time_step" in str(err.value)
 
 
 # ---------------------------------------------------------------------------------- samples
@@ -168,7 +178,7 @@ def test_statistics_are_computed_once_and_match_numpy(tmp_path: Path, monkeypatc
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gm, "compute_statistics", counting)
+    monkeypatch.setattr(gstats, "compute_statistics", counting)
     dm = build(path, variables=["t2m"], time_step="2h", split_fractions=[0.5, 0.25, 0.25])
     dm.setup()
     assert len(calls) == 1

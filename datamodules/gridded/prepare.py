@@ -1,0 +1,206 @@
+"""``sciadapt data prepare``: netCDF/GRIB archives into one chunked zarr store, out of core."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from sciadapt.datamodules.gridded.datamodule import GriddedDataModule
+from sciadapt.datamodules.gridded.store import (
+    check_regular_times,
+    inspect_store,
+    open_xarray,
+    proj_before_eccodes,
+    require_cfgrib,
+    select_channels,
+    store_kind,
+)
+from sciadapt.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def _expand_inputs(inputs: list[str] | str) -> list[str]:
+    items = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    files: list[str] = []
+    for item in items:
+        item = str(Path(str(item)).expanduser())
+        matches = sorted(glob.glob(item)) if any(ch in item for ch in "*?[") else [item]
+        if not matches:
+            raise DataError(f"data prepare: no file matches {item!r}")
+        files += matches
+    for f in files:
+        if not Path(f).exists():
+            raise DataError(f"data prepare: input {f} does not exist")
+    return files
+
+
+def _open_inputs(files: list[str], engine: str | None) -> xr.Dataset:
+    proj_before_eccodes()
+    kinds = {store_kind(Path(f), engine) for f in files}
+    if len(kinds) > 1:
+        raise DataError(f"data prepare: inputs mix formats ({', '.join(sorted(kinds))}); convert one format at a time")
+    kind = kinds.pop()
+    if len(files) == 1:
+        return open_xarray(files[0], kind, engine, chunks={})
+    if kind == "grib":
+        require_cfgrib(files[0])
+    kw: dict[str, Any] = {"backend_kwargs": {"indexpath": ""}} if kind == "grib" else {}
+    try:
+        return xr.open_mfdataset(
+            files,
+            engine="cfgrib" if kind == "grib" else ("zarr" if kind == "zarr" else engine),
+            combine="by_coords",
+            # only time-dependent variables are joined along time; static fields are taken once
+            data_vars="minimal",
+            coords="minimal",
+            compat="override",
+            join="exact",
+            chunks={},
+            decode_timedelta=True,
+            **kw,
+        )
+    except Exception as err:
+        raise DataError(
+            f"data prepare: cannot combine {len(files)} inputs by their coordinates: {type(err).__name__}: {err}. "
+            "Fix: give files that tile one time axis (same variables and grid)"
+        ) from err
+
+
+def prepare_store(
+    inputs: list[str] | str,
+    out: str,
+    variables: list[str] | None = None,
+    levels: list[int] | None = None,
+    chunks: dict[str, int] | None = None,
+    engine: str | None = None,
+    progress: bool = True,
+    scheduler: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Convert netCDF/GRIB file(s) into a chunked zarr store and compute its statistics.
+
+    The data are written with dask (float32, zstd-compressed, one time step per chunk by default)
+    to ``<out>.tmp-<pid>`` and renamed to ``out`` only when complete, so an interrupted run never
+    leaves a half-written store under the final name. The statistics of the default datamodule
+    settings (``split_fractions`` [0.7, 0.15, 0.15], the store's own time step, member 0) are
+    written into the store (``.sciadapt_stats.json``); other settings compute theirs on first use.
+
+    Args:
+        inputs: A file, a glob pattern, or a list of them (combined along their coordinates).
+        out: The zarr store to create.
+        variables: Variables to keep (time-dependent ones by name; static fields are always kept);
+            None: all.
+        levels: Pressure levels to keep; None: all.
+        chunks: Chunk length per dimension name; default one time step per chunk and whole other
+            dimensions.
+        engine: xarray engine of the inputs; None: from the file names.
+        progress: Show a progress bar.
+        scheduler: None (dask's threaded scheduler), ``"local"`` (start a ``dask.distributed``
+            LocalCluster) or the address of a running dask scheduler (``tcp://host:8786``).
+        overwrite: Replace an existing ``out``.
+
+    Returns:
+        The path of the store.
+
+    Raises:
+        DataError: Missing inputs, variables or levels, irregular times, or an existing ``out``.
+    """
+    files = _expand_inputs(inputs)
+    target = Path(out).expanduser()
+    if target.exists() and not overwrite:
+        raise DataError(f"data prepare: {target} already exists. Fix: remove it or pass overwrite (--overwrite)")
+    ds = _open_inputs(files, engine)
+    source = files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} files)"
+    info = inspect_store(ds, source, "netcdf", engine)
+    check_regular_times(info.times, source)
+    keep_static = list(info.static)
+    if variables is not None or levels is not None:
+        _, plans = select_channels(info, variables, levels)
+        names = [p.name for p in plans]
+        ds = ds[names + [s for s in keep_static if s not in names]]
+        if levels is not None and info.level_dim is not None:
+            ds = ds.sel({info.level_dim: [v for v in info.levels if any(math.isclose(float(v), lv) for lv in levels)]})  # type: ignore[union-attr]
+    # Scalar and auxiliary coordinates (GRIB's step, surface, valid_time...) are not needed to train.
+    ds = ds.drop_vars([c for c in ds.coords if c not in ds.dims])
+    sizes = dict(ds.sizes)
+    chunk_spec = {d: -1 for d in sizes}
+    chunk_spec[info.time_dim] = 1
+    for k, v in (chunks or {}).items():
+        if k not in sizes:
+            raise DataError(f"data prepare: chunks names dimension {k!r}; the data has {', '.join(map(str, sizes))}")
+        chunk_spec[k] = int(v)
+    from zarr.codecs import ZstdCodec
+
+    encoding: dict[str, dict[str, Any]] = {}
+    for name in ds.data_vars:
+        var = ds[name]
+        if np.issubdtype(var.dtype, np.floating) and var.dtype != np.float32:
+            ds[name] = var.astype(np.float32)
+        ds[name].encoding = {}
+        spec = tuple(sizes[d] if chunk_spec[d] == -1 else min(chunk_spec[d], sizes[d]) for d in ds[name].dims)
+        encoding[str(name)] = {"chunks": spec, "compressors": [ZstdCodec(level=3)]}
+    ds = ds.chunk({d: (sizes[d] if c == -1 else c) for d, c in chunk_spec.items()})
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    client = None
+    try:
+        delayed = ds.to_zarr(tmp, mode="w", encoding=encoding, compute=False, consolidated=False)
+        if scheduler is None:
+            if progress:
+                from dask.diagnostics import ProgressBar
+
+                with ProgressBar():
+                    delayed.compute()
+            else:
+                delayed.compute()
+        else:
+            client = _dask_client(scheduler)
+            future = client.compute(delayed)
+            if progress:
+                from distributed import progress as dprogress
+
+                dprogress(future)
+            future.result()
+        try:
+            dm = GriddedDataModule(str(tmp), engine="zarr", stats="recompute", num_workers=0)
+            dm.setup()
+        except DataError as err:
+            log.warning("%s: statistics not computed (%s); they will be computed on first use", target, err)
+        if target.exists():
+            old = target.with_name(f"{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        ds.close()
+        if client is not None:
+            client.close()
+    return target
+
+
+def _dask_client(scheduler: str) -> Any:
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as err:
+        raise DataError(
+            f"data prepare: scheduler={scheduler!r} needs dask.distributed. Fix: pip install 'dask[distributed]', "
+            "or leave the scheduler unset for dask's threads"
+        ) from err
+    if scheduler == "local":
+        return Client(LocalCluster(processes=True))
+    return Client(scheduler)
