@@ -119,8 +119,7 @@ def cost_table(data_dir: Path, batches: int, epochs: int) -> str:
     if not GOLDEN_R2.is_dir() or not etth1.is_file():
         return f"needs {GOLDEN_R2} and {etth1}"
     cfg = load_config("ttm_zeroshot", [f"data.path={etth1}", f"backbone.weights={GOLDEN_R2}"])
-    cfg["data"]["eval_batch_size"] = 64
-    dm = build_datamodule(cfg, 0)
+    dm = build_datamodule({**cfg.data, "eval_batch_size": 64})
     dm.setup()
     n_ch = dm.n_targets
     ttm = BACKBONES.build("ttm", weights=str(GOLDEN_R2), context_length=512, horizon=96, n_targets=n_ch)

@@ -7,7 +7,7 @@ checkpoint sees exactly the batches an uninterrupted run would have seen — the
 The samplers subclass :class:`~torch.utils.data.DistributedSampler` so that Lightning keeps them
 under DDP instead of wrapping them in a second distributed sampler: each rank takes its own
 shard of the same per-epoch order (:func:`shard_indices`). A run preempted in the middle of an
-epoch (:mod:`sciadapt.hpc.preempt`) resumes by skipping the samples this rank had already
+epoch (:mod:`sciadapt.stages.preempt`) resumes by skipping the samples this rank had already
 trained on in that epoch (:meth:`ShardedEpochSampler.resume_at`).
 """
 
@@ -120,7 +120,7 @@ class EpochShuffleSampler(ShardedEpochSampler):
 
 def apply_resume(sampler: ShardedEpochSampler, datamodule: object, batch_size: int) -> ShardedEpochSampler:
     """Hand a datamodule's pending mid-epoch resume point (``train_resume``: epoch, batches done on
-    this rank, set by :class:`sciadapt.hpc.preempt.PreemptionCheckpoint`) to its new train sampler."""
+    this rank, set by :class:`sciadapt.stages.preempt.PreemptionCheckpoint`) to its new train sampler."""
     pending = getattr(datamodule, "train_resume", None)
     if pending is not None:
         epoch, batches = pending

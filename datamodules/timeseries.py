@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sciadapt.config import check_arguments
 from sciadapt.datamodules.sampling import EpochShuffleSampler, apply_resume
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES, suggest
@@ -301,6 +302,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
         fewshot_seed: Seed of the ``"uniform"`` draw.
     """
 
+    @check_arguments("data")
     def __init__(
         self,
         path: str,
@@ -375,7 +377,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ config checks
     def _validate(self, split_ratios_given: bool) -> None:
-        problems: list[str] = []
+        problems: list[str] = list(self._argument_problems)  # the signature's own checks come first
         if self.min_context is not None and self.min_context > self.context_length:
             problems.append(
                 f"data.min_context: must be between 1 and context_length ({self.context_length}), got "

@@ -2,119 +2,72 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 from sciadapt.config import bundled_pipelines, load_config, to_yaml
-from sciadapt.config import validate as validate_cfg
 from sciadapt.errors import ConfigError, UnknownComponentError
 from sciadapt.registry import KINDS, suggest
 from sciadapt.runs import open_run
+from sciadapt.spec import PipelineSpec
+from sciadapt.stages.evaluate import print_comparison
 
 
 def fit(
     pipeline: str | None, overrides: list[str], resume: str | None = None, console: Console | None = None
 ) -> dict[str, Any]:
     """Validate a pipeline (nothing is written if invalid), run its stages, print the comparison."""
-    from sciadapt.stages.runner import PipelineRunner
+    from sciadapt.stages.runner import fit as run_fit
+    from sciadapt.stages.runner import is_writer
 
     console = console or Console()
     if resume:
-        run_dir = open_run(resume)
-        cfg = load_config(pipeline, overrides) if pipeline else None
-        runner = PipelineRunner.resume(run_dir, cfg, console)
-        console.print(f"resuming {run_dir} after stages: {', '.join(runner.state['completed']) or 'none'}")
-    else:
-        if pipeline is None:
-            raise UnknownComponentError("fit needs a pipeline (a .yaml path or a bundled name) or --resume RUN")
-        cfg = load_config(pipeline, overrides)
-        runner = PipelineRunner.create(cfg, console)
-        console.print(f"run directory: {runner.run_dir}")
-    summary = runner.run()
-    from sciadapt.stages.runner import is_writer
-
+        open_run(resume)
+    run, summary = run_fit(pipeline, overrides, resume=resume, console=console)
     if is_writer():  # under DDP every rank runs the stages; one prints
         print_comparison(summary, console)
-        console.print(f"summary: {runner.run_dir / 'summary.json'}")
+        console.print(f"summary: {run.summary_path}")
     return summary
 
 
-HIGHER_IS_BETTER = {"miou", "iou", "f1", "mean_f1", "accuracy", "r2", "acc"}
+def load_pipeline(pipeline: str, overrides: list[str]) -> PipelineSpec:
+    """A validated pipeline whose stage rules hold (:func:`sciadapt.stages.plan.plan`)."""
+    from sciadapt.stages.plan import plan
+
+    spec = load_config(pipeline, overrides)
+    plan(spec, source=pipeline)
+    return spec
 
 
-def print_comparison(summary: dict[str, Any], console: Console) -> None:
-    ev = summary.get("evaluation") or {}
-    if not ev.get("rows"):
-        return
-    metrics = ev["metrics"]
-    where = str(ev.get("data", ""))
-    table = Table(title=f"{summary['pipeline']}: {where if 'test' in where else 'test split of ' + where}")
-    table.add_column("model")
-    for m in metrics:
-        table.add_column({"smape": "sMAPE"}.get(m, m.upper()), justify="right")
-
-    def finite(v: Any) -> bool:
-        return isinstance(v, int | float) and math.isfinite(v)
-
-    best = {}
-    for m in metrics:
-        values = [r[m] for r in ev["rows"] if finite(r.get(m))]
-        if values:
-            # scores (IoU, F1, accuracy, R^2, ACC) are best high, errors best low; bias best near 0
-            pick = max if m.split("/")[0] in HIGHER_IS_BETTER else min
-            best[m] = pick(values, key=abs) if m == "bias" else pick(values)
-    for r in ev["rows"]:
-        cells = []
-        for m in metrics:
-            v = r.get(m)
-            text = "-" if v is None else f"{v:.4f}"
-            cells.append(f"[bold green]{text}[/]" if finite(v) and v == best.get(m) else text)
-        table.add_row(r["model"], *cells)
-    console.print(table)
-
-
-def validate(pipeline: str, overrides: list[str], console: Console | None = None) -> dict[str, Any]:
+def validate(pipeline: str, overrides: list[str], console: Console | None = None) -> PipelineSpec:
     console = console or Console()
-    cfg = load_config(pipeline, overrides)
+    spec = load_pipeline(pipeline, overrides)
     console.print(
-        f"[green]ok[/green]: {pipeline} is valid ({len(cfg['stages'])} stages: "
-        f"{', '.join(s['name'] for s in cfg['stages'])})"
+        f"[green]ok[/green]: {pipeline} is valid ({len(spec.stages)} stages: {', '.join(s.name for s in spec.stages)})"
     )
-    return cfg
+    return spec
 
 
 def show(pipeline: str, overrides: list[str]) -> str:
-    return to_yaml(load_config(pipeline, overrides))
+    return to_yaml(load_pipeline(pipeline, overrides))
 
 
 def test(run: str, data: str | None = None, console: Console | None = None) -> dict[str, Any]:
     """Score a finished run's final weights on the test split (optionally of another file)."""
-    from sciadapt.stages.runner import PipelineRunner
+    from sciadapt.runs import Run
+    from sciadapt.stages.evaluate import eval_trainer, score
 
     console = console or Console()
-    run_dir = open_run(run)
-    cfg = validate_cfg(yaml.safe_load((run_dir / "config.yaml").read_text()), source=str(run_dir / "config.yaml"))
-    if data:
-        cfg["stages"][-1]["data"] = {**(cfg["stages"][-1].get("data") or {}), "path": data}
-    runner = PipelineRunner(cfg, run_dir, console)
-    last = cfg["stages"][-1]["name"]
-    if not runner.final_ckpt(last).exists():
-        raise UnknownComponentError(
-            f"{run_dir} has no final weights for stage {last!r}: finish it with `sciadapt fit --resume {run_dir}`"
-        )
-    dm = runner._datamodule(len(cfg["stages"]) - 1)
-    runner._ensure_task(dm, last)
-    from sciadapt.runs import load_into, load_weights
-
-    runner._fresh_task(len(cfg["stages"]) - 1)
-    load_into(runner.task, load_weights(runner.final_ckpt(last)), runner.final_ckpt(last))
-    res = runner.test(None, dm)
-    table = Table(title=f"{run_dir} on {dm.describe() if hasattr(dm, 'describe') else 'test split'}")
+    r = Run.open(run)
+    r.require_final(-1)
+    dm = r.datamodule(-1, **({"path": data} if data else {}))
+    dm.setup("fit")
+    task = r.task(-1, dm.facts())
+    res = score(task, dm, eval_trainer(r.spec.trainer.accelerator, r.path))
+    table = Table(title=f"{r.path} on {dm.describe()}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in res.items():

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Preempted as p:
         # a clean stop: the resume checkpoint and state.json are on disk
-        from sciadapt.hpc.preempt import requeue
+        from sciadapt.stages.preempt import requeue
         from sciadapt.stages.runner import is_writer
 
         if is_writer():  # under DDP every rank stops; one reports and requeues

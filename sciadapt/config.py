@@ -2,19 +2,23 @@
 
 A pipeline YAML has registered components (``data``, ``backbone``, ``head``, ``task``), whose
 schema is their builder's signature, and plain sections (``trainer``, ``stages``,
-``evaluation``) whose schema is a dataclass in :mod:`sciadapt.stages.spec`. Validation walks
-both, collects *every* problem with its full key path, and raises one :class:`ConfigError`.
+``evaluation``) whose schema is a frozen dataclass in :mod:`sciadapt.spec`. Validation walks
+both, collects *every* problem with its full key path, and raises one :class:`ConfigError`;
+what it returns is a typed :class:`~sciadapt.spec.PipelineSpec` with every default filled in.
+Stage rules (what each stage trains and starts from) belong to :mod:`sciadapt.stages.plan`.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
 import types
 import typing
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -22,7 +26,18 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sciadapt.errors import ConfigError, UnknownComponentError
 from sciadapt.registry import BACKBONES, DATAMODULES, HEADS, PEFT_METHODS, TASKS, Registry, suggest
-from sciadapt.stages.spec import PEFT_COMMON, TOP_LEVEL, EvaluationSpec, StageSpec, TrainerSpec
+from sciadapt.spec import (
+    COMPONENT_SECTIONS,
+    DEFAULT_COMPONENT,
+    PEFT_COMMON,
+    Bound,
+    EvaluationSpec,
+    PeftCommonSpec,
+    PipelineSpec,
+    StageSpec,
+    TrainerSpec,
+    _FromData,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -32,47 +47,16 @@ COMPONENTS: dict[str, Registry[Any]] = {
     "head": HEADS,
     "task": TASKS,
 }
-DEFAULT_COMPONENT = {"head": "point", "task": "forecasting"}
 # builder parameters the runner passes objects into; never config keys
 INJECTED = {"backbone", "head"}
-# builder parameters filled from the data (or the backbone) when the config leaves them out
-INFERRED = {
-    # series data
-    "context_length",
-    "horizon",
-    "n_exog",
-    "n_targets",
-    "seasonality",
-    # backbone -> head
-    "in_features",
-    "in_layout",
-    # gridded data
-    "lat",
-    "lon",
-    "n_channels",
-    "n_forcings",
-    "n_static",
-    "n_input",
-    "variables",
-    "tendency_scale",
-    "area_weights",
-    "time_step_hours",
-    # raster data
-    "bands",
-    "n_bands",
-    "in_chans",
-    "num_frames",
-    "img_size",
-    "n_classes",
-    "ignore_index",
-    "class_names",
-    "n_outputs",
-    "output_names",
-    # backbone -> dense heads
-    "feature_info",
+_LEGACY_INFERRED = {
+    "context_length", "horizon", "n_exog", "n_targets", "seasonality", "in_features", "in_layout", "lat", "lon",
+    "n_channels", "n_forcings", "n_static", "n_input", "variables", "tendency_scale", "area_weights",
+    "time_step_hours", "bands", "n_bands", "in_chans", "num_frames", "img_size", "n_classes", "ignore_index",
+    "class_names", "n_outputs", "output_names", "feature_info",
 }
-BASELINES = ("seasonal_naive", "naive", "persistence", "climatology", "majority", "mean", "ndwi")
-INIT_FROM_WORDS = ("previous", "scratch", "pretrained")
+# top-level keys of a pipeline YAML (the fields of PipelineSpec)
+TOP_LEVEL = tuple(f.name for f in dataclasses.fields(PipelineSpec))
 
 
 def resource_dir(kind: str) -> Path:
@@ -220,10 +204,10 @@ def _set_path(node: dict[str, Any], parts: list[str], value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(ref: str, overrides: list[str] | None = None) -> dict[str, Any]:
+def load_config(ref: str, overrides: list[str] | None = None) -> PipelineSpec:
     """Load, compose, override, resolve interpolations and validate a pipeline.
 
-    Returns a plain dict with every default filled in (the form saved as ``config.yaml``).
+    Returns the typed spec with every default filled in (``to_yaml`` gives ``config.yaml``).
     """
     path = resolve_pipeline(ref)
     # `backbone=ttm_tiny` (a group and a block name, no dot) swaps a building block, as in Hydra
@@ -249,12 +233,19 @@ def load_config(ref: str, overrides: list[str] | None = None) -> dict[str, Any]:
 # validation
 
 
+_REQUIRED = object()
+
+
 def _type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
     origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        return _type_name(typing.get_args(tp)[0])
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
     if origin is not None:
         args = ", ".join(_type_name(a) for a in typing.get_args(tp))
         return f"{origin.__name__}[{args}]"
@@ -264,33 +255,67 @@ def _type_name(tp: Any) -> str:
 
 
 def _check_type(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
-    """Return the value (coerced int->float where a float is expected) or record a problem."""
+    """Return the value (coerced int->float where a float is expected; a dataclass instance for a
+    dataclass type) or record a problem.
+
+    Understands ``Literal`` choices, ``Annotated[T, Ge(n)]``-style bounds (the ``FromData`` marker
+    is a building concern and passes), unions, lists, mappings and nested dataclasses.
+    """
     if tp is Any or tp is inspect.Parameter.empty:
         return value
     origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        base, *meta = typing.get_args(tp)
+        sub: list[str] = []
+        out = _check_type(value, base, path, sub)
+        if sub:
+            problems.extend(sub)
+            return out
+        for m in meta:
+            if isinstance(m, Bound) and isinstance(out, int | float) and not m.check(out):
+                problems.append(f"{path}: must be {m.describe()}, got {value!r}")
+        return out
     if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            sub: list[str] = []
+        args = typing.get_args(tp)
+        attempts: list[list[str]] = []
+        for arg in args:
+            sub = []
             out = _check_type(value, arg, path, sub)
             if not sub:
                 return out
-        problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+            attempts.append(sub)
+        non_null = [a for a in args if a is not type(None)]
+        if value is not None and len(non_null) == 1 and _refines(non_null[0], value):
+            # `x: T | None` given a value of T's type that breaks T's bound or choices: say which
+            problems.extend(attempts[list(args).index(non_null[0])])
+        else:
+            problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
+            names = [str(c) for c in choices]
+            problems.append(f"{path}: {value!r} is not one of {', '.join(names)}.{suggest(str(value), names)}")
         return value
     if tp is type(None):
         if value is not None:
             problems.append(f"{path}: expected null, got {value!r}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, dict):
-            problems.append(f"{path}: expected a mapping of {getattr(tp, '__name__', tp)} fields, got {value!r}")
+            problems.append(f"{path}: expected a mapping of {tp.__name__} fields, got {value!r}")
             return value
-        return _check_fields(_dataclass_schema(tp), value, path, problems)
-    if origin is list:
-        if not isinstance(value, list):
+        n_before = len(problems)
+        fields = _check_fields(_dataclass_schema(tp), value, path, problems)
+        if len(problems) > n_before:
+            return fields
+        return tp(**fields)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
             problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
             return value
-        (arg,) = typing.get_args(tp) or (Any,)
-        return [_check_type(v, arg, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis] or [Any]
+        return [_check_type(v, args[0], f"{path}[{i}]", problems) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             problems.append(f"{path}: expected a mapping, got {value!r}")
@@ -302,7 +327,7 @@ def _check_type(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             problems.append(f"{path}: expected float, got {value!r}")
             return value
         return float(value)
@@ -317,28 +342,47 @@ def _check_type(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
     return value
 
 
-_REQUIRED = object()
+def _refines(tp: Any, value: Any) -> bool:
+    """Whether ``tp`` is a choice or a bounded type whose base type ``value`` already has (so its
+    own message, "not one of" or "must be >= n", says more than "expected T or null")."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return True
+    if origin is typing.Annotated:
+        return not _problems_of(value, typing.get_args(tp)[0])
+    return False
 
 
-def _dataclass_schema(cls: Any) -> dict[str, tuple[Any, Any]]:
-    hints = typing.get_type_hints(cls)
+def _problems_of(value: Any, tp: Any) -> list[str]:
+    sub: list[str] = []
+    _check_type(value, tp, "", sub)
+    return sub
+
+
+def _dataclass_schema(cls: type) -> dict[str, tuple[Any, Any]]:
+    hints = typing.get_type_hints(cls, include_extras=True)
     out = {}
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
-            if dataclasses.is_dataclass(default):
-                default = dataclasses.asdict(default)  # type: ignore[arg-type]
         else:
             default = _REQUIRED
         out[f.name] = (hints[f.name], default)
     return out
 
 
-def builder_schema(fn: Any) -> dict[str, tuple[Any, Any]]:
-    """Parameter name -> (type, default) of a registered builder; its signature is the schema."""
-    hints = typing.get_type_hints(fn)
+def _callable_hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    """Type hints (with ``Annotated`` extras) of a builder function or of a class's ``__init__``."""
+    target = fn.__init__ if isinstance(fn, type) else fn  # type: ignore[misc]
+    return typing.get_type_hints(target, include_extras=True)
+
+
+def builder_schema(fn: Callable[..., Any]) -> dict[str, tuple[Any, Any]]:
+    """Parameter name -> (type, default) of a registered builder (a function or a class): its
+    signature is the schema."""
+    hints = _callable_hints(fn)
     out = {}
     for name, p in inspect.signature(fn).parameters.items():
         if name in INJECTED or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
@@ -348,12 +392,23 @@ def builder_schema(fn: Any) -> dict[str, tuple[Any, Any]]:
     return out
 
 
+def from_data_params(fn: Callable[..., Any]) -> set[str]:
+    """The parameters of a builder marked ``Annotated[..., FromData]``: filled from the data (or the
+    backbone) at build time, optional in a config."""
+    hints = _callable_hints(fn)
+    out = {n for n in hints if n in _LEGACY_INFERRED}  # TRANSITIONAL: removed once every builder is marked
+    for name, tp in hints.items():
+        if typing.get_origin(tp) is typing.Annotated and any(isinstance(m, _FromData) for m in typing.get_args(tp)[1:]):
+            out.add(name)
+    return out
+
+
 def _check_fields(
     schema: dict[str, tuple[Any, Any]],
     values: dict[str, Any],
     path: str,
     problems: list[str],
-    optional: set[str] = frozenset(),  # type: ignore[assignment]
+    optional: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in values.items():
@@ -377,39 +432,95 @@ def _check_fields(
     return out
 
 
-def _check_component(section: str, value: Any, path: str, problems: list[str]) -> dict[str, Any] | None:
-    if value is None and section in DEFAULT_COMPONENT:
-        value = {}
+def _component_builder(section: str, value: Any, path: str, problems: list[str]) -> tuple[Any, Any] | None:
+    """(name, builder) of a component mapping, or None after recording the problem."""
     if not isinstance(value, dict):
         problems.append(f"{path}: expected a mapping with a `name`, got {value!r}")
         return None
-    value = dict(value)
-    name = value.pop("name", DEFAULT_COMPONENT.get(section))
+    name = value.get("name", DEFAULT_COMPONENT.get(section))
     if name is None:
         kinds = ", ".join(COMPONENTS[section].list())
         problems.append(f"{path}.name: required; one of {kinds}")
         return None
     try:
-        fn = COMPONENTS[section].get(str(name))
+        return name, COMPONENTS[section].get(str(name))
     except UnknownComponentError as e:
         problems.append(f"{path}.name: {e}")
         return None
-    checked = _check_fields(builder_schema(fn), value, path, problems, optional=INFERRED)
+
+
+def _check_component(section: str, value: Any, path: str, problems: list[str]) -> dict[str, Any] | None:
+    if value is None and section in DEFAULT_COMPONENT:
+        value = {}
+    found = _component_builder(section, value, path, problems)
+    if found is None:
+        return None
+    name, fn = found
+    params = {k: v for k, v in value.items() if k != "name"}
+    checked = _check_fields(builder_schema(fn), params, path, problems, optional=from_data_params(fn))
     return {"name": name, **checked}
 
 
-def validate(cfg: dict[str, Any], source: str | None = None) -> dict[str, Any]:
-    """Validate a composed pipeline; raise one ConfigError listing every problem."""
+def _check_data_overrides(
+    base: dict[str, Any] | None, overrides: dict[str, Any], path: str, problems: list[str]
+) -> None:
+    """A stage's (or the evaluation's) ``data:`` keys, checked merged over the pipeline's data."""
+    if not isinstance(base, dict) or base.get("name") not in DATAMODULES:
+        return
+    fn = DATAMODULES.get(base["name"])
+    merged = {**{k: v for k, v in base.items() if k != "name"}, **overrides}
+    merged.pop("name", None)
+    _check_fields(builder_schema(fn), merged, path, problems, optional=from_data_params(fn))
+
+
+def _check_stage(
+    i: int, st: Any, model: dict[str, Any], pipeline_data: Any, problems: list[str]
+) -> tuple[StageSpec | None, dict[str, Any]]:
+    """One stage: its fields, its ``peft:`` block, its model and data overrides.
+
+    ``model`` is the backbone/head the previous stage used; a stage's ``backbone:``/``head:``
+    without a ``name`` is merged over it. Returns the stage and the model it uses.
+    """
+    if not isinstance(st, dict):
+        problems.append(f"stages[{i}]: expected a mapping, got {st!r}")
+        return None, model
+    path = f"stages[{i}]" + (f" ({st['name']})" if st.get("name") else "")
+    n_before = len(problems)
+    fields = _check_fields(_dataclass_schema(StageSpec), st, path, problems)
+    model = dict(model)
+    for section in ("backbone", "head"):
+        override = fields.get(section)
+        if isinstance(override, dict):
+            inherited = model[section] if "name" not in override else {}
+            fields[section] = _check_component(
+                section, {**(inherited or {}), **override}, f"{path}.{section}", problems
+            )
+            if fields[section] is not None:
+                model[section] = fields[section]
+    if isinstance(fields.get("peft"), dict):
+        fields["peft"] = _check_peft(fields["peft"], f"{path}.peft", problems)
+    if isinstance(fields.get("data"), dict):
+        _check_data_overrides(pipeline_data, fields["data"], f"{path}.data", problems)
+    if len(problems) > n_before:
+        return None, model
+    return StageSpec(**fields), model
+
+
+def validate(cfg: Mapping[str, Any], source: str | None = None) -> PipelineSpec:
+    """Validate a composed pipeline (a plain mapping, e.g. a saved ``config.yaml``); raise one
+    ConfigError listing every problem, or return the typed spec."""
     problems: list[str] = []
     out: dict[str, Any] = {}
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"expected a mapping at the top level, got {type(cfg).__name__}", source=source)
     for key in cfg:
         if key not in TOP_LEVEL:
             problems.append(f"{key}: unknown top-level key.{suggest(key, TOP_LEVEL)} Valid: {', '.join(TOP_LEVEL)}")
     out["name"] = _check_type(cfg.get("name", "pipeline"), str, "name", problems)
-    out["description"] = cfg.get("description", "")
+    out["description"] = _check_type(cfg.get("description") or "", str, "description", problems)
     out["seed"] = _check_type(cfg.get("seed", 0), int, "seed", problems)
     out["run_dir"] = _check_type(cfg.get("run_dir", "runs"), str, "run_dir", problems)
-    for section in COMPONENTS:
+    for section in COMPONENT_SECTIONS:
         if section not in cfg and section not in DEFAULT_COMPONENT:
             problems.append(f"{section}: required section missing (add `{section}: {{name: ...}}` or a defaults entry)")
             continue
@@ -418,101 +529,42 @@ def validate(cfg: dict[str, Any], source: str | None = None) -> dict[str, Any]:
     out["evaluation"] = _check_type(cfg.get("evaluation") or {}, EvaluationSpec, "evaluation", problems)
 
     stages = cfg.get("stages")
-    if not isinstance(stages, list) or not stages:
+    if not isinstance(stages, list | tuple) or not stages:
         problems.append("stages: required, a non-empty list of stages (each with a name and max_epochs or max_steps)")
         stages = []
-    out["stages"] = []
-    names: list[str] = []
+    checked: list[StageSpec] = []
+    model = {"backbone": out.get("backbone"), "head": out.get("head")}
     for i, st in enumerate(stages):
-        path = f"stages[{i}]"
-        if not isinstance(st, dict):
-            problems.append(f"{path}: expected a mapping, got {st!r}")
-            continue
-        path = f"stages[{i}]" + (f" ({st['name']})" if st.get("name") else "")
-        spec = _check_type(st, StageSpec, path, problems)
-        out["stages"].append(spec)
-        name = spec.get("name")
-        if not name:
-            problems.append(f"{path}.name: required, a unique stage name")
-        elif name in names:
-            problems.append(f"{path}.name: duplicate stage name {name!r}")
-        names.append(name)
-        if spec.get("max_epochs") is None and spec.get("max_steps") is None:
-            problems.append(f"{path}: set max_epochs or max_steps")
-        _check_choice(spec.get("optim", {}).get("name"), ("adamw", "adam", "sgd"), f"{path}.optim.name", problems)
-        _check_choice(
-            spec.get("schedule", {}).get("name"),
-            ("constant", "cosine", "onecycle", "cyclic"),
-            f"{path}.schedule.name",
-            problems,
-        )
-        ro = spec.get("rollout")
-        if isinstance(ro, dict):
-            for key in ("steps", "grow_every", "grow_by", "max_steps", "truncate_every"):
-                if isinstance(ro.get(key), int) and ro[key] < 1:
-                    problems.append(f"{path}.rollout.{key}: must be >= 1, got {ro[key]}")
-            if (
-                isinstance(ro.get("max_steps"), int)
-                and isinstance(ro.get("steps"), int)
-                and ro["max_steps"] < ro["steps"]
-            ):
-                problems.append(f"{path}.rollout.max_steps: {ro['max_steps']} is below steps {ro['steps']}")
-        es = spec.get("early_stopping")
-        if isinstance(es, dict):
-            _check_choice(es.get("mode"), ("min", "max"), f"{path}.early_stopping.mode", problems)
-        init = spec.get("init_from")
-        if isinstance(init, str) and init.startswith("stage:") and init[6:] not in names[:-1]:
-            problems.append(
-                f"{path}.init_from: {init!r} names no earlier stage.{suggest(init[6:], names[:-1])} "
-                f"Earlier stages: {', '.join(names[:-1]) or 'none'}"
-            )
-        if i == 0 and init == "previous":
-            problems.append(f"{path}.init_from: the first stage has no previous stage (use scratch or pretrained)")
-        for section in ("backbone", "head"):
-            override = spec.get(section)
-            if isinstance(override, dict):
-                inherited = model_section(out, section, i - 1) if "name" not in override else {}
-                spec[section] = _check_component(
-                    section, {**(inherited or {}), **override}, f"{path}.{section}", problems
-                )
-        if i > 0 and any(spec.get(sec) for sec in ("backbone", "head")):
-            changed = [
-                sec for sec in ("backbone", "head") if model_section(out, sec, i) != model_section(out, sec, i - 1)
-            ]
-            init = spec.get("init_from") or "previous"
-            if changed and (init == "previous" or init.startswith("stage:")):
+        spec, model = _check_stage(i, st, model, out.get("data"), problems)
+        if spec is not None:
+            checked.append(spec)
+    ev = cfg.get("evaluation") or {}
+    if isinstance(ev, dict) and isinstance(ev.get("data"), dict):
+        _check_data_overrides(out.get("data"), ev["data"], "evaluation.data", problems)
+    if isinstance(out["evaluation"], EvaluationSpec) and isinstance(out.get("task"), dict):
+        task_cls = task_class(out["task"]["name"])
+        allowed = task_cls.BASELINES
+        for j, b in enumerate(out["evaluation"].baselines):
+            if b not in allowed:
                 problems.append(
-                    f"{path}.init_from: this stage changes the {' and '.join(changed)}, so it cannot start from "
-                    f"{init!r} weights of another architecture; set init_from: scratch (or pretrained, or a checkpoint)"
+                    f"evaluation.baselines[{j}]: {b!r} is not a baseline of task {out['task']['name']!r}"
+                    f" (one of {', '.join(allowed) or 'none'}).{suggest(b, allowed)}"
                 )
-        if isinstance(spec.get("peft"), dict):
-            spec["peft"] = _check_peft(spec["peft"], f"{path}.peft", problems)
-        if isinstance(spec.get("data"), dict) and isinstance(out.get("data"), dict):
-            merged = {**{k: v for k, v in out["data"].items()}, **spec["data"]}
-            merged.pop("name", None)
-            fn = DATAMODULES.get(out["data"]["name"]) if out["data"]["name"] in DATAMODULES else None
-            if fn is not None:
-                _check_fields(builder_schema(fn), merged, f"{path}.data", problems, optional=INFERRED)
-
-    ev = out["evaluation"]
-    if isinstance(ev, dict) and isinstance(ev.get("data"), dict) and isinstance(out.get("data"), dict):
-        fn = DATAMODULES.get(out["data"]["name"]) if out["data"]["name"] in DATAMODULES else None
-        if fn is not None:
-            merged = {**{k: v for k, v in out["data"].items() if k != "name"}, **ev["data"]}
-            _check_fields(builder_schema(fn), merged, "evaluation.data", problems, optional=INFERRED)
-    if isinstance(ev, dict):
-        for j, name in enumerate(ev.get("stages") or []):
-            if name not in names:
-                problems.append(f"evaluation.stages[{j}]: no stage {name!r}.{suggest(name, names)}")
-        for j, b in enumerate(ev.get("baselines") or []):
-            _check_choice(b, BASELINES, f"evaluation.baselines[{j}]", problems)
     if problems:
         raise ConfigError(problems, source=source)
-    return out
+    return PipelineSpec(**{**out, "stages": tuple(checked)})
+
+
+def task_class(name: str) -> Any:
+    """The class a registered task builds (a class registered directly, or a builder's return type)."""
+    fn = TASKS.get(name)
+    if isinstance(fn, type):
+        return fn
+    return typing.get_type_hints(fn)["return"]
 
 
 def _check_peft(block: dict[str, Any], path: str, problems: list[str]) -> dict[str, Any]:
-    """A stage's ``peft:`` block: common keys plus the method builder's parameters."""
+    """A stage's ``peft:`` block: the common keys plus the method builder's parameters."""
     block = dict(block)
     method = block.get("method")
     if method is None:
@@ -532,68 +584,19 @@ def _check_peft(block: dict[str, Any], path: str, problems: list[str]) -> dict[s
                 f"{path}.{key}: unknown key for {method}.{suggest(key, valid)} Valid keys: {', '.join(valid)}"
             )
     checked = _check_fields(schema, {k: v for k, v in block.items() if k in schema}, path, problems)
-    for key in ("targets", "layer_types"):
-        if key in common and common[key] is not None:
-            common[key] = _check_type(common[key], list[str], f"{path}.{key}", problems)
-    if "merge_after" in common:
-        _check_type(common["merge_after"], bool, f"{path}.merge_after", problems)
-    return {
-        "method": method,
-        "adapter_name": None,
-        "targets": None,
-        "layer_types": None,
-        "merge_after": False,
-        **common,
-        **checked,
-    }
+    common_schema = _dataclass_schema(PeftCommonSpec)
+    common = _check_fields(common_schema, common, path, problems)
+    return {**common, **checked}
 
 
-def _check_choice(value: Any, choices: tuple[str, ...], path: str, problems: list[str]) -> None:
-    if value is not None and value not in choices:
-        problems.append(f"{path}: {value!r} is not one of {', '.join(choices)}.{suggest(str(value), choices)}")
-
-
-def model_section(cfg: dict[str, Any], section: str, stage_index: int) -> Any:
-    """The ``backbone`` or ``head`` config stage ``stage_index`` trains: the latest stage override
-    at or before it, else the pipeline's (``stage_index`` -1: the pipeline's)."""
-    for k in range(min(stage_index, len(cfg.get("stages") or []) - 1), -1, -1):
-        override = cfg["stages"][k].get(section)
-        if override:
-            return override
-    return cfg.get(section)
-
-
-def model_config(cfg: dict[str, Any], stage_index: int) -> dict[str, Any]:
-    """``cfg`` with the backbone and head of stage ``stage_index`` (see :func:`model_section`)."""
-    return {
-        **cfg,
-        "backbone": model_section(cfg, "backbone", stage_index),
-        "head": model_section(cfg, "head", stage_index),
-    }
-
-
-def stage_data_config(cfg: dict[str, Any], stage_index: int) -> dict[str, Any]:
-    """The data section a stage trains on: the pipeline's, with the stage's overrides.
-
-    A rollout stage's samples carry as many future states as its longest rollout (``n_lead``).
-    """
-    data = dict(cfg["data"])
-    if stage_index >= 0:
-        stage = cfg["stages"][stage_index]
-        data.update(stage.get("data") or {})
-        rollout = stage.get("rollout")
-        if rollout and "n_lead" in inspect.signature(COMPONENTS["data"].get(data["name"])).parameters:
-            need = int(rollout.get("max_steps") or rollout.get("steps") or 1)
-            data["n_lead"] = max(int(data.get("n_lead") or 1), need)
-    return data
-
-
-def to_yaml(cfg: dict[str, Any]) -> str:
-    return OmegaConf.to_yaml(OmegaConf.create(cfg))
+def to_yaml(cfg: PipelineSpec | Mapping[str, Any]) -> str:
+    """The YAML text of a spec (what ``config.yaml`` holds)."""
+    plain = cfg.to_dict() if isinstance(cfg, PipelineSpec) else dict(cfg)
+    return OmegaConf.to_yaml(OmegaConf.create(plain))
 
 
 def as_plain(obj: Any) -> Any:
-    if isinstance(obj, (DictConfig, ListConfig)):
+    if isinstance(obj, DictConfig | ListConfig):
         return OmegaConf.to_container(obj, resolve=True)
     return obj
 
@@ -602,19 +605,21 @@ def as_plain(obj: Any) -> Any:
 # building
 
 
-def _call_builder(section: str, cfg: dict[str, Any], inferred: dict[str, Any], **objects: Any) -> Any:
-    """Call a registered builder with the config's keys plus values inferred from the data.
+def call_builder(section: str, cfg: Mapping[str, Any], facts: Mapping[str, Any], **objects: Any) -> Any:
+    """Call a registered builder with the config's keys plus, for its ``FromData`` parameters, the
+    values the data (or the backbone) gives.
 
-    A key the user set explicitly must agree with the inferred value: a silent override would
-    build a model whose shapes do not fit the data.
+    A key the user set explicitly must agree with the value from the data: a silent override
+    would build a model whose shapes do not fit the data.
     """
     params = dict(cfg)
     name = params.pop("name")
     fn = COMPONENTS[section].get(name)
     sig = inspect.signature(fn).parameters
+    follows = from_data_params(fn)
     problems = []
-    for key, value in inferred.items():
-        if key not in sig:
+    for key, value in facts.items():
+        if key not in follows:
             continue
         if key in params and params[key] is not None and params[key] != value:
             problems.append(
@@ -630,31 +635,18 @@ def _call_builder(section: str, cfg: dict[str, Any], inferred: dict[str, Any], *
     return fn(**params)
 
 
-def build_datamodule(cfg: dict[str, Any], stage_index: int = -1) -> Any:
-    """The datamodule of one stage (``-1``: the pipeline's own ``data:``, used for predict)."""
-    data = stage_data_config(cfg, stage_index if stage_index >= 0 else len(cfg["stages"]) - 1)
-    return _call_builder("data", data, {})
+def build_datamodule(data: Mapping[str, Any]) -> Any:
+    """A datamodule from a validated ``data:`` section (see :mod:`sciadapt.stages.plan` for the
+    section each stage trains on)."""
+    return call_builder("data", data, {})
 
 
-def data_facts(dm: Any) -> dict[str, Any]:
-    """What the model must agree with: window geometry and channel counts of a set-up datamodule.
+def build_task(model: Mapping[str, Any], facts: Mapping[str, Any]) -> Any:
+    """Backbone + head + task for data with the given facts (``datamodule.facts()``).
 
-    A datamodule may define ``facts()`` itself (gridded data: grid, channels, statistics).
+    ``model`` holds the ``backbone``, ``head`` and ``task`` sections.
     """
-    if hasattr(dm, "facts"):
-        return dict(dm.facts())
-    return {
-        "context_length": dm.context_length,
-        "horizon": dm.horizon,
-        "n_exog": dm.n_exog,
-        "n_targets": dm.n_targets,
-        "seasonality": dm.seasonality,
-    }
-
-
-def build_task(cfg: dict[str, Any], facts: dict[str, Any]) -> Any:
-    """Backbone + head + task for data with the given facts (see :func:`data_facts`)."""
-    backbone = _call_builder("backbone", cfg["backbone"], facts)
+    backbone = call_builder("backbone", model["backbone"], facts)
     info = backbone.feature_info[-1]
     head_facts = {
         **facts,
@@ -662,5 +654,32 @@ def build_task(cfg: dict[str, Any], facts: dict[str, Any]) -> Any:
         "in_layout": info["layout"],
         "feature_info": [dict(level) for level in backbone.feature_info],
     }
-    head = _call_builder("head", cfg["head"], head_facts)
-    return _call_builder("task", cfg["task"], facts, backbone=backbone, head=head)
+    head = call_builder("head", model["head"], head_facts)
+    return call_builder("task", model["task"], facts, backbone=backbone, head=head)
+
+
+def check_arguments(path: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorate a registered class's ``__init__`` so that a direct call (from Python, not through a
+    config) checks its arguments against the signature as the config layer does.
+
+    The problems found are kept in ``self._argument_problems`` for the constructor's own checks to
+    report together with theirs (one :class:`ConfigError` listing everything).
+    """
+
+    def deco(init: Callable[..., None]) -> Callable[..., None]:
+        sig = inspect.signature(init)
+
+        @functools.wraps(init)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> None:
+            given = sig.bind(self, *args, **kwargs).arguments
+            hints = typing.get_type_hints(init, include_extras=True)
+            problems: list[str] = []
+            for key, value in given.items():
+                if key != "self" and key in hints:
+                    _check_type(value, hints[key], f"{path}.{key}", problems)
+            self._argument_problems = problems
+            init(self, *args, **kwargs)
+
+        return wrapper
+
+    return deco

@@ -52,7 +52,7 @@ EXIT_PREEMPTED = 3  # the CLI's exit status after a preemption checkpoint
 
 class Preempted(Exception):  # noqa: N818 (an event, not an error)
     """A run stopped on a preemption signal after writing its resume checkpoint
-    (see :mod:`sciadapt.hpc.preempt`)."""
+    (see :mod:`sciadapt.stages.preempt`)."""
 
     def __init__(self, signum: int, stage: str, epoch: int | None = None, step: int | None = None) -> None:
         self.signum = int(signum)

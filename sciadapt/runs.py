@@ -12,11 +12,18 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+import yaml
 
 from sciadapt.errors import CheckpointError, ConfigError
+from sciadapt.hub import describe_mismatch, read_state_dict
+
+if TYPE_CHECKING:
+    from sciadapt.spec import PipelineSpec
+    from sciadapt.stages.plan import StagePlan
+    from sciadapt.types import DataModule, Task
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -50,7 +57,11 @@ def _json_default(o: Any) -> Any:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    """A run file's JSON; a corrupt or unreadable file is a CheckpointError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}. The file is damaged; restore it or start a new run") from None
 
 
 def write_csv_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -102,44 +113,159 @@ def open_run(run: str | Path) -> Path:
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a Lightning checkpoint or a plain state-dict file, never executing code."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or foreign file
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}. Is the file complete?") from None
-    if isinstance(obj, dict) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds no state dict")
-    return obj
+    return read_state_dict(Path(path), unwrap=True)
 
 
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
     """Strict load that names every missing, unexpected or mis-shaped tensor."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            parts.append("shape mismatches: " + "; ".join(shapes[:5]) + (" ..." if len(shapes) > 5 else ""))
-        if missing:
-            parts.append(f"missing: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
-        if unexpected:
-            parts.append(f"unexpected: {', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else ""))
+    problems = describe_mismatch(model.state_dict(), state)
+    if problems:
         raise CheckpointError(
-            f"checkpoint {source} does not fit the model ({'; '.join(parts)}). The checkpoint was built "
+            f"checkpoint {source} does not fit the model ({'; '.join(problems)}). The checkpoint was built "
             "for a different geometry (channels, exogenous columns, context length or horizon): use the "
             "same data and backbone settings as the run that wrote it, or start from scratch"
         )
     model.load_state_dict(state, strict=True)
+
+
+def attach_stage_adapter(task: torch.nn.Module, spec: PipelineSpec, plan: StagePlan) -> str:
+    """Attach stage ``plan``'s adapter; its initial values depend only on (seed, stage)."""
+    from sciadapt.peft import core as peft_core
+    from sciadapt.registry import PEFT_METHODS
+
+    pf = plan.spec.peft
+    assert pf is not None and plan.adapter is not None
+    method = PEFT_METHODS.build(pf["method"], **plan.peft_method_args())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed * 7919 + plan.index * 104_729 + 17)
+        peft_core.attach(task, method, plan.adapter, pf["targets"], pf["layer_types"], where=f"{plan.where}.peft")
+    return plan.adapter
+
+
+def task_for_stage(spec: PipelineSpec, plans: list[StagePlan], facts: dict[str, Any], j: int) -> Task:
+    """A fresh task whose module structure matches the final checkpoint of stage ``j``."""
+    from sciadapt.config import build_task
+
+    task: Task = build_task(plans[j].model, facts)
+    for k in plans[j].live_adapters:
+        attach_stage_adapter(task, spec, plans[k])
+    return task
+
+
+class Run:
+    """A run directory and the pipeline that made it: the one way to reopen a run.
+
+    ``predict``, ``test``, ``--resume`` and cluster jobs get a finished (or stopped) run's data and
+    model back through :meth:`open`, :meth:`datamodule` and :meth:`task`; nothing else re-reads
+    ``config.yaml``.
+    """
+
+    def __init__(self, path: Path, spec: PipelineSpec) -> None:
+        from sciadapt.stages.plan import plan
+
+        self.path = Path(path)
+        self.spec = spec
+        self.plans = plan(spec, source=str(self.path / "config.yaml"))
+
+    # -- making and opening -----------------------------------------------------------------
+    @classmethod
+    def create(cls, spec: PipelineSpec, path: Path | None = None) -> Run:
+        """A new ``<run_dir>/<pipeline>/<timestamp>/`` (or ``path``) holding the resolved ``config.yaml``."""
+        from sciadapt.config import to_yaml
+
+        if path is None:
+            path = new_run_dir(spec.run_dir, spec.name)
+        atomic_write_text(path / "config.yaml", to_yaml(spec))
+        return cls(path, spec)
+
+    @classmethod
+    def open(cls, run: str | Path) -> Run:
+        """An existing run; a folder that is not one, or a damaged ``config.yaml``, is an error naming the fix."""
+        from sciadapt.config import validate
+
+        path = open_run(run)
+        cfg_path = path / "config.yaml"
+        try:
+            raw = yaml.safe_load(cfg_path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read {cfg_path}: {e}. The run's config is damaged; restore it") from None
+        return cls(path, validate(raw, source=str(cfg_path)))
+
+    # -- files ----------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.path / "state.json"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / "summary.json"
+
+    def state(self) -> dict[str, Any]:
+        """``state.json``: completed stages and status (a fresh state before the first write)."""
+        if self.state_path.exists():
+            state: dict[str, Any] = read_json(self.state_path)
+            return state
+        return {"completed": [], "status": "running"}
+
+    def summary(self) -> dict[str, Any]:
+        if self.summary_path.exists():
+            summary: dict[str, Any] = read_json(self.summary_path)
+            return summary
+        return {"pipeline": self.spec.name, "run_dir": str(self.path), "stages": {}}
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.path / "checkpoints" / stage
+
+    def final_ckpt(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "final.ckpt"
+
+    def plan_of(self, stage: str | int) -> StagePlan:
+        """The plan of a stage by name or index (-1: the last stage)."""
+        if isinstance(stage, int):
+            return self.plans[stage]
+        names = [p.name for p in self.plans]
+        if stage not in names:
+            from sciadapt.registry import suggest
+
+            raise ConfigError(f"{self.path} has no stage {stage!r}.{suggest(stage, names)} Stages: {', '.join(names)}")
+        return self.plans[names.index(stage)]
+
+    def require_final(self, stage: str | int = -1, scaler: bool = False) -> Path:
+        """The final weights of a stage; an unfinished run is an error with the resume command."""
+        name = self.plan_of(stage).name
+        ckpt = self.final_ckpt(name)
+        missing = [str(ckpt.relative_to(self.path))] if not ckpt.is_file() else []
+        if scaler and not (self.path / "scaler.json").is_file():
+            missing.append("scaler.json")
+        if missing:
+            raise CheckpointError(
+                f"{self.path} is not finished (no {' or '.join(missing)}): "
+                f"complete it with `sciadapt fit --resume {self.path}`"
+            )
+        return ckpt
+
+    def scaler(self) -> dict[str, Any]:
+        """``scaler.json``: the train-split statistics the run's datamodule normalised with."""
+        self.require_final(-1, scaler=True)
+        state: dict[str, Any] = read_json(self.path / "scaler.json")
+        return state
+
+    # -- data and model -------------------------------------------------------------------
+    def data_config(self, stage: str | int = -1, **overrides: Any) -> dict[str, Any]:
+        """The data section a stage trained on, with ``overrides``."""
+        return {**self.plan_of(stage).data, **overrides}
+
+    def datamodule(self, stage: str | int = -1, **overrides: Any) -> DataModule:
+        """The (not yet set-up) datamodule of a stage's data with ``overrides``."""
+        from sciadapt.config import build_datamodule
+
+        dm: DataModule = build_datamodule(self.data_config(stage, **overrides))
+        return dm
+
+    def task(self, stage: str | int, facts: dict[str, Any]) -> Task:
+        """Stage ``stage``'s model for data with ``facts`` (``datamodule.facts()``), its final weights loaded."""
+        plan = self.plan_of(stage)
+        ckpt = self.require_final(plan.index)
+        task = task_for_stage(self.spec, self.plans, facts, plan.index)
+        load_into(task, load_weights(ckpt), ckpt)
+        return task

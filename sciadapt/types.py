@@ -6,9 +6,12 @@ D embedding, L horizon, Q quantiles.
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, TypedDict, runtime_checkable
 
 import torch
+from torch import nn
 
 from sciadapt.errors import ShapeError
 
@@ -57,3 +60,107 @@ def check_shape(t: torch.Tensor, layout: str, name: str = "input", **sizes: int)
         got = t.shape[axes.index(ax)]
         if got != want:
             raise ShapeError(f"{name}: expected {layout} with {ax}={want}, got {tuple(t.shape)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# contracts (DESIGN.md): what the runner, predict and the contract tests rely on
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A registered backbone (an ``nn.Module``).
+
+    ``feature_info`` lists the feature levels ``forward_features`` returns (each a dict with at
+    least ``layout`` and ``channels``); a backbone that ends in its official head has a last level
+    of kind ``"forecast"``. ``load_pretrained`` is a strict load after a declared, logged filter;
+    ``save_pretrained`` writes what it reads back strictly.
+    """
+
+    input_layout: str
+    feature_info: list[dict[str, Any]]
+    default_peft_targets: list[str]
+
+    def forward_features(self, x: torch.Tensor, **inputs: torch.Tensor) -> Any: ...
+
+    def example_inputs(self, batch: int = 2) -> dict[str, torch.Tensor]: ...
+
+    def load_pretrained(self, source: str) -> Any: ...
+
+    def save_pretrained(self, directory: str | Path) -> Path: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def named_modules(self) -> Iterator[tuple[str, nn.Module]]: ...
+
+
+@runtime_checkable
+class FitsWindow(Protocol):
+    """A backbone with a fixed context of its own (TTM, MOMENT) that reports how it fits a window."""
+
+    def input_policy(self, context_length: int) -> Any: ...
+
+
+@runtime_checkable
+class DataModule(Protocol):
+    """A registered datamodule (a ``LightningDataModule``; its ``__init__`` is its config schema).
+
+    ``facts()`` is what the model must agree with (window geometry, channels, grid ...): builder
+    parameters marked ``FromData`` are filled from it by name. The runner sets ``shuffle_seed``.
+    """
+
+    shuffle_seed: int
+
+    def setup(self, stage: str) -> None: ...
+
+    def facts(self) -> dict[str, Any]: ...
+
+    def describe(self) -> str: ...
+
+    def scaler_state(self) -> dict[str, Any]: ...
+
+    def train_dataloader(self) -> Any: ...
+
+    def val_dataloader(self) -> Any: ...
+
+    def test_dataloader(self) -> Any: ...
+
+
+@runtime_checkable
+class NamesColumns(Protocol):
+    """A datamodule of named series columns (time series): checkpoints record which they were trained on."""
+
+    @property
+    def target_columns(self) -> list[str]: ...
+
+    @property
+    def exog_columns(self) -> list[str]: ...
+
+
+@runtime_checkable
+class ReportsPadding(Protocol):
+    """A datamodule that pads short histories and says how often it did (time series)."""
+
+    def padding_report(self) -> dict[str, Any]: ...
+
+
+class Task(Protocol):
+    """A task (:class:`sciadapt.tasks.base.Task` subclasses): the one step loop plus a loss,
+    metrics and the task's own baselines."""
+
+    BASELINES: ClassVar[tuple[str, ...]]
+    backbone: Backbone
+    head: nn.Module
+    seed: int
+    stage_index: int
+    test_results: dict[str, Any]
+    data_signature: dict[str, Any]
+
+    def baseline(self, name: str, dm: Any) -> dict[str, Any]: ...
+
+    def model_inputs(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]: ...
+
+
+class PeftMethod(Protocol):
+    """A registered PEFT method; one that needs data to initialise overrides ``init_from_data``."""
+
+    def init_from_data(self, model: nn.Module, adapter: str, batches: Iterable[Mapping[str, Any]]) -> None: ...

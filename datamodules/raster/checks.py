@@ -25,7 +25,7 @@ def check_config(dm: RasterDataModule, label_map: Any) -> None:
         dm: The datamodule, its settings stored.
         label_map: ``label_map`` as given (``dm.label_map`` is None when it was not a mapping of integers).
     """
-    problems: list[str] = []
+    problems: list[str] = list(dm._argument_problems)  # the signature's own checks come first
     if dm.requested_bands is not None:
         dupes = sorted({b for b in dm.requested_bands if dm.requested_bands.count(b) > 1})
         if dupes:

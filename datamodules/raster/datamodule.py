@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from sciadapt.config import check_arguments
 from sciadapt.datamodules.raster.checks import SPLIT_NAMES, check_config, int_map
 from sciadapt.datamodules.raster.chips import ChipDataset, ChipSpec, EpochChipSampler, grid_starts
 from sciadapt.datamodules.raster.scenes import Scene, build_scenes, expand_paths
@@ -76,6 +77,7 @@ class RasterDataModule(L.LightningDataModule):
         ConfigError: If settings contradict each other (see :func:`~sciadapt.datamodules.raster.checks.check_config`).
     """
 
+    @check_arguments("data")
     def __init__(
         self,
         images: list[str] | str,

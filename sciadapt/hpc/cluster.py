@@ -32,6 +32,7 @@ becomes one job array, one run directory per point.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -242,12 +243,15 @@ def run_job(run_dir: str) -> dict[str, Any]:
     """What each submitted job (and each requeue of it) runs: ``sciadapt fit --resume run_dir``."""
     from rich.console import Console
 
-    from sciadapt import api
-    from sciadapt.hpc.preempt import requeue
+    from sciadapt.stages.evaluate import print_comparison
+    from sciadapt.stages.preempt import requeue
+    from sciadapt.stages.runner import fit, is_writer
 
     console = Console()
     try:
-        summary = api.fit(None, [], resume=run_dir, console=console)
+        _run, summary = fit(None, [], resume=run_dir, console=console)
+        if is_writer():
+            print_comparison(summary, console)
     except Preempted as p:
         state = read_json(Path(run_dir) / "state.json") if (Path(run_dir) / "state.json").exists() else {}
         limit = int(os.environ.get(MAX_REQUEUES_ENV, "20"))
@@ -285,6 +289,7 @@ def submit(
     """
     from sciadapt.config import load_config
     from sciadapt.hpc.sweep import expand_sweep
+    from sciadapt.stages.plan import plan
     from sciadapt.stages.runner import PipelineRunner
 
     prof = load_cluster(cluster, cluster_set)
@@ -295,13 +300,15 @@ def submit(
     configs = []
     for combo in points:
         try:
-            configs.append(load_config(pipeline, [*implied, *overrides, *combo]))
+            spec = load_config(pipeline, [*implied, *overrides, *combo])
+            plan(spec)  # the stage rules too: nothing is submitted for a point that cannot run
+            configs.append(spec)
         except ConfigError as err:
             what = f"sweep point {' '.join(combo)}" if combo else "the pipeline"
             raise ConfigError(f"{what} is invalid, nothing was submitted:\n{err}") from None
-    name = configs[0]["name"]
+    name = configs[0].name
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(configs[0]["run_dir"]).resolve()  # jobs may start elsewhere
+    base = Path(configs[0].run_dir).resolve()  # jobs may start elsewhere
     folder = base / f"{name}-{'sweep' if sweep else 'job'}-{stamp}"
     logs = folder / "slurm"
     if dry_run:
@@ -317,9 +324,9 @@ def submit(
     before = os.environ.get(RUN_DIR_ENV)
     try:
         for i, cfg in enumerate(configs):
-            runner = PipelineRunner.create({**cfg, "run_dir": str(folder / str(i))}, console)  # preflight
+            runner = PipelineRunner.create(dataclasses.replace(cfg, run_dir=str(folder / str(i))), console)  # preflight
             runner.state["status"] = "submitted"
-            write_json(runner.state_path, runner.state)
+            write_json(runner.out.state_path, runner.state)
             run_dirs.append(str(runner.run_dir))
     finally:  # create() publishes the run dir for DDP ranks; jobs must not inherit it
         if before is None:
@@ -413,8 +420,6 @@ def _resubmit(
     folder = run_dir / "resubmit"
     if dry_run:
         runs = [f"sciadapt fit --resume {run_dir}"]
-        return _dry_run(prof, runner.cfg["name"], folder / "slurm", runs, 1, folder, [str(run_dir)])
+        return _dry_run(prof, runner.spec.name, folder / "slurm", runs, 1, folder, [str(run_dir)])
     _require_sbatch(prof)
-    return _submit_runs(
-        runner.cfg["name"], [], None, [[]], [str(run_dir)], prof, folder, runner.cfg["name"], wait, console
-    )
+    return _submit_runs(runner.spec.name, [], None, [[]], [str(run_dir)], prof, folder, runner.spec.name, wait, console)

@@ -66,8 +66,10 @@ def expand_sweep(specs: list[str]) -> list[list[str]]:
 
 def run_sweep(pipeline: str, overrides: list[str], sweep: list[str], console: Any) -> Path:
     """Validate every combination, then run them one after another; returns the sweep folder."""
-    from sciadapt import api
     from sciadapt.config import load_config
+    from sciadapt.stages.evaluate import print_comparison
+    from sciadapt.stages.plan import plan
+    from sciadapt.stages.runner import fit
 
     combos = expand_sweep(sweep)
     configs = []
@@ -76,12 +78,16 @@ def run_sweep(pipeline: str, overrides: list[str], sweep: list[str], console: An
             configs.append(load_config(pipeline, [*overrides, *combo]))
         except ConfigError as err:
             raise ConfigError(f"sweep point {' '.join(combo)} is invalid, nothing was run:\n{err}") from None
-    base = Path(configs[0]["run_dir"])
-    folder = base / f"{configs[0]['name']}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    for spec in configs:  # every point's stage rules, before anything runs
+        plan(spec)
+    base = Path(configs[0].run_dir)
+    folder = base / f"{configs[0].name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     record: dict[str, Any] = {"pipeline": pipeline, "overrides": overrides, "sweep": sweep, "runs": []}
     for i, combo in enumerate(combos):
         console.print(f"[bold]sweep {i + 1}/{len(combos)}[/bold]: {' '.join(combo)}")
-        summary = api.fit(pipeline, [*overrides, *combo, f"run_dir={folder / str(i)}"], console=console)
+        _run, summary = fit(pipeline, [*overrides, *combo, f"run_dir={folder / str(i)}"], console=console)
+        print_comparison(summary, console)
+        console.print(f"summary: {_run.summary_path}")
         record["runs"].append({"point": combo, "run_dir": summary.get("run_dir")})
         write_json(folder / "sweep.json", record)  # after every run: a killed sweep still lists what finished
     return folder

@@ -9,11 +9,10 @@ from typing import Any
 
 import pandas as pd
 import torch
-import yaml
 
-from sciadapt.config import build_datamodule, data_facts, validate
-from sciadapt.errors import CheckpointError, ConfigError
-from sciadapt.runs import atomic_write_bytes, atomic_write_text, load_into, load_weights, read_json
+from sciadapt.config import build_datamodule, validate
+from sciadapt.errors import ConfigError
+from sciadapt.runs import atomic_write_bytes, atomic_write_text
 
 
 def predict_run(run_dir: Path, data: str | None, out: Path) -> Path:
@@ -22,22 +21,13 @@ def predict_run(run_dir: Path, data: str | None, out: Path) -> Path:
     Writes ``out`` (CSV: timestamp, one column per target, ``<target>_q<level>`` per quantile
     for probabilistic heads) and ``out`` with a ``.png`` suffix (history and forecast).
     """
-    cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), source=str(run_dir / "config.yaml"))
-    last = cfg["stages"][-1]["name"]
-    ckpt = run_dir / "checkpoints" / last / "final.ckpt"
-    scaler = run_dir / "scaler.json"
-    if not ckpt.exists() or not scaler.exists():
-        raise CheckpointError(
-            f"{run_dir} is not finished (no {ckpt.relative_to(run_dir)} or scaler.json): "
-            f"complete it with `sciadapt fit --resume {run_dir}`"
-        )
-    dm = build_datamodule(cfg, -1)
-    dm.load_scaler_state(read_json(scaler))
-    inputs = dm.predict_inputs(data)
-    from sciadapt.stages.runner import task_for_stage
+    from sciadapt.runs import Run
 
-    task = task_for_stage(cfg, data_facts(dm), len(cfg["stages"]) - 1)
-    load_into(task, load_weights(ckpt), ckpt)
+    run = Run.open(run_dir)
+    dm = run.datamodule(-1)
+    dm.load_scaler_state(run.scaler())
+    inputs = dm.predict_inputs(data)
+    task = run.task(-1, dm.facts())
     return _forecast_to_csv(task, dm, inputs, out)
 
 
@@ -100,9 +90,11 @@ def predict_pretrained(
         },
         source="sciadapt predict",
     )
-    dm = build_datamodule(cfg, -1)
+    from sciadapt.stages.plan import model_of
+
+    dm = build_datamodule(cfg.data)
     inputs = dm.predict_inputs()
-    task = build_task(cfg, data_facts(dm))
+    task = build_task(model_of(cfg, 0), dm.facts())
     return _forecast_to_csv(task, dm, inputs, out)
 
 

@@ -11,11 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
-from sciadapt.config import build_datamodule, data_facts, stage_data_config, validate
-from sciadapt.errors import CheckpointError, ConfigError, DataError
-from sciadapt.runs import atomic_write_bytes, load_into, load_weights
+from sciadapt.config import build_datamodule
+from sciadapt.errors import ConfigError, DataError
+from sciadapt.runs import atomic_write_bytes
 
 
 def predict_rollout_run(
@@ -47,26 +46,20 @@ def predict_rollout_run(
     """
     import xarray as xr
 
-    from sciadapt.stages.runner import task_for_stage
+    from sciadapt.runs import Run
 
-    cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), source=str(run_dir / "config.yaml"))
-    last = len(cfg["stages"]) - 1
-    ckpt = run_dir / "checkpoints" / cfg["stages"][last]["name"] / "final.ckpt"
-    if not ckpt.exists():
-        raise CheckpointError(
-            f"{run_dir} is not finished (no {ckpt.relative_to(run_dir)}): `sciadapt fit --resume {run_dir}`"
-        )
+    run = Run.open(run_dir)
+    run.require_final(-1)
     if out.suffix not in (".nc", ".zarr"):
         raise ConfigError(f"predict --out {out}: write a .nc (netCDF) or .zarr forecast")
-    data_cfg = stage_data_config(cfg, last)
-    steps = n_lead or (cfg["evaluation"].get("data") or {}).get("n_lead") or data_cfg.get("n_lead") or 1
+    data_cfg = run.data_config(-1)
+    steps = n_lead or (run.spec.evaluation.data or {}).get("n_lead") or data_cfg.get("n_lead") or 1
     data_cfg.update({"n_lead": int(steps), "num_workers": 0})
     if data:
         data_cfg["path"] = data
-    dm = build_datamodule({**cfg, "data": data_cfg}, -1)
+    dm = build_datamodule(data_cfg)
     dm.setup("test")
-    task = task_for_stage(cfg, data_facts(dm), last)
-    load_into(task, load_weights(ckpt), ckpt)
+    task = run.task(-1, dm.facts())
     task.eval()
 
     samples = []

@@ -15,12 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
-from sciadapt.config import data_facts, stage_data_config, validate
-from sciadapt.errors import CheckpointError, ConfigError
+from sciadapt.errors import ConfigError
 from sciadapt.registry import DATAMODULES
-from sciadapt.runs import load_into, load_weights, open_run, read_json
 
 log = logging.getLogger("sciadapt")
 
@@ -59,21 +56,12 @@ def predict_scene_run(
         DataError: The scene lacks a band of the run, is smaller than one chip, or its frames misalign.
     """
     from sciadapt.predict.tiles import predict_scene
-    from sciadapt.stages.runner import task_for_stage
+    from sciadapt.runs import Run
 
-    run_dir = open_run(run_dir)
-    cfg = validate(yaml.safe_load((run_dir / "config.yaml").read_text()), source=str(run_dir / "config.yaml"))
-    last = len(cfg["stages"]) - 1
-    stage = cfg["stages"][last]["name"]
-    ckpt = run_dir / "checkpoints" / stage / "final.ckpt"
-    scaler = run_dir / "scaler.json"
-    if not ckpt.is_file() or not scaler.is_file():
-        raise CheckpointError(
-            f"{run_dir} is not finished (no {ckpt.relative_to(run_dir)} or scaler.json): "
-            f"complete it with `sciadapt fit --resume {run_dir}`"
-        )
-    data = stage_data_config(cfg, last)
-    state = read_json(scaler)
+    run = Run.open(run_dir)
+    state = run.scaler()
+    stage = run.plans[-1].name
+    data = run.data_config(-1)
     if data["name"] != "raster" or "chip_size" not in state:
         raise ConfigError(
             f"{run_dir} is a run on {data['name']!r} data; scene prediction takes runs of raster pipelines "
@@ -103,8 +91,7 @@ def predict_scene_run(
         )
     settings = dm.prediction_settings()
 
-    task = task_for_stage(cfg, data_facts(dm), last)
-    load_into(task, load_weights(ckpt), ckpt)
+    task = run.task(-1, dm.facts())
     task.eval()
     dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     task.to(dev)

@@ -1,8 +1,9 @@
 """THE step loop. Every domain's task subclasses :class:`Task`; none writes its own loop.
 
-A task owns a backbone and a head. The stage runner sets ``task.stage`` (a validated stage
-dict) before each ``Trainer.fit``; the optimiser and schedule come from it, so one task object
-trains through every stage of a pipeline.
+A task owns a backbone and a head. The stage runner sets ``task.stage`` (the stage's validated
+:class:`~sciadapt.spec.StageSpec`) before each ``Trainer.fit``; the optimiser and schedule come
+from it, so one task object trains through every stage of a pipeline. A task declares its own
+baselines (``BASELINES`` and :meth:`Task.baseline`).
 """
 
 from __future__ import annotations
@@ -10,26 +11,32 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from sciadapt.types import MODEL_INPUTS, Batch
+from sciadapt.errors import ConfigError
+from sciadapt.spec import ScheduleSpec, StageSpec
+from sciadapt.types import MODEL_INPUTS, Backbone, Batch
 
 
 class Task(pl.LightningModule):
-    """Backbone + head + loss. Subclasses add evaluation (``evaluate_outputs``)."""
+    """Backbone + head + loss. Subclasses add evaluation (``evaluate_outputs``) and baselines."""
+
+    #: the baselines ``evaluation.baselines`` may name for this task (see :meth:`baseline`)
+    BASELINES: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
         super().__init__()
-        # typed Any: the backbone/head contracts (forward_features, loss, point...) are duck-typed
-        self.backbone: Any = backbone
+        self.backbone: Backbone = backbone  # type: ignore[assignment]  # the registry's builders return Backbones
+        # typed Any: heads of different tasks have different contracts (loss, point, quantiles ...)
         self.head: Any = head
-        self.stage: dict[str, Any] = {}
+        self.stage: StageSpec = StageSpec()
         self.stage_index = 0
         self.seed = 0
+        self.data_signature: dict[str, Any] = {}
         self._test_outputs: list[dict[str, torch.Tensor]] = []
         self.test_results: dict[str, Any] = {}
         # Optional batch entries a backbone declares in its forward_features signature (x_mask,
@@ -67,7 +74,7 @@ class Task(pl.LightningModule):
         loss, _ = self._loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"non-finite training loss at step {self.global_step} of stage {self.stage.get('name')!r}: "
+                f"non-finite training loss at step {self.global_step} of stage {self.stage.name!r}: "
                 "lower the learning rate, set gradient_clip_val, or check the data for NaNs"
             )
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["x"]))
@@ -83,6 +90,13 @@ class Task(pl.LightningModule):
 
     def validation_metrics(self, pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         return {}
+
+    def baseline(self, name: str, dm: Any) -> dict[str, Any]:
+        """Score baseline ``name`` (one of ``BASELINES``) on ``dm``'s test split, with the metrics
+        the task's own test reports."""
+        raise ConfigError(
+            f"task {type(self).__name__} has no baseline {name!r}; its baselines: {', '.join(self.BASELINES) or 'none'}"
+        )
 
     def on_test_epoch_start(self) -> None:
         self._test_outputs = []
@@ -109,27 +123,23 @@ class Task(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # what the weights were trained on, so a later load onto other channels fails clearly
         checkpoint["sciadapt"] = {
-            "data_signature": getattr(self, "data_signature", None),
-            "stage": self.stage.get("name"),
+            "data_signature": self.data_signature or None,
+            "stage": self.stage.name or None,
         }
 
     # -- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        optim = self.stage.get("optim", {})
+        optim = self.stage.optim
         params = [p for p in self.parameters() if p.requires_grad]
-        name = optim.get("name", "adamw")
-        lr = optim.get("lr", 1e-3)
-        wd = optim.get("weight_decay", 0.0)
-        betas = tuple(optim.get("betas") or (0.9, 0.999))
-        if name == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(
-                params, lr=lr, momentum=optim.get("momentum", 0.9), weight_decay=wd
-            )
-        elif name == "adam":
-            opt = torch.optim.Adam(params, lr=lr, weight_decay=wd, betas=betas)  # type: ignore[arg-type]
+        lr, wd = optim.lr, optim.weight_decay
+        betas = (optim.betas[0], optim.betas[1]) if optim.betas else (0.9, 0.999)
+        if optim.name == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=optim.momentum, weight_decay=wd)
+        elif optim.name == "adam":
+            opt = torch.optim.Adam(params, lr=lr, weight_decay=wd, betas=betas)
         else:
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=betas)  # type: ignore[arg-type]
-        sched = build_schedule(opt, self.stage.get("schedule", {}), lr, self._total_steps())
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=betas)
+        sched = build_schedule(opt, self.stage.schedule, lr, self._total_steps())
         if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -143,17 +153,15 @@ class Task(pl.LightningModule):
 
 
 def build_schedule(
-    opt: torch.optim.Optimizer, spec: dict[str, Any], lr: float, total_steps: int
+    opt: torch.optim.Optimizer, spec: ScheduleSpec, lr: float, total_steps: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
     """constant (with optional warm-up), cosine with warm-up, one-cycle, or cyclical."""
-    name = spec.get("name", "constant")
-    warmup = int(spec.get("warmup_steps", 0))
-    min_lr = float(spec.get("min_lr", 0.0))
-    if name == "constant" and warmup == 0:
-        return None
-    if name == "constant":
+    warmup, min_lr = spec.warmup_steps, spec.min_lr
+    if spec.name == "constant":
+        if warmup == 0:
+            return None
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup))
-    if name == "cosine":
+    if spec.name == "cosine":
         floor = min_lr / lr if lr > 0 else 0.0
 
         def cosine(step: int) -> float:
@@ -163,17 +171,16 @@ def build_schedule(
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
         return torch.optim.lr_scheduler.LambdaLR(opt, cosine)
-    if name == "onecycle":
+    if spec.name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=lr, total_steps=total_steps + 1, pct_start=float(spec.get("pct_start", 0.3))
+            opt, max_lr=lr, total_steps=total_steps + 1, pct_start=spec.pct_start
         )
-    if name == "cyclic":
-        momentum = "momentum" in opt.defaults and not isinstance(opt, (torch.optim.Adam, torch.optim.AdamW))
-        return torch.optim.lr_scheduler.CyclicLR(
-            opt,
-            base_lr=min_lr if min_lr > 0 else lr / 10,
-            max_lr=lr,
-            step_size_up=int(spec.get("cycle_steps", 100)),
-            cycle_momentum=momentum,
-        )
-    raise ValueError(f"unknown schedule {name!r}")
+    # cyclic (the spec's Literal admits nothing else)
+    momentum = "momentum" in opt.defaults and not isinstance(opt, torch.optim.Adam | torch.optim.AdamW)
+    return torch.optim.lr_scheduler.CyclicLR(
+        opt,
+        base_lr=min_lr if min_lr > 0 else lr / 10,
+        max_lr=lr,
+        step_size_up=spec.cycle_steps,
+        cycle_momentum=momentum,
+    )

@@ -171,12 +171,13 @@ def _rmse_by_lead(row: dict[str, Any]) -> dict[str, float]:
 
 def test_shards_are_disjoint_for_the_train_split_size(tmp_path: Path) -> None:
     from sciadapt.config import build_datamodule, load_config
+    from sciadapt.stages.plan import plan
 
     sampler_cls, shard_indices = _sampling()
     store = write_zarr(make_dataset(n_time=N_TIME, n_lat=8, n_lon=12), tmp_path / "tiny.zarr")
     pipe = tmp_path / "p.yaml"
     pipe.write_text(PIPELINE.format(runs=tmp_path / "runs", store=store, batch=B))
-    n = len(build_datamodule(load_config(str(pipe)), 0).dataset("train"))
+    n = len(build_datamodule(plan(load_config(str(pipe)))[0].data).dataset("train"))
     assert n == 40 and n % (2 * B) == 0  # the size the DDP test below relies on
     for stage in range(len(STAGES)):
         seed = 0 * 131 + stage  # the runner's shuffle seed: cfg.seed * 131 + stage index
@@ -197,6 +198,7 @@ def test_shards_are_disjoint_for_the_train_split_size(tmp_path: Path) -> None:
 @pytest.mark.timeout(600)
 def test_two_process_ddp_gridded_matches_single_process(tmp_path: Path) -> None:
     from sciadapt.config import build_datamodule, load_config
+    from sciadapt.stages.plan import plan
 
     _, shard_indices = _sampling()
     store = write_zarr(make_dataset(n_time=N_TIME, n_lat=8, n_lon=12), tmp_path / "tiny.zarr")
@@ -224,7 +226,7 @@ def test_two_process_ddp_gridded_matches_single_process(tmp_path: Path) -> None:
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in single_run.iterdir())
 
     # 2. disjoint training samples, read back from the real run; exactly the pure-function shards
-    dm = build_datamodule(load_config(str(pipe_ddp)), 0)
+    dm = build_datamodule(plan(load_config(str(pipe_ddp)))[0].data)
     times = [int(t) for t in dm.dataset("train").indices]  # dataset position -> store time index
     n = len(times)
     rows = _read_probe(tmp_path / "probe")

@@ -149,7 +149,7 @@ def test_ddp_ranks_stop_at_the_same_step_and_resume_exactly(tmp_path: Path, seri
 
 
 def test_requeue_calls_scontrol_for_this_job_on_rank_zero_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sciadapt.hpc.preempt import requeue
+    from sciadapt.stages.preempt import requeue
 
     log = tmp_path / "calls.txt"
     fake = tmp_path / "bin" / "scontrol"

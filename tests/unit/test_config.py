@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sciadapt.cli import main
-from sciadapt.config import apply_overrides, load_config
+from sciadapt.config import apply_overrides, bundled_pipelines, load_config, to_yaml, validate
 from sciadapt.errors import ConfigError, UnknownComponentError
 from sciadapt.registry import BACKBONES
+from sciadapt.stages.plan import plan
 
 
 def test_bundled_pipelines_validate() -> None:
     cfg = load_config("quickstart")
-    assert [s["name"] for s in cfg["stages"]] == ["target_only", "source", "probe", "finetune"]
+    assert [s.name for s in cfg.stages] == ["target_only", "source", "probe", "finetune"]
     # defaults composed from configs/ and filled from the builders' signatures
-    assert cfg["backbone"]["name"] == "nhits" and cfg["backbone"]["mlp_units"] == [128, 128]
-    assert cfg["stages"][2]["frozen"] == ["backbone"]
-    assert cfg["stages"][0]["optim"]["weight_decay"] == 0.0
+    assert cfg.backbone["name"] == "nhits" and cfg.backbone["mlp_units"] == [128, 128]
+    assert cfg.stages[2].frozen == ["backbone"]
+    assert cfg.stages[0].optim.weight_decay == 0.0
     ltsf = load_config("nhits_ltsf", ["data.path=x.csv"])
-    assert ltsf["data"]["path"] == "x.csv"
+    assert ltsf.data["path"] == "x.csv"
 
 
 def test_every_problem_is_reported_with_path_and_suggestion() -> None:
@@ -82,7 +85,7 @@ def test_stage_rules(tmp_path: Path) -> None:
         "stages:\n  - {name: a}\n  - {name: a, max_epochs: 1, init_from: 'stage:zz'}\n"
     )
     with pytest.raises(ConfigError) as ei:
-        load_config(str(p))
+        plan(load_config(str(p)))  # the stage rules belong to the plan
     msg = str(ei.value)
     assert "set max_epochs or max_steps" in msg
     assert "duplicate stage name 'a'" in msg
@@ -113,7 +116,22 @@ def test_cli_list(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_group_override_swaps_a_building_block() -> None:
     cfg = load_config("quickstart", ["backbone=nhits_tiny", "backbone.dropout=0.1"])
-    assert cfg["backbone"]["name"] == "nhits_tiny" and cfg["backbone"]["feature_dim"] == 4
-    assert cfg["backbone"]["dropout"] == 0.1  # dotted overrides still apply on top
+    assert cfg.backbone["name"] == "nhits_tiny" and cfg.backbone["feature_dim"] == 4
+    assert cfg.backbone["dropout"] == 0.1  # dotted overrides still apply on top
     with pytest.raises(ConfigError, match="no building block 'nhits_tny'.*nhits_tiny"):
         load_config("quickstart", ["backbone=nhits_tny"])
+
+
+@pytest.mark.parametrize("name", bundled_pipelines())
+def test_every_bundled_pipeline_validates(name: str) -> None:
+    """Every bundled pipeline, with its required values given, passes the schema and the stage rules."""
+    try:
+        spec = load_config(name)
+    except ConfigError as e:  # values a user must give (`path: ???`): give placeholders
+        keys = [m.group(1) for p in e.problems if (m := re.match(r"(\S+): required, give it on the command line", p))]
+        assert len(keys) == len(e.problems), e.problems
+        spec = load_config(name, [f"{k}=placeholder" for k in keys])
+    plans = plan(spec)
+    assert [p.name for p in plans] == [s.name for s in spec.stages]
+    # the saved form reads back to the same spec (what --resume, predict and test rely on)
+    assert validate(yaml.safe_load(to_yaml(spec))) == spec

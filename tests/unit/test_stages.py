@@ -12,13 +12,14 @@ from safetensors.torch import save_file
 from sciadapt.cli import main
 from sciadapt.errors import ConfigError
 from sciadapt.stages.runner import apply_trainable
+from sciadapt.spec import ScheduleSpec
 from sciadapt.tasks.base import build_schedule
 from tests.conftest import tiny_pipeline
 
 
 def _lrs(spec: dict, steps: int = 100, lr: float = 1.0) -> list[float]:
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
-    sched = build_schedule(opt, spec, lr, steps)
+    sched = build_schedule(opt, ScheduleSpec(**spec), lr, steps)
     out = []
     for _ in range(steps):
         out.append(opt.param_groups[0]["lr"])

@@ -1,0 +1,203 @@
+"""What each stage trains: a pure plan of a validated pipeline, testable without Lightning.
+
+:func:`plan` is the one owner of the stage rules: which data a stage reads, which model it
+trains, what its weights start from (``init_from``), which adapters are live after it, and the
+rules that tie stages together (unique names, an earlier stage to start from, no weights of
+another architecture, rollout bounds). The runner executes the plans; ``predict``, ``test`` and
+``resume`` rebuild a stage's model from its plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+from sciadapt.errors import ConfigError
+from sciadapt.registry import DATAMODULES, suggest
+from sciadapt.spec import PEFT_COMMON, PipelineSpec, StageSpec
+
+INIT_WORDS = ("previous", "scratch", "pretrained")
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage of a pipeline, resolved.
+
+    Attributes:
+        index: Position in the pipeline.
+        spec: The stage's validated section.
+        data: The data section it trains on: the pipeline's, with the stage's overrides (a rollout
+            stage's samples carry as many future states as its longest rollout).
+        model: The ``backbone``, ``head`` and ``task`` sections of the model it trains.
+        init: What its weights start from: previous, scratch, pretrained, ``stage:<name>`` or a
+            checkpoint path (the default filled in).
+        init_stage: The stage whose final weights it starts from (previous or ``stage:<name>``).
+        adapter: The name of the adapter it attaches (PEFT stages).
+        live_adapters: Stages whose unmerged adapters are part of the model after this stage
+            (the module structure of its final checkpoint).
+    """
+
+    index: int
+    spec: StageSpec
+    data: dict[str, Any]
+    model: dict[str, Any]
+    init: str
+    init_stage: int | None
+    adapter: str | None
+    live_adapters: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def where(self) -> str:
+        """The key path of the stage in messages: ``stages[1] (probe)``."""
+        return f"stages[{self.index}] ({self.spec.name})"
+
+    @property
+    def evaluation_only(self) -> bool:
+        """``max_epochs: 0``: the weights are scored as loaded, nothing trains."""
+        return self.spec.max_epochs == 0
+
+    def peft_method_args(self) -> dict[str, Any]:
+        """The builder arguments of the stage's PEFT method (its ``peft:`` block less the common keys)."""
+        assert self.spec.peft is not None
+        return {k: v for k, v in self.spec.peft.items() if k not in PEFT_COMMON and k != "method"}
+
+
+def model_section(spec: PipelineSpec, section: str, stage_index: int) -> dict[str, Any]:
+    """The ``backbone`` or ``head`` stage ``stage_index`` trains: the latest stage override at or
+    before it, else the pipeline's (``stage_index`` -1: the pipeline's)."""
+    for k in range(min(stage_index, len(spec.stages) - 1), -1, -1):
+        override = getattr(spec.stages[k], section)
+        if override:
+            return dict(override)
+    return dict(getattr(spec, section))
+
+
+def model_of(spec: PipelineSpec, stage_index: int) -> dict[str, Any]:
+    """The ``backbone``, ``head`` and ``task`` sections stage ``stage_index`` trains."""
+    return {
+        "backbone": model_section(spec, "backbone", stage_index),
+        "head": model_section(spec, "head", stage_index),
+        "task": dict(spec.task),
+    }
+
+
+def stage_data(spec: PipelineSpec, stage_index: int) -> dict[str, Any]:
+    """The data section stage ``stage_index`` trains on (-1: the pipeline's own ``data:``)."""
+    data = dict(spec.data)
+    if stage_index < 0:
+        return data
+    stage = spec.stages[stage_index]
+    data.update(stage.data or {})
+    if stage.rollout is not None and "n_lead" in inspect.signature(DATAMODULES.get(data["name"])).parameters:
+        data["n_lead"] = max(int(data.get("n_lead") or 1), stage.rollout.longest)
+    return data
+
+
+def evaluation_data(spec: PipelineSpec) -> dict[str, Any]:
+    """The data of the final comparison: the last stage's, with ``evaluation.data`` overrides."""
+    return {**stage_data(spec, len(spec.stages) - 1), **(spec.evaluation.data or {})}
+
+
+def effective_init(spec: PipelineSpec, i: int) -> str:
+    """``init_from`` of stage ``i`` with its default: previous after the first stage; the first
+    stage starts from pretrained weights when its backbone names them, else from scratch."""
+    init = spec.stages[i].init_from
+    if init is None:
+        init = (
+            "previous" if i > 0 else ("pretrained" if model_section(spec, "backbone", 0).get("weights") else "scratch")
+        )
+    return init
+
+
+def _live_adapters(spec: PipelineSpec, j: int) -> list[int]:
+    names = [s.name for s in spec.stages]
+    live: list[int] = []
+    for k in range(j + 1):
+        init = effective_init(spec, k)
+        if init.startswith("stage:"):
+            live = _live_adapters(spec, names.index(init[6:]))
+        elif init not in ("previous", "pretrained"):
+            live = []  # scratch or a plain checkpoint: the base structure
+        pf = spec.stages[k].peft
+        if pf and not pf["merge_after"]:
+            live.append(k)
+    return live
+
+
+def _problems(spec: PipelineSpec) -> list[str]:
+    problems: list[str] = []
+    names: list[str] = []
+    for i, st in enumerate(spec.stages):
+        path = f"stages[{i}]" + (f" ({st.name})" if st.name else "")
+        if not st.name:
+            problems.append(f"{path}.name: required, a unique stage name")
+        elif st.name in names:
+            problems.append(f"{path}.name: duplicate stage name {st.name!r}")
+        names.append(st.name)
+        if st.max_epochs is None and st.max_steps is None:
+            problems.append(f"{path}: set max_epochs or max_steps")
+        ro = st.rollout
+        if ro is not None and ro.max_steps is not None and ro.max_steps < ro.steps:
+            problems.append(f"{path}.rollout.max_steps: {ro.max_steps} is below steps {ro.steps}")
+        init = st.init_from
+        if init is not None and init.startswith("stage:") and init[6:] not in names[:-1]:
+            problems.append(
+                f"{path}.init_from: {init!r} names no earlier stage.{suggest(init[6:], names[:-1])} "
+                f"Earlier stages: {', '.join(names[:-1]) or 'none'}"
+            )
+        if i == 0 and init == "previous":
+            problems.append(f"{path}.init_from: the first stage has no previous stage (use scratch or pretrained)")
+        if i > 0 and (st.backbone or st.head):
+            changed = [
+                sec for sec in ("backbone", "head") if model_section(spec, sec, i) != model_section(spec, sec, i - 1)
+            ]
+            start = init or "previous"
+            if changed and (start == "previous" or start.startswith("stage:")):
+                problems.append(
+                    f"{path}.init_from: this stage changes the {' and '.join(changed)}, so it cannot start from "
+                    f"{start!r} weights of another architecture; set init_from: scratch (or pretrained, or a checkpoint)"
+                )
+    for j, name in enumerate(spec.evaluation.stages or []):
+        if name not in names:
+            problems.append(f"evaluation.stages[{j}]: no stage {name!r}.{suggest(name, names)}")
+    return problems
+
+
+def plan(spec: PipelineSpec, source: str | None = None) -> list[StagePlan]:
+    """The plan of every stage; one ConfigError lists every broken stage rule."""
+    problems = _problems(spec)
+    if problems:
+        raise ConfigError(problems, source=source)
+    names = [s.name for s in spec.stages]
+    plans = []
+    for i, st in enumerate(spec.stages):
+        init = effective_init(spec, i)
+        init_stage = i - 1 if init == "previous" else (names.index(init[6:]) if init.startswith("stage:") else None)
+        adapter = (st.peft["adapter_name"] or st.name) if st.peft else None
+        plans.append(
+            StagePlan(
+                index=i,
+                spec=st,
+                data=stage_data(spec, i),
+                model=model_of(spec, i),
+                init=init,
+                init_stage=init_stage,
+                adapter=adapter,
+                live_adapters=tuple(_live_adapters(spec, i)),
+            )
+        )
+    return plans
+
+
+def with_stage_data(spec: PipelineSpec, stage_index: int, **data: Any) -> PipelineSpec:
+    """``spec`` with ``data`` keys set in the ``data:`` overrides of stage ``stage_index``."""
+    stages = list(spec.stages)
+    st = stages[stage_index]
+    stages[stage_index] = dataclasses.replace(st, data={**(st.data or {}), **data})
+    return dataclasses.replace(spec, stages=tuple(stages))
