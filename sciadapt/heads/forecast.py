@@ -11,6 +11,8 @@ Outputs are ``(B, L, C)`` for the point head and ``(B, L, C, Q)`` for the quanti
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -18,10 +20,12 @@ from torch import Tensor, nn
 
 from sciadapt.errors import ConfigError, ShapeError
 from sciadapt.registry import HEADS
+from sciadapt.spec import FromData, Ge
 from sciadapt.types import FORECAST, FORECAST_QUANTILES, check_shape
 
-IN_LAYOUTS = ("B L C D", "B C D")
-POINT_LOSSES = ("mse", "mae", "huber")
+InLayout = Literal["B L C D", "B C D"]
+PointLoss = Literal["mse", "mae", "huber"]
+IN_LAYOUTS: tuple[InLayout, ...] = ("B L C D", "B C D")
 
 
 def _make_projection(in_features: int, horizon: int, in_layout: str, n_outputs: int) -> nn.Linear:
@@ -58,15 +62,12 @@ def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     return (values * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def _validate_common(in_features: int, horizon: int, in_layout: str) -> list[str]:
-    problems = []
-    if not isinstance(in_features, int) or in_features < 1:
-        problems.append(f"head.in_features: expected an int >= 1, got {in_features!r}")
-    if not isinstance(horizon, int) or horizon < 1:
-        problems.append(f"head.horizon: expected an int >= 1, got {horizon!r}")
+def _layout_problems(in_layout: str) -> list[str]:
+    # ``in_layout`` is filled from the backbone after the config is checked, so a backbone of
+    # another kind (a grid emulator, a dense encoder) is caught here
     if in_layout not in IN_LAYOUTS:
-        problems.append(f"head.in_layout: expected one of {' | '.join(IN_LAYOUTS)}, got {in_layout!r}")
-    return problems
+        return [f"head.in_layout: expected one of {' | '.join(IN_LAYOUTS)}, got {in_layout!r}"]
+    return []
 
 
 class PointHead(nn.Module):
@@ -79,9 +80,10 @@ class PointHead(nn.Module):
         loss: ``"mse"``, ``"mae"`` or ``"huber"`` (delta 1).
     """
 
+    # declared on every forecast head: the forecasting task scores quantiles when it is not None
     quantiles: list[float] | None = None
 
-    def __init__(self, in_features: int, horizon: int, in_layout: str, loss: str) -> None:
+    def __init__(self, in_features: int, horizon: int, in_layout: InLayout, loss: PointLoss) -> None:
         super().__init__()
         self.in_features = in_features
         self.horizon = horizon
@@ -96,7 +98,7 @@ class PointHead(nn.Module):
             ShapeError: If ``features`` does not match ``in_layout``, ``in_features`` and ``horizon``.
         """
         _check_features(features, self.in_layout, self.in_features, self.horizon)
-        out = self.proj(features)
+        out: Tensor = self.proj(features)
         if self.in_layout == "B L C D":
             return out.squeeze(-1)  # (B, L, C)
         return rearrange(out, "b c l -> b l c")  # (B, L, C)
@@ -139,7 +141,7 @@ class QuantileHead(nn.Module):
 
     levels: Tensor
 
-    def __init__(self, in_features: int, horizon: int, in_layout: str, quantiles: list[float]) -> None:
+    def __init__(self, in_features: int, horizon: int, in_layout: InLayout, quantiles: list[float]) -> None:
         super().__init__()
         self.in_features = in_features
         self.horizon = horizon
@@ -156,7 +158,7 @@ class QuantileHead(nn.Module):
             ShapeError: If ``features`` does not match ``in_layout``, ``in_features`` and ``horizon``.
         """
         _check_features(features, self.in_layout, self.in_features, self.horizon)
-        out = self.proj(features)
+        out: Tensor = self.proj(features)
         if self.in_layout == "B L C D":
             return out  # (B, L, C, Q)
         return rearrange(out, "b c (l q) -> b l c q", l=self.horizon)  # (B, L, C, Q)
@@ -187,7 +189,10 @@ class QuantileHead(nn.Module):
 
 @HEADS.register("point")
 def build_point_head(
-    in_features: int = 8, horizon: int = 24, in_layout: str = "B L C D", loss: str = "mse"
+    in_features: Annotated[int, Ge(1), FromData] = 8,
+    horizon: Annotated[int, Ge(1), FromData] = 24,
+    in_layout: Annotated[InLayout, FromData] = "B L C D",
+    loss: PointLoss = "mse",
 ) -> PointHead:
     """Build a point forecast head.
 
@@ -198,11 +203,9 @@ def build_point_head(
         loss: ``"mse"``, ``"mae"`` or ``"huber"``.
 
     Raises:
-        ConfigError: Listing every invalid setting.
+        ConfigError: If the backbone's features are not in a forecast layout.
     """
-    problems = _validate_common(in_features, horizon, in_layout)
-    if loss not in POINT_LOSSES:
-        problems.append(f"head.loss: expected one of {' | '.join(POINT_LOSSES)}, got {loss!r}")
+    problems = _layout_problems(in_layout)
     if problems:
         raise ConfigError(problems)
     return PointHead(in_features, horizon, in_layout, loss)
@@ -210,9 +213,9 @@ def build_point_head(
 
 @HEADS.register("quantile")
 def build_quantile_head(
-    in_features: int = 8,
-    horizon: int = 24,
-    in_layout: str = "B L C D",
+    in_features: Annotated[int, Ge(1), FromData] = 8,
+    horizon: Annotated[int, Ge(1), FromData] = 24,
+    in_layout: Annotated[InLayout, FromData] = "B L C D",
     quantiles: list[float] | None = None,
 ) -> QuantileHead:
     """Build a quantile forecast head.
@@ -224,10 +227,10 @@ def build_quantile_head(
         quantiles: Strictly increasing levels in ``(0, 1)``; default ``[0.1, 0.5, 0.9]``.
 
     Raises:
-        ConfigError: Listing every invalid setting.
+        ConfigError: Listing every invalid setting (the levels and the backbone's layout).
     """
     levels = [0.1, 0.5, 0.9] if quantiles is None else list(quantiles)
-    problems = _validate_common(in_features, horizon, in_layout)
+    problems = _layout_problems(in_layout)
     if not levels:
         problems.append("head.quantiles: expected at least one quantile level")
     elif not all(isinstance(q, int | float) and 0.0 < q < 1.0 for q in levels):
@@ -250,7 +253,7 @@ class NativeHead(PointHead):
     official checkpoints load with ``strict=True`` and zero-shot forecasts run without training.
     """
 
-    def __init__(self, horizon: int, loss: str) -> None:
+    def __init__(self, horizon: int, loss: PointLoss) -> None:
         nn.Module.__init__(self)
         self.in_features = 1
         self.horizon = horizon
@@ -269,7 +272,10 @@ class NativeHead(PointHead):
 
 @HEADS.register("native")
 def build_native_head(
-    in_features: int = 1, horizon: int = 24, in_layout: str = "B L C D", loss: str = "mse"
+    in_features: Annotated[int, Ge(1), FromData] = 1,
+    horizon: Annotated[int, Ge(1), FromData] = 24,
+    in_layout: Annotated[InLayout, FromData] = "B L C D",
+    loss: PointLoss = "mse",
 ) -> NativeHead:
     """The head for backbones that forecast themselves (``ttm``, ``moment``): a pass-through.
 
@@ -280,16 +286,14 @@ def build_native_head(
         loss: ``"mse"``, ``"mae"`` or ``"huber"``.
 
     Raises:
-        ConfigError: If the backbone does not output a forecast, or on an unknown loss.
+        ConfigError: If the backbone does not output a forecast.
     """
-    problems = _validate_common(in_features, horizon, in_layout)
+    problems = _layout_problems(in_layout)
     if in_layout != "B L C D" or in_features != 1:
         problems.append(
             f"head: native needs a backbone that outputs its own forecast (B L C 1); this backbone gives "
             f"{in_layout} with D={in_features}. Fix: use head.name=point (or quantile)"
         )
-    if loss not in POINT_LOSSES:
-        problems.append(f"head.loss: expected one of {' | '.join(POINT_LOSSES)}, got {loss!r}")
     if problems:
         raise ConfigError(problems)
     return NativeHead(horizon, loss)

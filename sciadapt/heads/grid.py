@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from torch import Tensor, nn
 
 from sciadapt.errors import ConfigError
 from sciadapt.registry import HEADS
+from sciadapt.spec import FromData
 from sciadapt.types import check_shape
 
 
@@ -32,7 +35,9 @@ class GridHead(nn.Module):
 
 
 @HEADS.register("grid")
-def build_grid_head(in_features: int = 1, in_layout: str = "B C H W") -> GridHead:
+def build_grid_head(
+    in_features: Annotated[int, FromData] = 1, in_layout: Annotated[Literal["B C H W"], FromData] = "B C H W"
+) -> GridHead:
     """Identity head for gridded backbones (GraphCast-style emulators).
 
     Args:
@@ -42,6 +47,7 @@ def build_grid_head(in_features: int = 1, in_layout: str = "B C H W") -> GridHea
     Raises:
         ConfigError: If the backbone does not output a grid.
     """
+    # a check of the backbone (in_layout is filled from it after the config is checked)
     if in_layout != "B C H W":
         raise ConfigError(
             f"head: grid needs a backbone that outputs B C H W, this one gives {in_layout}. "

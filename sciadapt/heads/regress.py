@@ -9,7 +9,7 @@ touched by the arithmetic.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -18,10 +18,10 @@ from torch import Tensor
 from sciadapt.errors import ConfigError, ShapeError
 from sciadapt.heads.segment import Decoder, DenseHead, DenseNeck, build_decoder, check_head_settings
 from sciadapt.registry import HEADS
+from sciadapt.spec import FromData, Ge
 from sciadapt.types import check_shape
 
-LOSSES = ("mse", "mae", "huber")
-DECODERS = ("conv", "fcn", "upernet")
+RegressionLoss = Literal["mse", "mae", "huber"]
 
 
 def as_maps(pred: Tensor, y: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -60,7 +60,7 @@ class RegressionHead(DenseHead):
     """
 
     def __init__(
-        self, neck: DenseNeck, decoder: Decoder, n_outputs: int, img_size: int, loss: str, dropout: float
+        self, neck: DenseNeck, decoder: Decoder, n_outputs: int, img_size: int, loss: RegressionLoss, dropout: float
     ) -> None:
         super().__init__(neck, decoder, n_outputs, img_size, dropout)
         self.n_outputs = n_outputs
@@ -97,15 +97,15 @@ class RegressionHead(DenseHead):
 
 @HEADS.register("pixel_regression")
 def build_pixel_regression(
-    feature_info: list[dict[str, Any]] | None = None,
-    n_outputs: int = 1,
-    img_size: int = 224,
-    decoder: str = "conv",
+    feature_info: Annotated[list[dict[str, Any]] | None, FromData] = None,
+    n_outputs: Annotated[int, Ge(1), FromData] = 1,
+    img_size: Annotated[int, Ge(1), FromData] = 224,
+    decoder: Literal["conv", "fcn", "upernet"] = "conv",
     indices: list[int] | None = None,
-    channels: int = 64,
-    n_blocks: int | None = None,
-    n_convs: int = 2,
-    loss: str = "mse",
+    channels: Annotated[int, Ge(1)] = 64,
+    n_blocks: Annotated[int, Ge(0)] | None = None,
+    n_convs: Annotated[int, Ge(0)] = 2,
+    loss: RegressionLoss = "mse",
     dropout: float = 0.0,
 ) -> RegressionHead:
     """Pixel-wise regression head on any dense decoder.
@@ -125,11 +125,7 @@ def build_pixel_regression(
     Raises:
         ConfigError: Listing every invalid setting.
     """
-    problems = check_head_settings(feature_info, n_outputs, img_size, channels, dropout, out_name="n_outputs")
-    if loss not in LOSSES:
-        problems.append(f"head.loss: expected one of {' | '.join(LOSSES)}, got {loss!r}")
-    if decoder not in DECODERS:
-        problems.append(f"head.decoder: expected one of {' | '.join(DECODERS)}, got {decoder!r}")
+    problems = check_head_settings(feature_info, dropout)
     built = None
     if not problems and feature_info is not None:
         built = build_decoder(decoder, feature_info, indices, channels, n_convs, n_blocks, None, problems)

@@ -30,7 +30,7 @@ A 1x1 convolution then gives the logits, bilinearly upsampled to ``img_size``.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import HEADS
+from sciadapt.spec import FromData, Ge
 from sciadapt.types import check_shape
 
 TOKENS = "B N D"
@@ -269,7 +270,8 @@ class UPerNetDecoder(Decoder):
             )
         outs = [conv(x) for conv, x in zip(self.smooth, laterals[:-1], strict=True)]
         outs.append(laterals[-1])
-        return self.fuse(resize_concat(outs))  # (B, channels, h_0, w_0)
+        fused: Tensor = self.fuse(resize_concat(outs))  # (B, channels, h_0, w_0)
+        return fused
 
 
 class FCNDecoder(Decoder):
@@ -282,7 +284,8 @@ class FCNDecoder(Decoder):
         self.out_channels = channels if n_convs else c_in
 
     def forward(self, maps: list[Tensor]) -> Tensor:
-        return self.convs(resize_concat(maps))
+        out: Tensor = self.convs(resize_concat(maps))  # (B, channels, h, w)
+        return out
 
 
 class ConvDecoder(Decoder):
@@ -303,7 +306,8 @@ class ConvDecoder(Decoder):
         self.out_channels = channels if n_blocks else c_in
 
     def forward(self, maps: list[Tensor]) -> Tensor:
-        return self.blocks(resize_concat(maps))
+        out: Tensor = self.blocks(resize_concat(maps))  # (B, channels, h * 2**n_blocks, w * 2**n_blocks)
+        return out
 
 
 # -- heads -------------------------------------------------------------------------------------
@@ -328,7 +332,7 @@ class DenseHead(nn.Module):
         Raises:
             ShapeError: If the features do not match the backbone's ``feature_info``.
         """
-        x = self.decoder(self.neck(features))  # (B, channels, h', w')
+        x: Tensor = self.decoder(self.neck(features))  # (B, channels, h', w')
         x = self.proj(self.dropout(x))  # (B, n_out, h', w')
         size = (self.img_size, self.img_size)
         if x.shape[-2:] != size:
@@ -415,30 +419,22 @@ class SegmentationHead(DenseHead):
 
 
 # -- builders ----------------------------------------------------------------------------------
-def check_head_settings(
-    feature_info: list[dict[str, Any]] | None,
-    n_out: int,
-    img_size: int,
-    channels: int,
-    dropout: float,
-    out_name: str = "n_classes",
-) -> list[str]:
+def check_head_settings(feature_info: list[dict[str, Any]] | None, dropout: float) -> list[str]:
+    """What the signature's markers cannot say: a usable ``feature_info`` and ``dropout < 1``.
+
+    The bounds of ``n_classes``/``n_outputs``, ``img_size`` and ``channels`` are ``Ge`` markers on the
+    builders, checked by the config layer.
+    """
     problems = feature_info_problems(feature_info)
-    if not isinstance(n_out, int) or n_out < 1:
-        problems.append(f"head.{out_name}: expected an int >= 1, got {n_out!r}")
-    if not isinstance(img_size, int) or img_size < 1:
-        problems.append(f"head.img_size: expected an int >= 1, got {img_size!r}")
-    if not isinstance(channels, int) or channels < 1:
-        problems.append(f"head.channels: expected an int >= 1, got {channels!r}")
+    # TODO(spec): Annotated[float, Ge(0), Lt(1)] once spec.py has an Lt marker
     if not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
         problems.append(f"head.dropout: expected a number in [0, 1), got {dropout!r}")
     return problems
 
 
 def _check_class_weights(class_weights: list[float] | None, n_classes: int, problems: list[str]) -> None:
-    if class_weights is None:
-        return
-    if len(class_weights) != n_classes or any(not isinstance(c, int | float) or c < 0 for c in class_weights):
+    # one weight per class: a relation to n_classes (the data), which no marker states
+    if class_weights is not None and len(class_weights) != n_classes:
         problems.append(
             f"head.class_weights: expected {n_classes} non-negative numbers, one per class, got {class_weights!r}"
         )
@@ -468,12 +464,9 @@ def build_decoder(
 ) -> tuple[DenseNeck, Decoder] | None:
     """Neck + decoder of ``kind`` (``upernet``, ``fcn`` or ``conv``); ``None`` when ``problems`` grew."""
     scales = [1, 2, 3, 6] if pool_scales is None else list(pool_scales)
-    if kind == "upernet" and (not scales or any(not isinstance(s, int) or s < 1 for s in scales)):
+    # each scale's bound is a marker; an empty list is what the element type cannot rule out
+    if kind == "upernet" and not scales:
         problems.append(f"head.pool_scales: expected positive ints, got {pool_scales!r}")
-    if kind == "fcn" and (not isinstance(n_convs, int) or n_convs < 0):
-        problems.append(f"head.n_convs: expected an int >= 0, got {n_convs!r}")
-    if kind == "conv" and n_blocks is not None and (not isinstance(n_blocks, int) or n_blocks < 0):
-        problems.append(f"head.n_blocks: expected an int >= 0 or null (upsample to the patch size), got {n_blocks!r}")
     if problems:
         return None
     neck = _neck(feature_info, indices, 4 if kind == "upernet" else 1, problems, pyramid=kind == "upernet")
@@ -502,7 +495,7 @@ def _segmentation(
     n_blocks: int | None = None,
     pool_scales: list[int] | None = None,
 ) -> SegmentationHead:
-    problems = check_head_settings(feature_info, n_classes, img_size, channels, dropout)
+    problems = check_head_settings(feature_info, dropout)
     _check_class_weights(class_weights, n_classes, problems)
     built = None
     if not problems and feature_info is not None:
@@ -515,15 +508,15 @@ def _segmentation(
 
 @HEADS.register("upernet")
 def build_upernet(
-    feature_info: list[dict[str, Any]] | None = None,
-    n_classes: int = 2,
-    img_size: int = 224,
-    ignore_index: int = -1,
+    feature_info: Annotated[list[dict[str, Any]] | None, FromData] = None,
+    n_classes: Annotated[int, Ge(1), FromData] = 2,
+    img_size: Annotated[int, Ge(1), FromData] = 224,
+    ignore_index: Annotated[int, FromData] = -1,
     indices: list[int] | None = None,
-    channels: int = 256,
-    pool_scales: list[int] | None = None,
+    channels: Annotated[int, Ge(1)] = 256,
+    pool_scales: list[Annotated[int, Ge(1)]] | None = None,
     dropout: float = 0.1,
-    class_weights: list[float] | None = None,
+    class_weights: list[Annotated[float, Ge(0)]] | None = None,
 ) -> SegmentationHead:
     """UPerNet segmentation head (PPM + FPN), with the learned pyramid for plain ViTs.
 
@@ -550,15 +543,15 @@ def build_upernet(
 
 @HEADS.register("fcn")
 def build_fcn(
-    feature_info: list[dict[str, Any]] | None = None,
-    n_classes: int = 2,
-    img_size: int = 224,
-    ignore_index: int = -1,
+    feature_info: Annotated[list[dict[str, Any]] | None, FromData] = None,
+    n_classes: Annotated[int, Ge(1), FromData] = 2,
+    img_size: Annotated[int, Ge(1), FromData] = 224,
+    ignore_index: Annotated[int, FromData] = -1,
     indices: list[int] | None = None,
-    channels: int = 256,
-    n_convs: int = 2,
+    channels: Annotated[int, Ge(1)] = 256,
+    n_convs: Annotated[int, Ge(0)] = 2,
     dropout: float = 0.1,
-    class_weights: list[float] | None = None,
+    class_weights: list[Annotated[float, Ge(0)]] | None = None,
 ) -> SegmentationHead:
     """FCN segmentation head: a 3x3 conv stack at feature resolution, then bilinear upsampling.
 
@@ -584,15 +577,15 @@ def build_fcn(
 
 @HEADS.register("conv_decoder")
 def build_conv_decoder(
-    feature_info: list[dict[str, Any]] | None = None,
-    n_classes: int = 2,
-    img_size: int = 224,
-    ignore_index: int = -1,
+    feature_info: Annotated[list[dict[str, Any]] | None, FromData] = None,
+    n_classes: Annotated[int, Ge(1), FromData] = 2,
+    img_size: Annotated[int, Ge(1), FromData] = 224,
+    ignore_index: Annotated[int, FromData] = -1,
     indices: list[int] | None = None,
-    channels: int = 64,
-    n_blocks: int | None = None,
+    channels: Annotated[int, Ge(1)] = 64,
+    n_blocks: Annotated[int, Ge(0)] | None = None,
     dropout: float = 0.0,
-    class_weights: list[float] | None = None,
+    class_weights: list[Annotated[float, Ge(0)]] | None = None,
 ) -> SegmentationHead:
     """Light conv decoder: x2 upsampling blocks on one level (the frozen-encoder comparison's decoder).
 

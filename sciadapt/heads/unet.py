@@ -18,14 +18,14 @@ Two builders share the decoder: ``unet`` (class logits, cross-entropy; task ``se
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sciadapt.errors import ConfigError
-from sciadapt.heads.regress import LOSSES, RegressionHead
+from sciadapt.heads.regress import RegressionHead, RegressionLoss
 from sciadapt.heads.segment import (
     Decoder,
     DenseNeck,
@@ -37,6 +37,7 @@ from sciadapt.heads.segment import (
     default_indices,
 )
 from sciadapt.registry import HEADS
+from sciadapt.spec import FromData, Ge
 
 
 def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
@@ -82,18 +83,13 @@ class UNetDecoder(Decoder):
 
 def _unet_parts(
     feature_info: list[dict[str, Any]] | None,
-    n_out: int,
-    img_size: int,
     indices: list[int] | None,
     channels: int,
     min_channels: int,
     dropout: float,
-    out_name: str,
     problems: list[str],
 ) -> tuple[DenseNeck, UNetDecoder] | None:
-    problems += check_head_settings(feature_info, n_out, img_size, channels, dropout, out_name=out_name)
-    if not isinstance(min_channels, int) or min_channels < 1:
-        problems.append(f"head.min_channels: expected an int >= 1, got {min_channels!r}")
+    problems += check_head_settings(feature_info, dropout)
     if problems or feature_info is None:
         return None
     hierarchical = len({float(level["reduction"]) for level in feature_info}) > 1
@@ -119,15 +115,15 @@ def _unet_parts(
 
 @HEADS.register("unet")
 def build_unet(
-    feature_info: list[dict[str, Any]] | None = None,
-    n_classes: int = 2,
-    img_size: int = 224,
-    ignore_index: int = -1,
+    feature_info: Annotated[list[dict[str, Any]] | None, FromData] = None,
+    n_classes: Annotated[int, Ge(1), FromData] = 2,
+    img_size: Annotated[int, Ge(1), FromData] = 224,
+    ignore_index: Annotated[int, FromData] = -1,
     indices: list[int] | None = None,
-    channels: int = 256,
-    min_channels: int = 16,
+    channels: Annotated[int, Ge(1)] = 256,
+    min_channels: Annotated[int, Ge(1)] = 16,
     dropout: float = 0.0,
-    class_weights: list[float] | None = None,
+    class_weights: list[Annotated[float, Ge(0)]] | None = None,
 ) -> SegmentationHead:
     """U-Net segmentation head: skip connections over every level, decoded to full resolution.
 
@@ -148,9 +144,7 @@ def build_unet(
     """
     problems: list[str] = []
     _check_class_weights(class_weights, n_classes, problems)
-    parts = _unet_parts(
-        feature_info, n_classes, img_size, indices, channels, min_channels, dropout, "n_classes", problems
-    )
+    parts = _unet_parts(feature_info, indices, channels, min_channels, dropout, problems)
     if problems or parts is None:
         raise ConfigError(problems)
     return SegmentationHead(*parts, n_classes, img_size, ignore_index, class_weights, dropout)
@@ -158,13 +152,13 @@ def build_unet(
 
 @HEADS.register("unet_regression")
 def build_unet_regression(
-    feature_info: list[dict[str, Any]] | None = None,
-    n_outputs: int = 1,
-    img_size: int = 224,
+    feature_info: Annotated[list[dict[str, Any]] | None, FromData] = None,
+    n_outputs: Annotated[int, Ge(1), FromData] = 1,
+    img_size: Annotated[int, Ge(1), FromData] = 224,
     indices: list[int] | None = None,
-    channels: int = 256,
-    min_channels: int = 16,
-    loss: str = "mse",
+    channels: Annotated[int, Ge(1)] = 256,
+    min_channels: Annotated[int, Ge(1)] = 16,
+    loss: RegressionLoss = "mse",
     dropout: float = 0.0,
 ) -> RegressionHead:
     """U-Net pixel-wise regression head (``n_outputs`` values per pixel; task ``pixel_regression``).
@@ -183,11 +177,7 @@ def build_unet_regression(
         ConfigError: Listing every invalid setting.
     """
     problems: list[str] = []
-    if loss not in LOSSES:
-        problems.append(f"head.loss: expected one of {' | '.join(LOSSES)}, got {loss!r}")
-    parts = _unet_parts(
-        feature_info, n_outputs, img_size, indices, channels, min_channels, dropout, "n_outputs", problems
-    )
+    parts = _unet_parts(feature_info, indices, channels, min_channels, dropout, problems)
     if problems or parts is None:
         raise ConfigError(problems)
     return RegressionHead(*parts, n_outputs, img_size, loss, dropout)

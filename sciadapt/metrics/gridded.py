@@ -62,7 +62,8 @@ def latitude_weights(lat: Any, kind: str = "cos") -> np.ndarray:
         w[order] = area
     else:
         raise ValueError(f"latitude_weights: kind must be 'cos' or 'cell_area', got {kind!r}")
-    return w / w.mean()
+    normalised: np.ndarray = w / w.mean()
+    return normalised
 
 
 def _np(a: Any, name: str) -> np.ndarray:
@@ -96,7 +97,8 @@ def _spatial_mean(x: np.ndarray, w: np.ndarray, m: np.ndarray | None) -> np.ndar
     """Latitude-weighted mean over (H, W) of ``x (N, L, C, H, W)`` -> ``(N, L, C)`` (NaN where nothing observed)."""
     ww = w[:, None]  # (H, 1), broadcast over W
     if m is None:
-        return (x * ww).sum(axis=(-2, -1)) / (ww.sum() * x.shape[-1])
+        mean: np.ndarray = (x * ww).sum(axis=(-2, -1)) / (ww.sum() * x.shape[-1])  # (N, L, C)
+        return mean
     wm = m * ww
     den = wm.sum(axis=(-2, -1))
     num = (np.where(m > 0, x, 0.0) * wm).sum(axis=(-2, -1))

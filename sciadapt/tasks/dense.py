@@ -10,13 +10,14 @@ both truth and prediction has NaN IoU/F1 and is left out of ``miou`` and ``mean_
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from sciadapt.errors import ConfigError, DataError
-from sciadapt.heads.regress import as_maps
+from sciadapt.heads.regress import RegressionHead, as_maps
+from sciadapt.heads.segment import SegmentationHead
 from sciadapt.metrics.dense import (
     confusion_matrix,
     index_threshold_confusion,
@@ -27,6 +28,7 @@ from sciadapt.metrics.dense import (
     segmentation_scores,
 )
 from sciadapt.registry import TASKS
+from sciadapt.spec import FromData
 from sciadapt.tasks.base import Task
 from sciadapt.types import Batch
 
@@ -79,6 +81,9 @@ class SegmentationTask(DenseTask):
     ``n_pixels``, ``iou/<class>``, ``f1/<class>``).
     """
 
+    #: ``majority``: the training labels' most frequent class; ``ndwi``: McFeeters' water index
+    BASELINES: ClassVar[tuple[str, ...]] = ("majority", "ndwi")
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -93,7 +98,8 @@ class SegmentationTask(DenseTask):
         self.class_names = class_names
 
     def point(self, pred: Tensor) -> Tensor:
-        return self.head.point(pred)  # (B, H, W)
+        labels: Tensor = self.head.point(pred)  # (B, H, W)
+        return labels
 
     def _confusion(self, labels_pred: Tensor, batch: Mapping[str, Any]) -> Tensor:
         return confusion_matrix(labels_pred, batch["y"], self.n_classes, self.ignore_index, batch.get("mask"))
@@ -186,12 +192,16 @@ class PixelRegressionTask(DenseTask):
     outputs), over the observed (``mask == 1``) pixels.
     """
 
+    #: ``mean``: the training targets' mean of each output
+    BASELINES: ClassVar[tuple[str, ...]] = ("mean",)
+
     def __init__(self, backbone: nn.Module, head: nn.Module, output_names: list[str] | None = None) -> None:
         super().__init__(backbone, head)
         self.output_names = output_names
 
     def point(self, pred: Tensor) -> Tensor:
-        return self.head.point(pred)  # (B, C, H, W)
+        values: Tensor = self.head.point(pred)  # (B, C, H, W)
+        return values
 
     def accumulate(self, pred: Tensor, batch: Mapping[str, Any]) -> Tensor:
         p = self.point(pred)
@@ -250,9 +260,9 @@ def _train_batches(dm: Any) -> Iterable[Mapping[str, Any]]:
 def build_segmentation(
     backbone: nn.Module,
     head: nn.Module,
-    n_classes: int = 2,
-    ignore_index: int = -1,
-    class_names: list[str] | None = None,
+    n_classes: Annotated[int, FromData] = 2,
+    ignore_index: Annotated[int, FromData] = -1,
+    class_names: Annotated[list[str] | None, FromData] = None,
 ) -> SegmentationTask:
     """Semantic segmentation task (cross-entropy from the head; IoU/F1/accuracy scores).
 
@@ -267,16 +277,17 @@ def build_segmentation(
         ConfigError: If the head does not predict ``n_classes`` classes or the names do not fit.
     """
     problems = []
-    head_classes = getattr(head, "n_classes", None)
-    if head_classes is None:
+    if not isinstance(head, SegmentationHead):
         problems.append(
             f"task segmentation needs a segmentation head (upernet, fcn, conv_decoder, unet), got {type(head).__name__}"
         )
-    elif head_classes != n_classes:
-        problems.append(f"head predicts {head_classes} classes but task.n_classes={n_classes}: make them agree")
-    head_ignore = getattr(head, "ignore_index", ignore_index)
-    if head_ignore != ignore_index:
-        problems.append(f"head.ignore_index={head_ignore} but task.ignore_index={ignore_index}: make them agree")
+    else:
+        if head.n_classes != n_classes:
+            problems.append(f"head predicts {head.n_classes} classes but task.n_classes={n_classes}: make them agree")
+        if head.ignore_index != ignore_index:
+            problems.append(
+                f"head.ignore_index={head.ignore_index} but task.ignore_index={ignore_index}: make them agree"
+            )
     if class_names is not None and len(class_names) != n_classes:
         problems.append(f"task.class_names: expected {n_classes} names, one per class, got {len(class_names)}")
     if problems:
@@ -288,7 +299,7 @@ def build_segmentation(
 def build_pixel_regression_task(
     backbone: nn.Module,
     head: nn.Module,
-    output_names: list[str] | None = None,
+    output_names: Annotated[list[str] | None, FromData] = None,
 ) -> PixelRegressionTask:
     """Pixel-wise regression task (masked loss from the head; RMSE/MAE/R^2 scores).
 
@@ -300,13 +311,14 @@ def build_pixel_regression_task(
     Raises:
         ConfigError: If the head is not a regression head or the names do not fit.
     """
-    n_outputs = getattr(head, "n_outputs", None)
-    if n_outputs is None:
+    if not isinstance(head, RegressionHead):
         raise ConfigError(
             f"task pixel_regression needs a pixel_regression head (or unet_regression), got {type(head).__name__}"
         )
-    if output_names is not None and len(output_names) != n_outputs:
-        raise ConfigError(f"task.output_names: expected {n_outputs} names, one per output, got {len(output_names)}")
+    if output_names is not None and len(output_names) != head.n_outputs:
+        raise ConfigError(
+            f"task.output_names: expected {head.n_outputs} names, one per output, got {len(output_names)}"
+        )
     return PixelRegressionTask(backbone, head, output_names)
 
 
@@ -333,7 +345,7 @@ def ndwi_score_fn(dm: Any) -> Callable[[Mapping[str, Any]], Tensor]:
     std = torch.as_tensor(dm.std, dtype=torch.float32)
 
     def score(batch: Mapping[str, Any]) -> Tensor:
-        x = batch["x"]  # (B, C, T, H, W), normalised; the last frame is scored
+        x: Tensor = batch["x"]  # (B, C, T, H, W), normalised; the last frame is scored
         g = x[:, green, -1] * std[green] + mean[green]
         n = x[:, nir, -1] * std[nir] + mean[nir]
         return (g - n) / (g + n)  # NaN where both are 0 -> predicted "not water"

@@ -2,31 +2,45 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
-from sciadapt.errors import ShapeError
-from sciadapt.metrics.forecasting import forecast_metrics
+from sciadapt.errors import ConfigError, ShapeError
+from sciadapt.metrics.forecasting import forecast_metrics, seasonal_naive
 from sciadapt.registry import TASKS
+from sciadapt.spec import FromData
 from sciadapt.tasks.base import Task
 from sciadapt.types import Batch
 
 
 class ForecastingTask(Task):
-    """Forecast ``y`` (B, L, C) from ``x`` (B, T, C + exog); metrics in the scaled space.
+    """Forecasting task: forecast ``y`` (B, L, C) from ``x`` (B, T, C + exog); metrics in the scaled space.
 
     MSE and MAE are computed on z-scored data as the long-horizon tables report them; MASE,
     sMAPE and (for quantile heads) CRPS come from gluonts' definitions.
+
+    Args:
+        backbone: injected by the runner.
+        head: injected by the runner.
+        n_targets: follows the data unless set.
+        seasonality: season length for MASE and the seasonal-naive baseline; follows the data's
+            frequency unless set.
+        instance_norm: standardise every window by its own context mean and std before the
+            backbone and undo it on the forecast (RevIN without affine parameters).
     """
+
+    #: ``seasonal_naive`` repeats the last season (``dm.seasonality``), ``naive`` the last value
+    BASELINES: ClassVar[tuple[str, ...]] = ("seasonal_naive", "naive")
 
     def __init__(
         self,
         backbone: nn.Module,
         head: nn.Module,
-        n_targets: int,
-        seasonality: int = 1,
+        n_targets: Annotated[int, FromData] = 1,
+        seasonality: Annotated[int, FromData] = 1,
         instance_norm: bool = False,
     ) -> None:
         super().__init__(backbone, head)
@@ -58,7 +72,8 @@ class ForecastingTask(Task):
         return out * s + m
 
     def point(self, pred: torch.Tensor) -> torch.Tensor:
-        return self.head.point(pred)  # (B, L, C)
+        point: torch.Tensor = self.head.point(pred)  # (B, L, C)
+        return point
 
     def validation_metrics(self, pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         p = self.point(pred)
@@ -79,12 +94,12 @@ class ForecastingTask(Task):
         }
         if batch.get("mask") is not None:
             out["mask"] = batch["mask"].detach().float().cpu()
-        if getattr(self.head, "quantiles", None):
+        if self.head.quantiles:
             out["quantiles"] = pred.detach().float().cpu()
         return out
 
     def evaluate_outputs(self, outs: dict[str, torch.Tensor]) -> dict[str, Any]:
-        quantiles = getattr(self.head, "quantiles", None)
+        quantiles: list[float] | None = self.head.quantiles  # every forecast head declares it
         return forecast_metrics(
             outs["y"].numpy(),
             outs["point"].numpy(),
@@ -95,24 +110,34 @@ class ForecastingTask(Task):
             mask=outs["mask"].numpy() if "mask" in outs else None,
         )
 
+    def baseline(self, name: str, dm: Any) -> dict[str, Any]:
+        """``seasonal_naive`` (the last ``dm.seasonality`` steps repeated) or ``naive`` (the last
+        value repeated), scored on ``dm``'s test split like the model.
 
-@TASKS.register("forecasting")
-def build_forecasting(
-    backbone: nn.Module,
-    head: nn.Module,
-    n_targets: int = 1,
-    seasonality: int = 1,
-    instance_norm: bool = False,
-) -> ForecastingTask:
-    """Forecasting task.
+        Raises:
+            ConfigError: For another name.
+        """
+        if name not in self.BASELINES:
+            raise ConfigError(
+                f"evaluation.baselines: {name!r} is not a forecasting baseline ({', '.join(self.BASELINES)})"
+            )
+        season = dm.seasonality if name == "seasonal_naive" else 1
+        ys, ps, pasts, masks = [], [], [], []
+        for batch in dm.test_dataloader():
+            past = batch["x"][..., : dm.n_targets].numpy()  # (B, T, C_targets)
+            ys.append(batch["y"].numpy())
+            pasts.append(past)
+            ps.append(seasonal_naive(past, dm.horizon, season))
+            if batch.get("mask") is not None:
+                masks.append(batch["mask"].numpy())
+        return forecast_metrics(
+            np.concatenate(ys),
+            np.concatenate(ps),
+            np.concatenate(pasts),
+            seasonality=dm.seasonality,
+            mask=np.concatenate(masks) if masks else None,
+        )
 
-    Args:
-        backbone: injected by the runner.
-        head: injected by the runner.
-        n_targets: follows the data unless set.
-        seasonality: season length for MASE and the seasonal-naive baseline; follows the data's
-            frequency unless set.
-        instance_norm: standardise every window by its own context mean and std before the
-            backbone and undo it on the forecast (RevIN without affine parameters).
-    """
-    return ForecastingTask(backbone, head, n_targets=n_targets, seasonality=seasonality, instance_norm=instance_norm)
+
+# the class is its own builder: its __init__ is the config schema of `task: {name: forecasting}`
+TASKS.register("forecasting")(ForecastingTask)

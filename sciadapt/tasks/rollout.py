@@ -15,7 +15,7 @@ so a resumed run continues at the length it reached.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,27 +24,19 @@ from torch.utils.checkpoint import checkpoint
 
 from sciadapt.errors import ConfigError, ShapeError
 from sciadapt.registry import TASKS
+from sciadapt.spec import FromData, RolloutSpec
 from sciadapt.tasks.base import Task
 from sciadapt.types import Batch
 
 
-def rollout_length(spec: dict[str, Any] | None, epoch: int) -> int:
+def rollout_length(spec: RolloutSpec | None, epoch: int) -> int:
     """Rollout steps at ``epoch`` of a stage whose ``rollout`` block is ``spec``."""
-    if not spec:
+    if spec is None:
         return 1
-    steps = int(spec.get("steps", 1))
-    every = spec.get("grow_every")
-    if every:
-        steps += int(spec.get("grow_by", 1)) * (epoch // int(every))
-    top = spec.get("max_steps")
-    return min(steps, int(top)) if top else steps
-
-
-def max_rollout(spec: dict[str, Any] | None) -> int:
-    """The longest rollout a stage reaches (what its data must provide as ``n_lead``)."""
-    if not spec:
-        return 1
-    return int(spec.get("max_steps") or spec.get("steps", 1))
+    steps = spec.steps
+    if spec.grow_every:
+        steps += spec.grow_by * (epoch // spec.grow_every)
+    return min(steps, spec.max_steps) if spec.max_steps else steps
 
 
 class RolloutTask(Task):
@@ -61,6 +53,9 @@ class RolloutTask(Task):
             (``z`` weighs every ``z_<level>``).
         time_step_hours: Hours per step, for lead-time labels (follows the data).
     """
+
+    #: the initial state held at every lead, or the datamodule's climatology
+    BASELINES: ClassVar[tuple[str, ...]] = ("persistence", "climatology")
 
     tendency_scale_t: Tensor
     area_w: Tensor
@@ -99,7 +94,9 @@ class RolloutTask(Task):
     # -- one step and a rollout -----------------------------------------------------------
     def step(self, state: Tensor, forcings: Tensor | None, static: Tensor | None) -> Tensor:
         """Next normalised state ``(B, C, H, W)`` from ``state`` ``(B, n_input, C, H, W)``."""
-        tendency = self.head(self.backbone.forward_features(state, forcings=forcings, static=static))
+        # only the inputs the data has: a backbone's forward_features defaults the others
+        inputs = {k: v for k, v in (("forcings", forcings), ("static", static)) if v is not None}
+        tendency: Tensor = self.head(self.backbone.forward_features(state, **inputs))  # (B, C, H, W)
         return state[:, -1] + tendency * self.tendency_scale_t
 
     def rollout(self, batch: Batch | dict[str, Any], steps: int) -> Tensor:
@@ -109,9 +106,9 @@ class RolloutTask(Task):
             raise ShapeError(f"rollout input: expected B T C H W, got {tuple(x.shape)}")
         forcings: Tensor | None = batch.get("forcings")  # type: ignore[assignment]
         static: Tensor | None = batch.get("static")  # type: ignore[assignment]
-        spec = self.stage.get("rollout") or {}
-        use_ckpt = bool(spec.get("checkpoint")) and self.training and torch.is_grad_enabled()
-        cut = spec.get("truncate_every")
+        spec = self.stage.rollout or RolloutSpec()
+        use_ckpt = spec.checkpoint and self.training and torch.is_grad_enabled()
+        cut = spec.truncate_every
         state, preds = x, []
         for k in range(steps):
             f = None
@@ -124,7 +121,7 @@ class RolloutTask(Task):
                 nxt = self.step(state, f, static)
             preds.append(nxt)
             state = torch.cat([state[:, 1:], nxt.unsqueeze(1)], dim=1)
-            if cut and (k + 1) % int(cut) == 0 and k + 1 < steps:
+            if cut and (k + 1) % cut == 0 and k + 1 < steps:
                 state = state.detach()  # truncated backpropagation through the rollout
         return torch.stack(preds, dim=1)  # (B, steps, C, H, W)
 
@@ -137,17 +134,23 @@ class RolloutTask(Task):
     # -- the loop hooks -------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
-        self.rollout_steps = rollout_length(self.stage.get("rollout"), self.current_epoch)
-        dm = getattr(self._trainer, "datamodule", None)
-        n_lead = getattr(dm, "n_lead", None)
-        if n_lead is not None and self.rollout_steps > n_lead:
-            raise ConfigError(
-                f"stage {self.stage.get('name')!r}: rollout of {self.rollout_steps} steps at epoch "
-                f"{self.current_epoch} but the data provides n_lead={n_lead}; set rollout.max_steps or data.n_lead"
-            )
+        self.rollout_steps = rollout_length(self.stage.rollout, self.current_epoch)
+
+    def _datamodule(self) -> Any:
+        """The trainer's datamodule; ``None`` in unit use without a trainer (or fitted on loaders)."""
+        if self._trainer is None:
+            return None
+        # Lightning's DataConnector sets this attribute on every Trainer without declaring it
+        return self._trainer.datamodule  # type: ignore[attr-defined]
 
     def _loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        steps = self.rollout_steps if self.training else batch["y"].shape[1]
+        n_lead = batch["y"].shape[1]  # (B, n_lead, C, H, W): the future states the data provides
+        if self.training and self.rollout_steps > n_lead:
+            raise ConfigError(
+                f"stage {self.stage.name!r}: rollout of {self.rollout_steps} steps at epoch "
+                f"{self.current_epoch} but the data provides n_lead={n_lead}; set rollout.max_steps or data.n_lead"
+            )
+        steps = self.rollout_steps if self.training else n_lead
         pred = self.rollout(batch, steps)
         y = batch["y"][:, :steps]
         mask = batch.get("mask")
@@ -171,6 +174,7 @@ class RolloutTask(Task):
         checkpoint["sciadapt"]["rollout_steps"] = self.rollout_steps
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # checkpoints written before the rollout length was saved start again at the current length
         self.rollout_steps = int(checkpoint.get("sciadapt", {}).get("rollout_steps", self.rollout_steps))
 
     # -- evaluation -----------------------------------------------------------------------
@@ -182,8 +186,7 @@ class RolloutTask(Task):
         return out
 
     def evaluate_outputs(self, outs: dict[str, Tensor]) -> dict[str, Any]:
-        dm = getattr(self._trainer, "datamodule", None)
-        return score_rollout(outs["pred"].numpy(), outs, dm, self.variables, self.time_step_hours)
+        return score_rollout(outs["pred"].numpy(), outs, self._datamodule(), self.variables, self.time_step_hours)
 
     def baseline(self, name: str, dm: Any) -> dict[str, Any]:
         """Persistence (the initial state at every lead) or climatology, scored like the model."""
@@ -248,12 +251,12 @@ def _as_list(values: Any) -> list[float]:
 def build_rollout(
     backbone: nn.Module,
     head: nn.Module,
-    variables: list[str] | None = None,
-    tendency_scale: list[float] | None = None,
-    area_weights: list[float] | None = None,
-    n_input: int = 1,
+    variables: Annotated[list[str] | None, FromData] = None,
+    tendency_scale: Annotated[list[float] | None, FromData] = None,
+    area_weights: Annotated[list[float] | None, FromData] = None,
+    n_input: Annotated[int, FromData] = 1,
     variable_weights: dict[str, float] | None = None,
-    time_step_hours: float = 1.0,
+    time_step_hours: Annotated[float, FromData] = 1.0,
 ) -> RolloutTask:
     """Autoregressive rollout training of a gridded emulator (see :mod:`sciadapt.tasks.rollout`).
 
