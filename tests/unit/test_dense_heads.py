@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sciadapt.config import builder_schema
+from sciadapt.config import builder_schema, validate
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.heads.regress import build_pixel_regression
 from sciadapt.heads.segment import (
@@ -194,18 +194,18 @@ def test_bad_settings_are_config_errors_listing_every_problem() -> None:
     with pytest.raises(ConfigError, match="feature_info"):
         build_upernet()
     info = vit_info(4, 8, [1, 2, 2])
+    # the bounds are the signature's (checked by the config layer), the weights' count the builder's
+    assert len(head_config_problems(name="upernet", n_classes=0, channels=0)) == 2
     with pytest.raises(ConfigError) as e:
-        build_upernet(feature_info=info, n_classes=0, channels=0, class_weights=[1.0])
-    assert len(e.value.problems) == 3
+        build_upernet(feature_info=info, n_classes=3, class_weights=[1.0])
+    assert len(e.value.problems) == 1
     with pytest.raises(ConfigError, match="indices"):
         build_fcn(feature_info=info, indices=[4])
     with pytest.raises(ConfigError, match="layout"):
         build_fcn(feature_info=[{"layout": "B L C D", "channels": 4, "reduction": 1}])
     with pytest.raises(ConfigError, match="grid"):
         build_fcn(feature_info=[{"layout": "B N D", "channels": 4, "reduction": 4}])
-    with pytest.raises(ConfigError) as e:
-        build_pixel_regression(feature_info=info, loss="l3", decoder="unet")
-    assert len(e.value.problems) == 2
+    assert len(head_config_problems(name="pixel_regression", loss="l3", decoder="unet")) == 2
 
 
 def test_wrong_feature_shapes_are_shape_errors() -> None:
@@ -236,3 +236,10 @@ def test_builders_are_config_schemas(name: str) -> None:
     info = vit_info(4, 8, [1, 2, 2])
     head = fn(feature_info=info)
     assert head(fake_features(info, 2, 8)).shape[-2:] == (224, 224)
+
+
+def head_config_problems(**head: object) -> list[str]:
+    """The problems the config layer finds in a ``head:`` section (the checks its signature declares)."""
+    with pytest.raises(ConfigError) as e:
+        validate({"head": head, "stages": [{"name": "s", "max_steps": 1}]})
+    return [p for p in e.value.problems if p.startswith("head.")]

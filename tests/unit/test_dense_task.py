@@ -25,6 +25,7 @@ from sciadapt.metrics.dense import (
     regression_sums,
     segmentation_scores,
 )
+from sciadapt.spec import OptimSpec, StageSpec
 from sciadapt.tasks.dense import (
     PixelRegressionTask,
     SegmentationTask,
@@ -162,7 +163,7 @@ class ChipsDM(pl.LightningDataModule):
 
 
 def _fit(task: Any, dm: ChipsDM, steps: int, lr: float = 1e-2) -> list[float]:
-    task.stage = {"name": "t", "optim": {"name": "adamw", "lr": lr}}
+    task.stage = StageSpec(name="t", optim=OptimSpec(name="adamw", lr=lr))
     losses: list[float] = []
 
     class Record(pl.Callback):

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from sciadapt.backbones.nhits import build_nhits_tiny
+from sciadapt.config import validate
 from sciadapt.errors import ConfigError, ShapeError
 from sciadapt.heads.forecast import build_point_head, build_quantile_head
 
@@ -64,9 +65,7 @@ def test_quantile_levels_are_validated(quantiles: list[float]) -> None:
 
 
 def test_config_errors_are_collected() -> None:
-    with pytest.raises(ConfigError) as info:
-        build_point_head(in_features=0, in_layout="B T C", loss="rmse")
-    text = str(info.value)
+    text = "\n".join(head_config_problems(name="point", in_features=0, in_layout="B T C", loss="rmse"))
     assert "head.in_features" in text and "head.in_layout" in text and "head.loss" in text
 
 
@@ -136,3 +135,10 @@ def test_quantile_head_trains() -> None:
     assert loss.item() < first
     pred = head(features)
     assert (pred[..., 0] <= pred[..., 2]).float().mean() > 0.9  # learned levels come out ordered
+
+
+def head_config_problems(**head: object) -> list[str]:
+    """The problems the config layer finds in a ``head:`` section (the checks its signature declares)."""
+    with pytest.raises(ConfigError) as e:
+        validate({"head": head, "stages": [{"name": "s", "max_steps": 1}]})
+    return [p for p in e.value.problems if p.startswith("head.")]
