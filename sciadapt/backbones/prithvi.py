@@ -43,16 +43,19 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from einops import rearrange
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from sciadapt.backbones._bounds import bound_problems
+from sciadapt.backbones._saved import save_state, saved_metadata
 from sciadapt.errors import CheckpointError, ConfigError, ShapeError
 from sciadapt.hub import WEIGHT_FILES, describe_mismatch, is_hub, read_state_dict, resolve_file
 from sciadapt.registry import BACKBONES
+from sciadapt.spec import FromData, PositiveInt
 from sciadapt.types import IMAGE_SERIES, check_shape
 
 logger = logging.getLogger(__name__)
@@ -73,6 +76,13 @@ HLS_STATS: dict[str, dict[str, tuple[float, ...]]] = {
 }
 COORDS = ("time", "location")
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+#: The ``sciadapt`` entry of a :meth:`PrithviViT.save_pretrained` file's metadata.
+SAVED_FAMILY = "prithvi"
+
+# builder parameters that follow the data's chips (the config layer fills them from the datamodule)
+Frames = Annotated[PositiveInt, FromData]
+ChipSize = Annotated[PositiveInt, FromData]
+Bands = Annotated[list[str] | None, FromData]
 
 
 @dataclass(frozen=True)
@@ -233,7 +243,8 @@ class PatchEmbed3d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, T, H, W)`` -> ``(B, T/t * H/p * W/p, D)``."""
-        return rearrange(self.proj(x), "b d t h w -> b (t h w) d")
+        tokens: Tensor = rearrange(self.proj(x), "b d t h w -> b (t h w) d")  # (B, N, D)
+        return tokens
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,9 +334,9 @@ class PrithviViT(nn.Module):
 
     def __init__(
         self,
-        img_size: int = 224,
+        img_size: PositiveInt = 224,
         patch_size: tuple[int, int, int] = (1, 16, 16),
-        num_frames: int = 1,
+        num_frames: PositiveInt = 1,
         embed_dim: int = 768,
         depth: int = 12,
         num_heads: int = 12,
@@ -498,17 +509,55 @@ class PrithviViT(nn.Module):
 
     # -- weights -------------------------------------------------------------------------------
 
+    def example_inputs(self, batch: int = 2) -> dict[str, Tensor]:
+        """Seeded random inputs for this instance, on its device.
+
+        Args:
+            batch: Batch size ``B``.
+
+        Returns:
+            ``x`` ``(B, C, T, H, W)`` with ``C = len(bands)``, ``T = num_frames`` and ``H = W =
+            img_size``; plus ``temporal_coords`` ``(B, T, 2)`` (year, day of year) and
+            ``location_coords`` ``(B, 2)`` (lat, lon) for the encodings this model has.
+        """
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, self.in_chans, self.num_frames, self.img_size, self.img_size, generator=g)
+        inputs = {"x": x}
+        if self.temporal_embed_enc is not None:
+            year = torch.randint(2015, 2025, (batch, self.num_frames, 1), generator=g)
+            day = torch.randint(1, 366, (batch, self.num_frames, 1), generator=g)
+            inputs["temporal_coords"] = torch.cat([year, day], dim=-1).float()  # (B, T, 2)
+        if self.location_embed_enc is not None:
+            lat = torch.rand(batch, 1, generator=g) * 120.0 - 60.0
+            lon = torch.rand(batch, 1, generator=g) * 360.0 - 180.0
+            inputs["location_coords"] = torch.cat([lat, lon], dim=-1)  # (B, 2)
+        like = self.cls_token
+        return {k: v.to(like.device, like.dtype) for k, v in inputs.items()}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the encoder to ``directory/model.safetensors`` for :meth:`load_pretrained`.
+
+        The keys are an official v1 file's encoder keys; the metadata records ``bands`` (the patch
+        embedding's channel order), which the loader maps from instead of ``pretrained_bands``.
+
+        Returns:
+            The folder.
+        """
+        return save_state(self.state_dict(), directory, SAVED_FAMILY, bands=self.bands)
+
     def load_pretrained(self, source: str) -> None:
-        """Load the encoder of an official (or compatible) Prithvi-EO checkpoint.
+        """Load the encoder of an official (or compatible) Prithvi-EO checkpoint, or a :meth:`save_pretrained` folder.
 
         Reads a ``.pt`` (``torch.load(weights_only=True)``) or ``.safetensors`` file in the v1 or v2
         layout (see the module docstring), drops the MAE decoder entries and the file's
         ``pos_embed`` (this model's table is kept), maps the patch embedding's input channels from
-        ``pretrained_bands`` to ``bands``, and loads every other encoder entry with strict checking.
+        ``pretrained_bands`` (for a :meth:`save_pretrained` file: the bands it records) to ``bands``,
+        and loads every other encoder entry with strict checking.
 
         Args:
-            source: A file, a folder holding the official file name, ``hf://org/repo[@revision]``
-                (e.g. ``hf://ibm-nasa-geospatial/Prithvi-EO-2.0-300M``) or ``hf://org/repo/<file>``.
+            source: A file, a folder holding the official file name (or ``model.safetensors``),
+                ``hf://org/repo[@revision]`` (e.g. ``hf://ibm-nasa-geospatial/Prithvi-EO-2.0-300M``) or
+                ``hf://org/repo/<file>``.
 
         Raises:
             CheckpointError: If the file cannot be found, fetched or read, its patch size or band
@@ -517,12 +566,15 @@ class PrithviViT(nn.Module):
         """
         path = resolve_weights(source, self.weight_files)
         state, dropped, layout = encoder_state(read_state_dict(path))
+        file_bands = self._saved_bands(path)
         if dropped:
             logger.info(
                 f"{self.name}: {path.name}: dropped {len(dropped)} MAE decoder entries (mask_token, decoder_*): "
                 "they belong to the pre-training reconstruction head, not the encoder"
             )
-        if layout == "v1":
+        if file_bands is not None:
+            logger.info(f"{self.name}: {path.name} was written by save_pretrained; its bands: {', '.join(file_bands)}")
+        elif layout == "v1":
             logger.info(f"{self.name}: {path.name} has the v1 flat layout; its non-decoder keys are encoder keys")
         if state.pop("pos_embed", None) is not None:
             logger.info(
@@ -532,7 +584,7 @@ class PrithviViT(nn.Module):
         own = self.state_dict()
         key = "patch_embed.proj.weight"
         if key in state:
-            state[key] = self._map_bands(state[key], path)
+            state[key] = self._map_bands(state[key], path, file_bands)
         state["pos_embed"] = own["pos_embed"]
         problems = describe_mismatch(own, state)
         if problems:
@@ -543,8 +595,22 @@ class PrithviViT(nn.Module):
             )
         self.load_state_dict(state, strict=True)
 
-    def _map_bands(self, weight: Tensor, path: Path) -> Tensor:
-        """The file's ``(D, C_pre, t, p, p)`` patch kernel rearranged for ``bands`` (new bands keep this model's init)."""
+    def _saved_bands(self, path: Path) -> list[str] | None:
+        """The band order a :meth:`save_pretrained` file records, or None for other files."""
+        saved = saved_metadata(path, SAVED_FAMILY)
+        if saved is None:
+            return None
+        bands = saved.get("bands")
+        if not isinstance(bands, list) or not bands:
+            raise CheckpointError(f"{path}: written by save_pretrained but its metadata has no band list")
+        return [str(b) for b in bands]
+
+    def _map_bands(self, weight: Tensor, path: Path, file_bands: list[str] | None = None) -> Tensor:
+        """The file's ``(D, C_pre, t, p, p)`` patch kernel rearranged for ``bands`` (new bands keep this model's init).
+
+        ``file_bands`` names the file's channels when it records them (a :meth:`save_pretrained`
+        file); otherwise they are ``pretrained_bands``.
+        """
         own = self.patch_embed.proj.weight
         if weight.dim() != 5 or tuple(weight.shape[2:]) != tuple(own.shape[2:]):
             file_patch = tuple(weight.shape[2:]) if weight.dim() == 5 else tuple(weight.shape)
@@ -555,13 +621,18 @@ class PrithviViT(nn.Module):
             )
         if weight.shape[0] != own.shape[0]:
             return weight  # a different embed_dim: reported with the other shape mismatches
-        if weight.shape[1] != len(self.pretrained_bands):
-            raise CheckpointError(
-                f"cannot load {path}: its patch embedding takes {weight.shape[1]} bands but pretrained_bands lists "
-                f"{len(self.pretrained_bands)} ({', '.join(self.pretrained_bands)}); set pretrained_bands to the "
-                "file's band order"
+        source_bands = self.pretrained_bands if file_bands is None else file_bands
+        if weight.shape[1] != len(source_bands):
+            where, fix = (
+                ("pretrained_bands lists", "set pretrained_bands to the file's band order")
+                if file_bands is None
+                else ("its save_pretrained metadata lists", "the file is damaged")
             )
-        index = {_band_key(b): i for i, b in enumerate(self.pretrained_bands)}
+            raise CheckpointError(
+                f"cannot load {path}: its patch embedding takes {weight.shape[1]} bands but {where} "
+                f"{len(source_bands)} ({', '.join(source_bands)}); {fix}"
+            )
+        index = {_band_key(b): i for i, b in enumerate(source_bands)}
         mapped = own.detach().clone().to(weight.dtype)
         kept, new = [], []
         for i, band in enumerate(self.bands):
@@ -572,8 +643,8 @@ class PrithviViT(nn.Module):
                 mapped[:, i] = weight[:, j]
                 kept.append(band)
         data_keys = {_band_key(b) for b in self.bands}
-        sliced = [b for b in self.pretrained_bands if _band_key(b) not in data_keys]
-        if not new and not sliced and kept == self.pretrained_bands:
+        sliced = [b for b in source_bands if _band_key(b) not in data_keys]
+        if not new and not sliced and kept == source_bands:
             logger.info(f"{self.name}: the data's {len(kept)} bands are the pretrained bands, in order")
             return weight
         logger.info(f"{self.name}: bands with pretrained patch-embedding weights: {', '.join(kept) or 'none'}")
@@ -623,12 +694,10 @@ def _validate(
     bands: list[str],
     pretrained_bands: list[str],
 ) -> None:
-    problems = []
+    problems: list[str] = []
     if len(patch_size) != 3 or patch_size[1] != patch_size[2]:
         problems.append(f"{name}.patch_size: expected (t, p, p), got {patch_size}")
-    for key, value in (("img_size", img_size), ("num_frames", num_frames)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            problems.append(f"{name}.{key}: expected an int >= 1, got {value!r}")
+    problems += bound_problems(PrithviViT.__init__, {"img_size": img_size, "num_frames": num_frames}, name)
     if not problems:
         if img_size % patch_size[1]:
             problems.append(f"{name}.img_size={img_size} must be a multiple of the patch size {patch_size[1]}")
@@ -693,9 +762,9 @@ def _build(
 @BACKBONES.register("prithvi_v1_100m")
 def build_prithvi_v1_100m(
     weights: str | None = None,
-    num_frames: int = 1,
-    img_size: int = 224,
-    bands: list[str] | None = None,
+    num_frames: Frames = 1,
+    img_size: ChipSize = 224,
+    bands: Bands = None,
     pretrained_bands: list[str] | None = None,
     drop_path: float = 0.0,
 ) -> PrithviViT:
@@ -710,9 +779,9 @@ def build_prithvi_v1_100m(
 @BACKBONES.register("prithvi_v2_300m")
 def build_prithvi_v2_300m(
     weights: str | None = None,
-    num_frames: int = 1,
-    img_size: int = 224,
-    bands: list[str] | None = None,
+    num_frames: Frames = 1,
+    img_size: ChipSize = 224,
+    bands: Bands = None,
     pretrained_bands: list[str] | None = None,
     drop_path: float = 0.0,
 ) -> PrithviViT:
@@ -745,9 +814,9 @@ def build_prithvi_v2_300m(
 @BACKBONES.register("prithvi_v2_300m_tl")
 def build_prithvi_v2_300m_tl(
     weights: str | None = None,
-    num_frames: int = 1,
-    img_size: int = 224,
-    bands: list[str] | None = None,
+    num_frames: Frames = 1,
+    img_size: ChipSize = 224,
+    bands: Bands = None,
     pretrained_bands: list[str] | None = None,
     drop_path: float = 0.0,
 ) -> PrithviViT:
@@ -762,9 +831,9 @@ def build_prithvi_v2_300m_tl(
 @BACKBONES.register("prithvi_v2_600m")
 def build_prithvi_v2_600m(
     weights: str | None = None,
-    num_frames: int = 1,
-    img_size: int = 224,
-    bands: list[str] | None = None,
+    num_frames: Frames = 1,
+    img_size: ChipSize = 224,
+    bands: Bands = None,
     pretrained_bands: list[str] | None = None,
     drop_path: float = 0.0,
 ) -> PrithviViT:
@@ -779,9 +848,9 @@ def build_prithvi_v2_600m(
 @BACKBONES.register("prithvi_v2_600m_tl")
 def build_prithvi_v2_600m_tl(
     weights: str | None = None,
-    num_frames: int = 1,
-    img_size: int = 224,
-    bands: list[str] | None = None,
+    num_frames: Frames = 1,
+    img_size: ChipSize = 224,
+    bands: Bands = None,
     pretrained_bands: list[str] | None = None,
     drop_path: float = 0.0,
 ) -> PrithviViT:
@@ -796,9 +865,9 @@ def build_prithvi_v2_600m_tl(
 @BACKBONES.register("prithvi_tiny")
 def build_prithvi_tiny(
     weights: str | None = None,
-    num_frames: int = 3,
-    img_size: int = 32,
-    bands: list[str] | None = None,
+    num_frames: Frames = 3,
+    img_size: ChipSize = 32,
+    bands: Bands = None,
     pretrained_bands: list[str] | None = None,
     drop_path: float = 0.0,
     temporal_location: bool = False,

@@ -328,6 +328,48 @@ def test_a_folder_is_searched_for_the_official_name(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# save_pretrained / load_pretrained round trip
+
+
+@pytest.mark.parametrize("variant", ["tiny_v1", "tiny_v2_tl"])
+def test_save_pretrained_round_trips_strictly(variant: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bands = ["RED", "NIR_NARROW", "NDVI"]
+    torch.manual_seed(0)
+    model = tiny(variant, bands=bands)
+    inputs = model.example_inputs(2)
+    assert inputs["x"].shape == (2, 3, 3, 32, 32)
+    assert set(inputs) == ({"x", "temporal_coords", "location_coords"} if variant == "tiny_v2_tl" else {"x"})
+    for k, v in model.example_inputs(2).items():
+        assert torch.equal(v, inputs[k])  # seeded
+    saved = model.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in saved.iterdir()) == ["model.safetensors"]
+    torch.manual_seed(1)
+    other = tiny(variant, bands=bands)
+    with caplog.at_level(logging.INFO, logger="sciadapt.backbones.prithvi"):
+        other.load_pretrained(str(saved))
+    assert any("written by save_pretrained; its bands: RED, NIR_NARROW, NDVI" in r.getMessage() for r in caplog.records)
+    assert not any("v1 flat layout" in r.getMessage() for r in caplog.records)
+    with torch.no_grad():
+        for a, b in zip(model.forward_features(**inputs), other.forward_features(**inputs), strict=True):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_saved_bands_drive_the_band_mapping(tmp_path: Path) -> None:
+    model = tiny("tiny_v1", bands=["RED", "NDVI"])
+    saved = model.save_pretrained(tmp_path)
+    file_w = model.patch_embed.proj.weight.detach()
+    # pretrained_bands describes official files; a saved file maps from the bands it records
+    other = tiny("tiny_v1", bands=["ndvi", "BLUE", "red"])
+    other.load_pretrained(str(saved / "model.safetensors"))
+    w = other.patch_embed.proj.weight.detach()
+    assert torch.equal(w[:, 0], file_w[:, 1]) and torch.equal(w[:, 2], file_w[:, 0])
+    # the strict check still applies: a saved TL encoder does not load into a plain one
+    tl = tiny("tiny_v2_tl").save_pretrained(tmp_path / "tl")
+    with pytest.raises(CheckpointError, match=r"model.safetensors(.|\n)*use the \*_tl builder"):
+        tiny("tiny_v1").load_pretrained(str(tl))
+
+
+# ---------------------------------------------------------------------------------------------
 # shapes, config, contract
 
 
