@@ -27,16 +27,20 @@ import difflib
 import fnmatch
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import timm
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from sciadapt.backbones._bounds import bound_problems
+from sciadapt.backbones._saved import save_state, saved_metadata
 from sciadapt.errors import CheckpointError, ConfigError, ShapeError
 from sciadapt.hub import describe_mismatch, read_state_dict, resolve_file
 from sciadapt.registry import BACKBONES
+from sciadapt.spec import FromData, PositiveInt
 from sciadapt.types import IMAGE, IMAGE_SERIES, check_shape
 
 logger = logging.getLogger(__name__)
@@ -45,6 +49,15 @@ logger = logging.getLogger(__name__)
 TRANSFORMER_LINEARS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 #: Convolutional models: PEFT targets the convolutions and Linears of this many last feature stages.
 PEFT_STAGES = 2
+#: Side of the square example input of models without a fixed input size (a few pixels per level).
+EXAMPLE_SIZE = 64
+#: The ``sciadapt`` entry of a :meth:`TimmBackbone.save_pretrained` file's metadata.
+SAVED_FAMILY = "timm_features"
+
+# builder parameters that follow the data (the config layer fills them from the datamodule)
+Bands = Annotated[list[str] | None, FromData]
+InChans = Annotated[PositiveInt | None, FromData]
+ImgSize = Annotated[PositiveInt | None, FromData]
 
 
 def _pretrained_cfg(model_name: str) -> Any:
@@ -159,13 +172,49 @@ class TimmBackbone(nn.Module):
         """Same as :meth:`forward_features`."""
         return self.forward_features(x)
 
+    def example_inputs(self, batch: int = 2) -> dict[str, Tensor]:
+        """Seeded random inputs for this instance, on its device.
+
+        Args:
+            batch: Batch size ``B``.
+
+        Returns:
+            ``x`` ``(B, in_chans, 1, S, S)``: ``S = img_size`` when given, else the pretrained input
+            size for models with a fixed input size (ViT, Swin), else :data:`EXAMPLE_SIZE`.
+        """
+        if self.img_size is not None:
+            size = self.img_size
+        elif self.fixed_input_size:
+            size = int(_pretrained_cfg(self.model_name).input_size[-1])
+        else:
+            size = EXAMPLE_SIZE
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(batch, self.in_chans, 1, size, size, generator=g)
+        like = next(self.model.parameters())
+        return {"x": x.to(like.device, like.dtype)}
+
     # -- weights -------------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the wrapped ``features_only`` model to ``directory/model.safetensors`` for :meth:`load_pretrained`.
+
+        The keys are those of the ``features_only`` model (not timm's full-model layout), with the
+        first convolution already at ``in_chans``; the metadata records ``model_name`` and
+        ``in_chans``.
+
+        Returns:
+            The folder.
+        """
+        state = self.model.state_dict()
+        return save_state(state, directory, SAVED_FAMILY, model_name=self.model_name, in_chans=self.in_chans)
 
     def load_pretrained(self, source: str) -> None:
         """Load a timm-layout state dict of ``model_name`` (classifier optional) from a file, folder or ``hf://``.
 
         Key names are checked against the full model (classifier excluded); the first convolution is
-        adapted to ``in_chans`` as timm does for its own weights; shapes must match otherwise.
+        adapted to ``in_chans`` as timm does for its own weights; shapes must match otherwise. A
+        :meth:`save_pretrained` file (its metadata says so) is already in this model's layout and
+        loads as it is, with strict checking.
 
         Args:
             source: A ``.safetensors`` / ``.pt`` / ``.bin`` file, a folder holding ``model.safetensors``
@@ -177,6 +226,10 @@ class TimmBackbone(nn.Module):
         """
         path = resolve_file(source)
         state = read_state_dict(path)
+        saved = saved_metadata(path, SAVED_FAMILY)
+        if saved is not None:
+            self._load_saved(path, state, saved)
+            return
         problems = self._key_problems(state)
         if problems:
             raise CheckpointError(
@@ -192,6 +245,22 @@ class TimmBackbone(nn.Module):
             ) from None
         self.model.load_state_dict(loaded.state_dict(), strict=True)
         logger.info(f"timm {self.model_name}: loaded {path}" + self._adapted_note())
+
+    def _load_saved(self, path: Path, state: Mapping[str, Tensor], saved: Mapping[str, object]) -> None:
+        """Strictly load a :meth:`save_pretrained` file (no first-conv adaptation: it is already this model's)."""
+        problems: list[str] = []
+        if saved.get("model_name") != self.model_name:
+            problems.append(f"the file was saved from timm {saved.get('model_name')!r}: set model_name to it")
+        if saved.get("in_chans") != self.in_chans:
+            problems.append(f"the file was saved with in_chans={saved.get('in_chans')}: set bands or in_chans to match")
+        problems += describe_mismatch(self.model.state_dict(), state)
+        if problems:
+            raise CheckpointError(
+                f"cannot load {path} (written by save_pretrained) into timm {self.model_name!r} "
+                f"(in_chans={self.in_chans}):\n" + "\n".join(f"  - {p}" for p in problems)
+            )
+        self.model.load_state_dict(state, strict=True)
+        logger.info(f"timm {self.model_name}: loaded {path} (written by save_pretrained, features_only layout)")
 
     def load_timm_pretrained(self) -> None:
         """Load timm's default pretrained weights of ``model_name`` (downloaded by timm, cached by Hugging Face).
@@ -289,22 +358,19 @@ def _build(
     img_size: int | None,
     drop_path: float,
 ) -> TimmBackbone:
-    problems = []
+    problems: list[str] = []
     if in_chans is None:
         in_chans = len(bands) if bands else 3
     elif bands is not None and len(bands) != in_chans:
         problems.append(
             f"backbone.in_chans={in_chans} but bands lists {len(bands)}: remove in_chans (it follows bands)"
         )
-    if not isinstance(in_chans, int) or isinstance(in_chans, bool) or in_chans < 1:
-        problems.append(f"backbone.in_chans: expected an int >= 1, got {in_chans!r}")
+    problems += bound_problems(build_timm, {"in_chans": in_chans, "img_size": img_size}, "backbone")
     if pretrained and weights is not None:
         problems.append(
             "backbone.pretrained and backbone.weights are both set: pretrained downloads timm's default weights, "
             "weights loads a file; keep one"
         )
-    if img_size is not None and (not isinstance(img_size, int) or img_size < 1):
-        problems.append(f"backbone.img_size: expected an int >= 1, got {img_size!r}")
     if not isinstance(drop_path, int | float) or not 0.0 <= drop_path < 1.0:
         problems.append(f"backbone.drop_path: expected 0 <= drop_path < 1, got {drop_path!r}")
     if problems:
@@ -322,10 +388,10 @@ def build_timm(
     model_name: str = "resnet18",
     pretrained: bool = False,
     weights: str | None = None,
-    bands: list[str] | None = None,
-    in_chans: int | None = None,
+    bands: Bands = None,
+    in_chans: InChans = None,
     out_indices: list[int] | None = None,
-    img_size: int | None = None,
+    img_size: ImgSize = None,
     drop_path: float = 0.0,
 ) -> TimmBackbone:
     """Any timm model as a feature extractor (``features_only``); input ``B C 1 H W``.
@@ -358,10 +424,10 @@ def build_timm_tiny(
     model_name: str = "test_resnet",
     pretrained: bool = False,
     weights: str | None = None,
-    bands: list[str] | None = None,
-    in_chans: int | None = None,
+    bands: Bands = None,
+    in_chans: InChans = None,
     out_indices: list[int] | None = None,
-    img_size: int | None = None,
+    img_size: ImgSize = None,
     drop_path: float = 0.0,
 ) -> TimmBackbone:
     """One of timm's tiny test models (``test_resnet``, ``test_vit``, ``test_convnext``...; < 0.5M parameters).

@@ -113,6 +113,36 @@ def test_local_weights_of_another_model_are_refused(tmp_path: Path) -> None:
         build_timm_tiny(weights=str(tmp_path / "shaped.safetensors"))
 
 
+@pytest.mark.parametrize(
+    ("settings", "size"),
+    [({"in_chans": 4}, 64), ({"model_name": "test_vit"}, 160), ({"model_name": "test_vit", "img_size": 96}, 96)],
+    ids=["resnet-4ch", "vit", "vit-96"],
+)
+def test_save_pretrained_round_trips_strictly(settings: dict[str, Any], size: int, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_timm_tiny(**settings).eval()
+    inputs = model.example_inputs(2)
+    assert set(inputs) == {"x"} and inputs["x"].shape == (2, model.in_chans, 1, size, size)
+    saved = model.save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in saved.iterdir()) == ["model.safetensors"]
+    torch.manual_seed(1)
+    other = build_timm_tiny(**settings).eval()
+    other.load_pretrained(str(saved))  # no first-conv adaptation: the file is already at in_chans
+    with torch.no_grad():
+        for a, b in zip(model.forward_features(**inputs), other.forward_features(**inputs), strict=True):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_saved_file_of_another_model_is_refused(tmp_path: Path) -> None:
+    saved = build_timm_tiny(in_chans=4).save_pretrained(tmp_path)
+    with pytest.raises(
+        CheckpointError, match=r"save_pretrained(.|\n)*in_chans=4(.|\n)*conv1.0.weight: file \(16, 4, 3, 3\)"
+    ):
+        build_timm_tiny(in_chans=3).load_pretrained(str(saved))
+    with pytest.raises(CheckpointError, match=r"saved from timm 'test_resnet': set model_name"):
+        build_timm_tiny(model_name="test_convnext", in_chans=4).load_pretrained(str(saved))
+
+
 def test_offline_pretrained(monkeypatch: pytest.MonkeyPatch) -> None:
     import timm.models._hub as timm_hub
 
