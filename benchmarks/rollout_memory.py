@@ -44,6 +44,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from sciadapt.registry import BACKBONES, HEADS
+    from sciadapt.spec import RolloutSpec, StageSpec
     from sciadapt.tasks.rollout import RolloutTask
 
     torch.manual_seed(0)
@@ -70,7 +71,7 @@ def run_one(spec: dict[str, Any]) -> dict[str, Any]:
     )
     head = HEADS.build("grid", in_features=c)
     task = RolloutTask(backbone, head, [f"v{i}" for i in range(c)], [0.5] * c, list(np.cos(np.deg2rad(lat))), n_in)
-    task.stage = {"rollout": {"steps": k, "checkpoint": spec["checkpoint"]}}
+    task.stage = StageSpec(rollout=RolloutSpec(steps=k, checkpoint=spec["checkpoint"]))
     task.rollout_steps = k
     task.train()
     h, w = len(lat), len(lon)

@@ -479,6 +479,15 @@ class GriddedDataModule(L.LightningDataModule):
             )
         return self._stats
 
+    def scaler_state(self) -> dict[str, Any]:
+        """The train-split normalisation of every channel (``scaler.json`` of a run): per-channel
+        ``mean``, ``std`` and ``tendency_std``, keyed by channel name."""
+        stats = self._load_stats()
+        return {
+            "variables": list(self.variables),
+            **{k: [float(v) for v in np.asarray(stats[k]).reshape(-1)] for k in ("mean", "std", "tendency_std")},
+        }
+
     @property
     def stats(self) -> dict[str, np.ndarray]:
         """Per-channel ``mean``, ``std`` and ``tendency_std`` (of ``state(t+time_step) - state(t)``), ``(C,)``."""

@@ -28,6 +28,7 @@ Reference: R. Lam et al., "Learning skillful medium-range global weather forecas
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -440,6 +441,24 @@ class GraphCast(nn.Module):
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
+
+    def example_inputs(self, batch: int = 2) -> dict[str, Tensor]:
+        """Random inputs shaped for this model: ``x`` (B, n_input, C, H, W) plus the forcings and
+        static fields it takes."""
+        gen = torch.Generator().manual_seed(0)
+        h, w = self.grid_shape
+        out = {"x": torch.randn(batch, self.n_input, self.n_channels, h, w, generator=gen)}
+        if self.n_forcings:
+            out["forcings"] = torch.randn(batch, (self.n_input + 1) * self.n_forcings, h, w, generator=gen)
+        if self.n_static:
+            out["static"] = torch.randn(1, self.n_static, h, w, generator=gen)
+        return out
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` (grid signature included), what :meth:`load_pretrained` reads strictly."""
+        from sciadapt.backbones._saved import save_state
+
+        return save_state(self.state_dict(), directory, "graphcast")
 
     def load_pretrained(self, source: str, allow_grid_change: bool = False) -> None:
         """Load our own weights (safetensors or torch file, a folder, or ``hf://``) with ``strict=True``.

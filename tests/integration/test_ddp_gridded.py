@@ -84,7 +84,7 @@ def _install_probe(out_dir: Path) -> None:
             "kind": kind,
             "rank": rank(),
             "world": int(task.trainer.world_size),
-            "stage": task.stage.get("name"),
+            "stage": task.stage.name,
             "epoch": int(task.current_epoch),
             "step": int(task.global_step),
             "time_index": [int(t) for t in batch["meta"]["time_index"]],
