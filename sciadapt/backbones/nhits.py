@@ -16,10 +16,11 @@ Reference: C. Challu, K. G. Olivares, B. N. Oreshkin, F. Garza, M. Mergenthaler-
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +28,9 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from sciadapt.errors import CheckpointError, ConfigError, ShapeError
+from sciadapt.hub import WEIGHT_FILES, describe_mismatch, read_state_dict, resolve_file
 from sciadapt.registry import BACKBONES
+from sciadapt.spec import FromData, Ge
 from sciadapt.types import HORIZON_FEATURES, SERIES, check_shape
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -43,8 +46,11 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 POOLING: dict[str, type[nn.Module]] = {"max": nn.MaxPool1d, "avg": nn.AvgPool1d}
 INTERPOLATION = ("linear", "nearest", "cubic")
 
-_CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 _LIGHTNING_PREFIX = "backbone."
+WEIGHTS_FILE = "model.safetensors"
+Pooling = Literal["max", "avg"]
+Interpolation = Literal["linear", "nearest", "cubic"]
+Activation = Literal["relu", "gelu", "softplus", "tanh", "selu", "leakyrelu", "prelu", "sigmoid"]
 
 
 class NHiTSBlock(nn.Module):
@@ -278,22 +284,43 @@ class NHiTS(nn.Module):
         """Same as :meth:`forward_features`."""
         return self.forward_features(x)
 
-    def load_pretrained(self, source: str) -> None:
-        """Load weights from a local checkpoint file with ``strict=True``.
+    def example_inputs(self, batch: int = 2) -> dict[str, Tensor]:
+        """A random ``x`` of this instance's shape: ``(batch, context_length, 1 + n_exog)``."""
+        return {"x": torch.randn(batch, self.context_length, 1 + self.n_exog)}
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``model.safetensors`` into ``directory``; :meth:`load_pretrained` reads it back strictly.
+
+        Returns:
+            The folder written.
+        """
+        from safetensors.torch import save_file
+
+        folder = Path(directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / WEIGHTS_FILE))
+        return folder
+
+    def load_pretrained(self, source: str | os.PathLike[str]) -> None:
+        """Load weights from a local checkpoint file or folder with ``strict=True``.
 
         Args:
-            source: A ``.safetensors`` file, or a ``.pt``/``.pth``/``.ckpt``/``.bin`` file saved with
-                ``torch.save``. A Lightning checkpoint (a dict with ``"state_dict"``) is accepted; its
-                ``backbone.``-prefixed entries are used with the prefix stripped.
+            source: A ``.safetensors`` file, a ``.pt``/``.pth``/``.ckpt``/``.bin`` file saved with
+                ``torch.save``, or a folder written by :meth:`save_pretrained`. A Lightning checkpoint
+                (a dict with ``"state_dict"``) is accepted; its ``backbone.``-prefixed entries are used
+                with the prefix stripped (the one declared filter).
 
         Raises:
             CheckpointError: If the file is missing or unreadable, or its keys or shapes do not match
                 this model; the message names the keys and the config key to change.
         """
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(f"nhits checkpoint {source!r} not found (expected a local file)")
-        state = _read_state_dict(path)
+        if not Path(source).exists():
+            raise CheckpointError(f"nhits checkpoint {str(source)!r} not found (expected a local file or folder)")
+        path = resolve_file(source, WEIGHT_FILES)
+        state = read_state_dict(path)
+        if any(k.startswith(_LIGHTNING_PREFIX) for k in state):
+            # A full task checkpoint: keep the backbone's entries only, without the task's prefix.
+            state = {k[len(_LIGHTNING_PREFIX) :]: v for k, v in state.items() if k.startswith(_LIGHTNING_PREFIX)}
         problems = self._state_dict_problems(state)
         if problems:
             raise CheckpointError(
@@ -305,25 +332,18 @@ class NHiTS(nn.Module):
     def _state_dict_problems(self, state: Mapping[str, Tensor]) -> list[str]:
         """Describe every key/shape mismatch between ``state`` and this model, with a fix."""
         own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        mismatched = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
         problems: list[str] = []
-        if missing:
-            problems.append(
-                f"{len(missing)} keys missing from the file: {_preview(missing)} "
-                "(fewer blocks or layers in the checkpoint: check n_blocks, pool_kernel_sizes and mlp_units)"
-            )
-        if unexpected:
-            problems.append(
-                f"{len(unexpected)} unexpected keys in the file: {_preview(unexpected)} "
-                "(more blocks or layers in the checkpoint: check n_blocks, pool_kernel_sizes and mlp_units)"
-            )
-        for key in mismatched:
-            problems.append(
-                f"{key}: file has shape {tuple(state[key].shape)}, model has {tuple(own[key].shape)} "
-                f"({_shape_hint(key)})"
-            )
+        for problem in describe_mismatch(own, state):
+            if "keys missing from the file" in problem:
+                problem += (
+                    " (fewer blocks or layers in the checkpoint: check n_blocks, pool_kernel_sizes and mlp_units)"
+                )
+            elif "unexpected keys in the file" in problem:
+                problem += " (more blocks or layers in the checkpoint: check n_blocks, pool_kernel_sizes and mlp_units)"
+            elif problem.split(":")[0] in own:
+                problem += f" ({_shape_hint(problem.split(':')[0])})"
+            problems.append(problem)
+        mismatched = [k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)]
         if mismatched:
             guess = self._guess_context_length(state)
             if guess is not None:
@@ -345,31 +365,6 @@ class NHiTS(nn.Module):
         return None
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    """Read a flat ``name -> tensor`` mapping from a safetensors or torch checkpoint file."""
-    suffix = path.suffix.lower()
-    if suffix not in _CHECKPOINT_SUFFIXES:
-        raise CheckpointError(f"unsupported checkpoint format {path}: use one of {', '.join(_CHECKPOINT_SUFFIXES)}")
-    try:
-        if suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            obj: Any = load_file(str(path), device="cpu")
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # the readers raise many types; all mean "not a readable checkpoint"
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
-    if isinstance(obj, Mapping) and "state_dict" in obj:
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
-    state = {str(k): v for k, v in obj.items()}
-    if any(k.startswith(_LIGHTNING_PREFIX) for k in state):
-        # A full task checkpoint: keep the backbone's entries only, without the task's prefix.
-        state = {k[len(_LIGHTNING_PREFIX) :]: v for k, v in state.items() if k.startswith(_LIGHTNING_PREFIX)}
-    return state
-
-
 def _shape_hint(key: str) -> str:
     """Which config keys determine the shape of parameter ``key``."""
     if key.endswith("hidden.0.weight"):
@@ -380,11 +375,6 @@ def _shape_hint(key: str) -> str:
             "check context_length, horizon, feature_dim, downsample_freqs"
         )
     return "hidden sizes: check mlp_units"
-
-
-def _preview(keys: list[str], n: int = 6) -> str:
-    shown = ", ".join(keys[:n])
-    return shown + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
 
 
 def _format_config(config: Mapping[str, Any]) -> str:
@@ -413,6 +403,7 @@ def _validate(
         ("n_exog", n_exog, 0),
         ("feature_dim", feature_dim, 1),
     ):
+        # direct calls skip the config layer's bound check; these messages keep them safe too
         if not isinstance(value, int) or value < minimum:
             problems.append(f"backbone.{name}: expected an int >= {minimum}, got {value!r}")
     per_stack = {
@@ -443,17 +434,17 @@ def _validate(
 
 @BACKBONES.register("nhits")
 def build_nhits(
-    context_length: int = 96,
-    horizon: int = 24,
-    n_exog: int = 0,
-    feature_dim: int = 8,
+    context_length: Annotated[int, FromData, Ge(1)] = 96,
+    horizon: Annotated[int, FromData, Ge(1)] = 24,
+    n_exog: Annotated[int, FromData, Ge(0)] = 0,
+    feature_dim: Annotated[int, Ge(1)] = 8,
     pool_kernel_sizes: list[int] | None = None,
     downsample_freqs: list[int] | None = None,
     n_blocks: list[int] | None = None,
     mlp_units: list[int] | None = None,
-    pooling: str = "max",
-    interpolation: str = "linear",
-    activation: str = "relu",
+    pooling: Pooling = "max",
+    interpolation: Interpolation = "linear",
+    activation: Activation = "relu",
     dropout: float = 0.0,
     weights: str | None = None,
 ) -> NHiTS:
@@ -508,17 +499,17 @@ def build_nhits(
 
 @BACKBONES.register("nhits_tiny")
 def build_nhits_tiny(
-    context_length: int = 96,
-    horizon: int = 24,
-    n_exog: int = 0,
-    feature_dim: int = 4,
+    context_length: Annotated[int, FromData, Ge(1)] = 96,
+    horizon: Annotated[int, FromData, Ge(1)] = 24,
+    n_exog: Annotated[int, FromData, Ge(0)] = 0,
+    feature_dim: Annotated[int, Ge(1)] = 4,
     pool_kernel_sizes: list[int] | None = None,
     downsample_freqs: list[int] | None = None,
     n_blocks: list[int] | None = None,
     mlp_units: list[int] | None = None,
-    pooling: str = "max",
-    interpolation: str = "linear",
-    activation: str = "relu",
+    pooling: Pooling = "max",
+    interpolation: Interpolation = "linear",
+    activation: Activation = "relu",
     dropout: float = 0.0,
     weights: str | None = None,
 ) -> NHiTS:
