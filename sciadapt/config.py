@@ -350,7 +350,7 @@ def _refines(tp: Any, value: Any) -> bool:
         return True
     if origin is typing.Annotated:
         return not _problems_of(value, typing.get_args(tp)[0])
-    return False
+    return dataclasses.is_dataclass(tp) and isinstance(value, dict)
 
 
 def _problems_of(value: Any, tp: Any) -> list[str]:
@@ -683,3 +683,14 @@ def check_arguments(path: str) -> Callable[[Callable[..., None]], Callable[..., 
         return wrapper
 
     return deco
+
+
+def argument_problems(fn: Callable[..., Any], values: Mapping[str, Any], path: str) -> list[str]:
+    """The problems of ``values`` (a builder's keyword arguments, given from Python) against the
+    builder's signature; an unknown name is left to Python's own TypeError."""
+    hints = _callable_hints(fn)
+    problems: list[str] = []
+    for key, value in values.items():
+        if key in hints and key not in INJECTED:
+            _check_type(value, hints[key], f"{path}.{key}", problems)
+    return problems

@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from sciadapt.errors import UnknownComponentError
+from sciadapt.errors import ConfigError, UnknownComponentError
 
 T = TypeVar("T")
 
@@ -23,8 +23,9 @@ def suggest(name: str, choices: list[str] | tuple[str, ...] | Any, n: int = 3) -
 class Registry(Generic[T]):
     """A named collection of builders: ``@REG.register("name")`` then ``REG.build("name", **cfg)``."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, key: str) -> None:
         self.kind = kind
+        self.key = key  # the config key of its entries, in messages
         self._items: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -52,18 +53,26 @@ class Registry(Generic[T]):
         return inspect.signature(self.get(name))
 
     def build(self, name: str, **kwargs: Any) -> T:
-        return self.get(name)(**kwargs)
+        """Build ``name`` from Python, its arguments checked against the signature (``Literal``
+        choices, ``Ge``-style bounds) as a config's would be."""
+        from sciadapt.config import argument_problems  # config imports this module
+
+        fn = self.get(name)
+        problems = argument_problems(fn, kwargs, self.key)
+        if problems:
+            raise ConfigError(problems)
+        return fn(**kwargs)
 
     def __contains__(self, name: str) -> bool:
         _load_builtin()
         return name in self._items
 
 
-BACKBONES: Registry[Any] = Registry("backbone")
-HEADS: Registry[Any] = Registry("head")
-PEFT_METHODS: Registry[Any] = Registry("peft method")
-TASKS: Registry[Any] = Registry("task")
-DATAMODULES: Registry[Any] = Registry("datamodule")
+BACKBONES: Registry[Any] = Registry("backbone", "backbone")
+HEADS: Registry[Any] = Registry("head", "head")
+PEFT_METHODS: Registry[Any] = Registry("peft method", "peft")
+TASKS: Registry[Any] = Registry("task", "task")
+DATAMODULES: Registry[Any] = Registry("datamodule", "data")
 
 KINDS: dict[str, Registry[Any]] = {
     "backbones": BACKBONES,

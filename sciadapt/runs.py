@@ -23,7 +23,8 @@ from sciadapt.hub import describe_mismatch, read_state_dict
 if TYPE_CHECKING:
     from sciadapt.spec import PipelineSpec
     from sciadapt.stages.plan import StagePlan
-    from sciadapt.types import DataModule, Task
+    from sciadapt.tasks.base import Task
+    from sciadapt.types import DataModule
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -902,6 +902,20 @@ class Moment(nn.Module):
 
     # -- weights -------------------------------------------------------------------------------
 
+    def example_inputs(self, batch: int = 2) -> dict[str, Tensor]:
+        """Random inputs shaped for this model: ``x`` (B, context_length, 1 + n_exog)."""
+        gen = torch.Generator().manual_seed(0)
+        return {"x": torch.randn(batch, self.context_length, 1 + self.n_exog, generator=gen)}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write the official layout (``config.json`` + ``model.safetensors``) that :meth:`load_pretrained` reads strictly."""
+        from sciadapt.backbones._saved import save_state
+        from sciadapt.runs import atomic_write_text
+
+        folder = Path(directory)
+        atomic_write_text(folder / CONFIG_FILE, json.dumps(self.config.to_dict(), indent=2))
+        return save_state(self.state_dict(), folder, "moment")
+
     def load_pretrained(self, source: str) -> None:
         """Load an official (or compatible) checkpoint folder with ``strict=True``.
 

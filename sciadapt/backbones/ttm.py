@@ -1229,6 +1229,25 @@ class TTM(nn.Module):
         model.load_pretrained(folder)
         return model
 
+    def example_inputs(self, batch: int = 2) -> dict[str, Tensor]:
+        """Random inputs shaped for this model: ``x`` (B, context_length, C) with C the checkpoint's
+        input channels, plus ``future_exog`` when forecast channel mixing takes exogenous channels."""
+        gen = torch.Generator().manual_seed(0)
+        c = max(self.config.num_input_channels, self.n_exog + 1)
+        out = {"x": torch.randn(batch, self.context_length, c, generator=gen)}
+        if self.config.enable_forecast_channel_mixing and self.n_exog:
+            out["future_exog"] = torch.randn(batch, self.horizon, self.n_exog, generator=gen)
+        return out
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the official layout (``config.json`` + ``model.safetensors``) that :meth:`load_pretrained` reads strictly."""
+        from sciadapt.backbones._saved import save_state
+        from sciadapt.runs import atomic_write_text
+
+        folder = Path(directory)
+        atomic_write_text(folder / "config.json", json.dumps(self.config.to_dict(), indent=2))
+        return save_state(self.state_dict(), folder, "ttm")
+
     def load_pretrained(self, source: str | os.PathLike[str]) -> None:
         """Load an official checkpoint (``config.json`` + weights) into this model.
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from sciadapt.stages.runner import PipelineRunner
-    from sciadapt.types import Task
+    from sciadapt.tasks.base import Task
 
 #: metrics where a higher value is better (the table marks the best row of each column)
 HIGHER_IS_BETTER = {"miou", "iou", "f1", "mean_f1", "accuracy", "r2", "acc"}

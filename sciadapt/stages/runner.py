@@ -42,7 +42,8 @@ from sciadapt.stages import evaluate
 from sciadapt.stages.callbacks import EpochEndCheckpoint, MetricsCSV
 from sciadapt.stages.plan import StagePlan, evaluation_data
 from sciadapt.stages.preempt import PreemptionCheckpoint, SignalWatch
-from sciadapt.types import DataModule, FitsWindow, NamesColumns, ReportsPadding, Task
+from sciadapt.tasks.base import Task
+from sciadapt.types import DataModule, FitsWindow, NamesColumns, ReportsPadding
 
 log = logging.getLogger("sciadapt")
 

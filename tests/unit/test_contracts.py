@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sciadapt.config import builder_schema
+from sciadapt.errors import ConfigError
 from sciadapt.registry import BACKBONES, DATAMODULES, HEADS, PEFT_METHODS, TASKS
 from sciadapt.types import Backbone
 
@@ -95,9 +96,14 @@ def test_peft_method_contract(name: str) -> None:
         off = model.forward_features(**inputs)[-1]
         core.enable(model, True)
         on = model.forward_features(**inputs)[-1]
-        core.merge(model)
-        merged = model.forward_features(**inputs)[-1]
     torch.testing.assert_close(off, base)
+    try:
+        core.merge(model)
+    except ConfigError as e:  # methods that add modules (bottleneck adapters, prompts) cannot merge
+        assert "cannot be merged" in str(e)
+        return
+    with torch.no_grad():
+        merged = model.forward_features(**inputs)[-1]
     torch.testing.assert_close(merged, on, rtol=1e-4, atol=1e-4)
 
 
