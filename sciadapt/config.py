@@ -49,12 +49,6 @@ COMPONENTS: dict[str, Registry[Any]] = {
 }
 # builder parameters the runner passes objects into; never config keys
 INJECTED = {"backbone", "head"}
-_LEGACY_INFERRED = {
-    "context_length", "horizon", "n_exog", "n_targets", "seasonality", "in_features", "in_layout", "lat", "lon",
-    "n_channels", "n_forcings", "n_static", "n_input", "variables", "tendency_scale", "area_weights",
-    "time_step_hours", "bands", "n_bands", "in_chans", "num_frames", "img_size", "n_classes", "ignore_index",
-    "class_names", "n_outputs", "output_names", "feature_info",
-}
 # top-level keys of a pipeline YAML (the fields of PipelineSpec)
 TOP_LEVEL = tuple(f.name for f in dataclasses.fields(PipelineSpec))
 
@@ -396,7 +390,7 @@ def from_data_params(fn: Callable[..., Any]) -> set[str]:
     """The parameters of a builder marked ``Annotated[..., FromData]``: filled from the data (or the
     backbone) at build time, optional in a config."""
     hints = _callable_hints(fn)
-    out = {n for n in hints if n in _LEGACY_INFERRED}  # TRANSITIONAL: removed once every builder is marked
+    out: set[str] = set()
     for name, tp in hints.items():
         if typing.get_origin(tp) is typing.Annotated and any(isinstance(m, _FromData) for m in typing.get_args(tp)[1:]):
             out.add(name)
@@ -658,6 +652,16 @@ def build_task(model: Mapping[str, Any], facts: Mapping[str, Any]) -> Any:
     return call_builder("task", model["task"], facts, backbone=backbone, head=head)
 
 
+# the __init__ wrappers made by check_arguments: their classes report argument problems themselves
+_SELF_CHECKING: set[Callable[..., None]] = set()
+
+
+def checks_own_arguments(fn: Callable[..., Any]) -> bool:
+    """True for a registered class whose ``__init__`` is decorated with :func:`check_arguments`: it
+    reports the signature's problems together with its own cross-field checks."""
+    return isinstance(fn, type) and fn.__init__ in _SELF_CHECKING
+
+
 def check_arguments(path: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Decorate a registered class's ``__init__`` so that a direct call (from Python, not through a
     config) checks its arguments against the signature as the config layer does.
@@ -680,6 +684,7 @@ def check_arguments(path: str) -> Callable[[Callable[..., None]], Callable[..., 
             self._argument_problems = problems
             init(self, *args, **kwargs)
 
+        _SELF_CHECKING.add(wrapper)
         return wrapper
 
     return deco

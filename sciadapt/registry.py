@@ -55,10 +55,11 @@ class Registry(Generic[T]):
     def build(self, name: str, **kwargs: Any) -> T:
         """Build ``name`` from Python, its arguments checked against the signature (``Literal``
         choices, ``Ge``-style bounds) as a config's would be."""
-        from sciadapt.config import argument_problems  # config imports this module
+        from sciadapt.config import argument_problems, checks_own_arguments  # config imports this module
 
         fn = self.get(name)
-        problems = argument_problems(fn, kwargs, self.key)
+        # a class that checks its own arguments lists them with its cross-field problems in one error
+        problems = [] if checks_own_arguments(fn) else argument_problems(fn, kwargs, self.key)
         if problems:
             raise ConfigError(problems)
         return fn(**kwargs)

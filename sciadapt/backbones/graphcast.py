@@ -29,7 +29,7 @@ Reference: R. Lam et al., "Learning skillful medium-range global weather forecas
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from sciadapt.backbones.mesh import MAX_REFINEMENT, GridMeshGraph, build_graph
 from sciadapt.errors import CheckpointError, ConfigError, ShapeError
 from sciadapt.hub import describe_mismatch, read_state_dict, resolve_file
 from sciadapt.registry import BACKBONES
+from sciadapt.spec import FromData
 from sciadapt.types import GRIDDED, IMAGE, check_shape
 
 #: Structural features per node (``sin lat, cos lon, sin lon``) and per edge (length + 3D offset).
@@ -556,12 +557,12 @@ def _validate(
 
 @BACKBONES.register("graphcast")
 def build_graphcast(
-    lat: list[float] | None = None,
-    lon: list[float] | None = None,
-    n_channels: int = 1,
-    n_forcings: int = 0,
-    n_static: int = 0,
-    n_input: int = 1,
+    lat: Annotated[list[float] | None, FromData] = None,
+    lon: Annotated[list[float] | None, FromData] = None,
+    n_channels: Annotated[int, FromData] = 1,
+    n_forcings: Annotated[int, FromData] = 0,
+    n_static: Annotated[int, FromData] = 0,
+    n_input: Annotated[int, FromData] = 1,
     mesh_refinement: int = 5,
     latent_size: int = 512,
     processor_layers: int = 16,
@@ -630,12 +631,12 @@ def build_graphcast(
 
 @BACKBONES.register("graphcast_tiny")
 def build_graphcast_tiny(
-    lat: list[float] | None = None,
-    lon: list[float] | None = None,
-    n_channels: int = 1,
-    n_forcings: int = 0,
-    n_static: int = 0,
-    n_input: int = 1,
+    lat: Annotated[list[float] | None, FromData] = None,
+    lon: Annotated[list[float] | None, FromData] = None,
+    n_channels: Annotated[int, FromData] = 1,
+    n_forcings: Annotated[int, FromData] = 0,
+    n_static: Annotated[int, FromData] = 0,
+    n_input: Annotated[int, FromData] = 1,
     mesh_refinement: int = 2,
     latent_size: int = 32,
     processor_layers: int = 2,

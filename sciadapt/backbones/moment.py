@@ -27,7 +27,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 from sciadapt.errors import CheckpointError, ConfigError, ShapeError
 from sciadapt.hub import describe_mismatch, read_state_dict, resolve_folder
 from sciadapt.registry import BACKBONES
+from sciadapt.spec import FromData
 from sciadapt.types import HORIZON_FEATURES, SERIES, check_shape
 
 logger = logging.getLogger(__name__)
@@ -1079,9 +1080,9 @@ def _finish(model: Moment, weights: str | None) -> Moment:
 def build_moment(
     size: str = "large",
     task: str = "forecasting",
-    context_length: int = 512,
-    horizon: int = 96,
-    n_exog: int = 0,
+    context_length: Annotated[int, FromData] = 512,
+    horizon: Annotated[int, FromData] = 96,
+    n_exog: Annotated[int, FromData] = 0,
     dropout: float = 0.1,
     head_dropout: float = 0.1,
     gradient_checkpointing: bool = False,
@@ -1130,9 +1131,9 @@ def build_moment(
 @BACKBONES.register("moment_tiny")
 def build_moment_tiny(
     task: str = "forecasting",
-    context_length: int = 512,
-    horizon: int = 96,
-    n_exog: int = 0,
+    context_length: Annotated[int, FromData] = 512,
+    horizon: Annotated[int, FromData] = 96,
+    n_exog: Annotated[int, FromData] = 0,
     dropout: float = 0.1,
     head_dropout: float = 0.1,
     gradient_checkpointing: bool = False,

@@ -55,7 +55,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,7 @@ from torch import Tensor, nn
 from sciadapt.errors import CheckpointError, ConfigError, ShapeError
 from sciadapt.hub import describe_mismatch, is_hub, parse_hub, read_state_dict, resolve_folder, weights_file
 from sciadapt.registry import BACKBONES
+from sciadapt.spec import FromData
 from sciadapt.types import HORIZON_FEATURES, SERIES
 
 log = logging.getLogger(__name__)
@@ -1635,10 +1636,10 @@ def _pick_revision(weights: str, context_length: int, horizon: int, prefix_tunin
 
 @BACKBONES.register("ttm")
 def build_ttm(
-    context_length: int = 512,
-    horizon: int = 96,
-    n_targets: int = 1,
-    n_exog: int = 0,
+    context_length: Annotated[int, FromData] = 512,
+    horizon: Annotated[int, FromData] = 96,
+    n_targets: Annotated[int, FromData] = 1,
+    n_exog: Annotated[int, FromData] = 0,
     weights: str | None = None,
     prediction_length: int | None = None,
     prediction_filter_length: int | None = None,
@@ -1871,10 +1872,10 @@ def _filter_length(prediction_length: int, horizon: int, given: int | None) -> i
 
 @BACKBONES.register("ttm_tiny")
 def build_ttm_tiny(
-    context_length: int = 64,
-    horizon: int = 16,
-    n_targets: int = 1,
-    n_exog: int = 0,
+    context_length: Annotated[int, FromData] = 64,
+    horizon: Annotated[int, FromData] = 16,
+    n_targets: Annotated[int, FromData] = 1,
+    n_exog: Annotated[int, FromData] = 0,
     mode: str = "common_channel",
     decoder_mode: str = "common_channel",
     enable_forecast_channel_mixing: bool = False,

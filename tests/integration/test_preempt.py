@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sciadapt.errors import EXIT_PREEMPTED
 from sciadapt.datamodules.sampling import ShardedEpochSampler, apply_resume
+from sciadapt.errors import EXIT_PREEMPTED
 from tests.conftest import REPO, make_series_csv, tiny_pipeline
 
 # stage 2 ("probe", unfrozen) runs 6 epochs of ~250 batches, with dropout so that the RNG state
