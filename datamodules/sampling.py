@@ -19,6 +19,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DistributedSampler
 
+from sciadapt.types import DataModule
+
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
     """A permutation of ``range(n)`` that depends on ``seed`` and ``epoch`` only."""
@@ -118,12 +120,12 @@ class EpochShuffleSampler(ShardedEpochSampler):
         super().__init__(n, seed=seed, shuffle=True)
 
 
-def apply_resume(sampler: ShardedEpochSampler, datamodule: object, batch_size: int) -> ShardedEpochSampler:
+def apply_resume(sampler: ShardedEpochSampler, datamodule: DataModule, batch_size: int) -> ShardedEpochSampler:
     """Hand a datamodule's pending mid-epoch resume point (``train_resume``: epoch, batches done on
     this rank, set by :class:`sciadapt.stages.preempt.PreemptionCheckpoint`) to its new train sampler."""
-    pending = getattr(datamodule, "train_resume", None)
+    pending = datamodule.train_resume
     if pending is not None:
         epoch, batches = pending
         sampler.resume_at(epoch, batches * batch_size)
-        datamodule.train_resume = None  # type: ignore[attr-defined]
+        datamodule.train_resume = None
     return sampler

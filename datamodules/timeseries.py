@@ -302,6 +302,9 @@ class TimeSeriesDataModule(L.LightningDataModule):
         fewshot_seed: Seed of the ``"uniform"`` draw.
     """
 
+    # set by @check_arguments on every instance before __init__ runs
+    _argument_problems: list[str]
+
     @check_arguments("data")
     def __init__(
         self,

@@ -20,8 +20,8 @@ def fit(
     pipeline: str | None, overrides: list[str], resume: str | None = None, console: Console | None = None
 ) -> dict[str, Any]:
     """Validate a pipeline (nothing is written if invalid), run its stages, print the comparison."""
+    from sciadapt.runs import is_writer
     from sciadapt.stages.runner import fit as run_fit
-    from sciadapt.stages.runner import is_writer
 
     console = console or Console()
     if resume:

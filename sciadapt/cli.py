@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Preempted as p:
         # a clean stop: the resume checkpoint and state.json are on disk
+        from sciadapt.runs import is_writer
         from sciadapt.stages.preempt import requeue
-        from sciadapt.stages.runner import is_writer
 
         if is_writer():  # under DDP every rank stops; one reports and requeues
             err.print(f"preempted: {p}", markup=False, highlight=False, soft_wrap=True)

@@ -18,7 +18,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -38,6 +38,9 @@ from sciadapt.spec import (
     TrainerSpec,
     _FromData,
 )
+
+if TYPE_CHECKING:
+    from sciadapt.types import Backbone
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -308,8 +311,8 @@ def _check_type(value: Any, tp: Any, path: str, problems: list[str]) -> Any:
         if not isinstance(value, list | tuple):
             problems.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
             return value
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis] or [Any]
-        return [_check_type(v, args[0], f"{path}[{i}]", problems) for i, v in enumerate(value)]
+        item_types = [a for a in typing.get_args(tp) if a is not Ellipsis] or [Any]
+        return [_check_type(v, item_types[0], f"{path}[{i}]", problems) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             problems.append(f"{path}: expected a mapping, got {value!r}")
@@ -459,7 +462,7 @@ def _check_data_overrides(
     base: dict[str, Any] | None, overrides: dict[str, Any], path: str, problems: list[str]
 ) -> None:
     """A stage's (or the evaluation's) ``data:`` keys, checked merged over the pipeline's data."""
-    if not isinstance(base, dict) or base.get("name") not in DATAMODULES:
+    if not isinstance(base, dict) or not isinstance(base.get("name"), str) or base["name"] not in DATAMODULES:
         return
     fn = DATAMODULES.get(base["name"])
     merged = {**{k: v for k, v in base.items() if k != "name"}, **overrides}
@@ -641,15 +644,20 @@ def build_task(model: Mapping[str, Any], facts: Mapping[str, Any]) -> Any:
     ``model`` holds the ``backbone``, ``head`` and ``task`` sections.
     """
     backbone = call_builder("backbone", model["backbone"], facts)
+    head = call_builder("head", model["head"], head_facts(backbone, facts))
+    return call_builder("task", model["task"], facts, backbone=backbone, head=head)
+
+
+def head_facts(backbone: Backbone, facts: Mapping[str, Any]) -> dict[str, Any]:
+    """What a head's ``FromData`` parameters follow: the data's facts plus the backbone's features
+    (``in_features``/``in_layout`` of its last level, every level's ``feature_info``)."""
     info = backbone.feature_info[-1]
-    head_facts = {
+    return {
         **facts,
         "in_features": info["channels"],
         "in_layout": info["layout"],
         "feature_info": [dict(level) for level in backbone.feature_info],
     }
-    head = call_builder("head", model["head"], head_facts)
-    return call_builder("task", model["task"], facts, backbone=backbone, head=head)
 
 
 # the __init__ wrappers made by check_arguments: their classes report argument problems themselves
@@ -659,7 +667,7 @@ _SELF_CHECKING: set[Callable[..., None]] = set()
 def checks_own_arguments(fn: Callable[..., Any]) -> bool:
     """True for a registered class whose ``__init__`` is decorated with :func:`check_arguments`: it
     reports the signature's problems together with its own cross-field checks."""
-    return isinstance(fn, type) and fn.__init__ in _SELF_CHECKING
+    return isinstance(fn, type) and vars(fn).get("__init__") in _SELF_CHECKING
 
 
 def check_arguments(path: str) -> Callable[[Callable[..., None]], Callable[..., None]]:

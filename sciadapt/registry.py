@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
-from collections.abc import Callable
+import pkgutil
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from sciadapt.errors import ConfigError, UnknownComponentError
@@ -97,3 +99,12 @@ def _load_builtin() -> None:
     import sciadapt.heads  # noqa: F401
     import sciadapt.peft  # noqa: F401
     import sciadapt.tasks  # noqa: F401
+
+
+def load_package(package: str, path: Iterable[str]) -> None:
+    """Import every public module of a component package (its ``__init__`` calls this), so that a
+    new file's ``register`` lines run with no name list to edit; ``_private`` helpers are left to
+    the modules that use them."""
+    for info in sorted(pkgutil.iter_modules(list(path)), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package}.{info.name}")

@@ -7,6 +7,7 @@ killed process leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import tempfile
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -25,6 +27,17 @@ if TYPE_CHECKING:
     from sciadapt.stages.plan import StagePlan
     from sciadapt.tasks.base import Task
     from sciadapt.types import DataModule
+
+
+# rank 0 publishes its run directory here; processes launched for the other DDP ranks join it
+RUN_DIR_ENV = "SCIADAPT_RUN_DIR"
+
+
+def is_writer() -> bool:
+    """True in the process that writes run files: global rank 0 (the only process without DDP)."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0)) == 0
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -50,9 +63,9 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def _json_default(o: Any) -> Any:
-    if hasattr(o, "item"):
+    if isinstance(o, np.generic) or (isinstance(o, np.ndarray | torch.Tensor) and o.ndim == 0):
         return o.item()
-    if hasattr(o, "tolist"):
+    if isinstance(o, np.ndarray | torch.Tensor):
         return o.tolist()
     return str(o)
 
@@ -127,6 +140,16 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Pa
             "same data and backbone settings as the run that wrote it, or start from scratch"
         )
     model.load_state_dict(state, strict=True)
+
+
+def save_task(task: Task, path: Path) -> None:
+    """A task's weights in the layout of a Lightning ``weights_only`` checkpoint (rank 0 writes)."""
+    ckpt: dict[str, Any] = {"state_dict": task.state_dict()}
+    task.on_save_checkpoint(ckpt)
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    if is_writer():
+        atomic_write_bytes(path, buf.getvalue())
 
 
 def attach_stage_adapter(task: torch.nn.Module, spec: PipelineSpec, plan: StagePlan) -> str:

@@ -30,7 +30,9 @@ class Batch(TypedDict, total=False):
     target values (1 observed, 0 missing), ``meta`` carries anything else.
 
     Optional model inputs (see :data:`MODEL_INPUTS`) ride beside ``x``; a backbone receives the
-    ones its ``forward_features`` names as keyword arguments.
+    ones its ``forward_features`` names as keyword arguments. Gridded batches add ``forcings``
+    (B T F H W: time-of-day/year and other known inputs per step) and ``static`` (B S H W:
+    land-sea mask, orography, coordinate encodings), which the rollout task passes itself.
     """
 
     x: torch.Tensor
@@ -39,6 +41,10 @@ class Batch(TypedDict, total=False):
     meta: dict[str, Any]
     x_mask: torch.Tensor
     future_exog: torch.Tensor
+    forcings: torch.Tensor
+    static: torch.Tensor
+    temporal_coords: torch.Tensor
+    location_coords: torch.Tensor
 
 
 #: Optional batch entries a backbone may take: ``x_mask`` (same shape as ``x``; 1 observed,
@@ -105,10 +111,15 @@ class DataModule(Protocol):
     """A registered datamodule (a ``LightningDataModule``; its ``__init__`` is its config schema).
 
     ``facts()`` is what the model must agree with (window geometry, channels, grid ...): builder
-    parameters marked ``FromData`` are filled from it by name. The runner sets ``shuffle_seed``.
+    parameters marked ``FromData`` are filled from it by name. ``scaler_state()`` is what a run
+    keeps (``scaler.json``) and ``load_scaler_state`` reads back to predict in original units.
+    The runner sets ``shuffle_seed``; a run preempted mid-epoch sets ``train_resume`` (epoch,
+    batches done on this rank) for the next train sampler to skip
+    (:func:`sciadapt.datamodules.sampling.apply_resume`).
     """
 
     shuffle_seed: int
+    train_resume: tuple[int, int] | None
 
     def setup(self, stage: str) -> None: ...
 
@@ -117,6 +128,8 @@ class DataModule(Protocol):
     def describe(self) -> str: ...
 
     def scaler_state(self) -> dict[str, Any]: ...
+
+    def load_scaler_state(self, state: dict[str, Any]) -> None: ...
 
     def train_dataloader(self) -> Any: ...
 

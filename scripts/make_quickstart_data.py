@@ -101,9 +101,7 @@ def write_site(frame: pd.DataFrame, out: Path) -> int:
 
 def main() -> None:
     """Command-line entry point: convert both sites and print the file sizes."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", type=Path, default=DEFAULT_SRC, help="folder holding the TMY3 files")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     args = parser.parse_args()

@@ -10,9 +10,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path  # noqa: E402
 
-import numpy as np
-import pandas as pd
 import pytest
+
+from tests.data.timeseries.make import write_series_csv  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -20,15 +20,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 def make_series_csv(path: Path, n: int = 1200, seed: int = 0, channels: int = 2, exog: bool = True) -> Path:
     """Hourly series with a daily cycle, a trend and noise; `load` is exogenous."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(n)
-    frame = {"date": pd.date_range("2021-01-01", periods=n, freq="h")}
-    for c in range(channels):
-        frame[f"y{c}"] = np.sin(2 * np.pi * t / 24 + c) * (1 + 0.3 * c) + 0.001 * t + 0.1 * rng.standard_normal(n)
-    if exog:
-        frame["load"] = np.cos(2 * np.pi * t / 24) + 0.05 * rng.standard_normal(n)
-    pd.DataFrame(frame).to_csv(path, index=False)
-    return path
+    return write_series_csv(path, n=n, seed=seed, channels=channels, exog=exog)
 
 
 @pytest.fixture

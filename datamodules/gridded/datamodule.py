@@ -199,7 +199,8 @@ class GriddedDataModule(L.LightningDataModule):
     @property
     def kind(self) -> str:
         """``"zarr"``, ``"netcdf"`` or ``"grib"``."""
-        return store_kind(Path(self.path), self.engine)
+        kind: str = store_kind(Path(self.path), self.engine)
+        return kind
 
     def _load_info(self) -> StoreInfo:
         if self._info is None:
@@ -274,13 +275,13 @@ class GriddedDataModule(L.LightningDataModule):
     @property
     def lat(self) -> np.ndarray:
         """Latitudes ``(H,)`` in degrees, north to south."""
-        lat = self.info.lat
+        lat: np.ndarray = self.info.lat
         return lat[::-1].copy() if self.flip_lat else lat.copy()
 
     @property
     def lon(self) -> np.ndarray:
         """Longitudes ``(W,)`` in degrees, ascending, in the store's convention (0..360 or -180..180)."""
-        lon = self.info.lon
+        lon: np.ndarray = self.info.lon
         return lon[::-1].copy() if self.flip_lon else lon.copy()
 
     @property
@@ -291,7 +292,8 @@ class GriddedDataModule(L.LightningDataModule):
     @property
     def area_weights(self) -> np.ndarray:
         """``cos(lat)`` normalised to mean 1, ``(H,)``, in output (north to south) order."""
-        return latitude_area_weights(self.lat)
+        weights: np.ndarray = latitude_area_weights(self.lat)
+        return weights
 
     @property
     def native_time_step(self) -> pd.Timedelta:
@@ -455,7 +457,8 @@ class GriddedDataModule(L.LightningDataModule):
     def _stats_key(self) -> str:
         times = self.info.times
         member = self.member if self.info.member_dim is not None else None
-        return stats_key(times[0], times[self._train_stop() - 1], self.time_step, member)
+        key: str = stats_key(times[0], times[self._train_stop() - 1], self.time_step, member)
+        return key
 
     def prepare_data(self) -> None:
         """Compute and cache the statistics once (Lightning calls this on one process only)."""
@@ -488,6 +491,16 @@ class GriddedDataModule(L.LightningDataModule):
             **{k: [float(v) for v in np.asarray(stats[k]).reshape(-1)] for k in ("mean", "std", "tendency_std")},
         }
 
+    def load_scaler_state(self, state: dict[str, Any]) -> None:
+        """Normalise with the statistics a run kept (:meth:`scaler_state`, its ``scaler.json``)
+        instead of the store's own; the channels must be this datamodule's, in order."""
+        if list(state["variables"]) != self.variables:
+            raise DataError(
+                f"the saved scaler is for channels {state['variables']}, but {self.path} gives {self.variables}: "
+                "select the same data.variables and data.levels as the run that saved it"
+            )
+        self._stats = {k: np.asarray(state[k], dtype=np.float64) for k in ("mean", "std", "tendency_std")}
+
     @property
     def stats(self) -> dict[str, np.ndarray]:
         """Per-channel ``mean``, ``std`` and ``tendency_std`` (of ``state(t+time_step) - state(t)``), ``(C,)``."""
@@ -497,7 +510,7 @@ class GriddedDataModule(L.LightningDataModule):
     def tendency_scale(self) -> np.ndarray:
         """``tendency_std / std`` per channel: a normalised tendency of 1 moves the normalised state this much."""
         s = self._load_stats()
-        return s["tendency_std"] / s["std"]
+        return np.asarray(s["tendency_std"] / s["std"])
 
     def _check_channels(self, arr: np.ndarray | torch.Tensor, what: str) -> None:
         c = self.n_channels
@@ -548,7 +561,7 @@ class GriddedDataModule(L.LightningDataModule):
         """
         hours, fields = self._climatology_fields()
         if times is None:
-            out = fields[-1]  # (C, H, W), the train time mean
+            out: np.ndarray = fields[-1]  # (C, H, W), the train time mean
             return (self.normalise(out) if normalised else out).astype(np.float32, copy=False)
         stamps_arr = np.asarray(times, dtype="datetime64[ns]")
         stamps = pd.DatetimeIndex(stamps_arr.ravel())
@@ -673,7 +686,7 @@ class GriddedDataModule(L.LightningDataModule):
         # enough re-used buffers per worker for its prefetched batches, the one being trained on
         # and the one before it (a `for` loop still holds it while asking for the next)
         ds.recycle_slots = self.prefetch_factor + 3 if self.num_workers > 0 else 0
-        return GriddedLoader(
+        loader: DataLoader = GriddedLoader(
             ds,
             batch_size=batch_size,
             sampler=sampler,
@@ -683,6 +696,7 @@ class GriddedDataModule(L.LightningDataModule):
             drop_last=False,
             **workers,
         )
+        return loader
 
     def train_dataloader(self) -> DataLoader:
         """Train samples in a per-epoch deterministic order, sharded over DDP ranks."""

@@ -37,4 +37,4 @@ def latitude_area_weights(lat: np.ndarray) -> np.ndarray:
     """``cos(latitude)`` normalised to mean 1, ``(H,)`` float64 (the loss and metric weights)."""
     w = np.cos(np.deg2rad(np.asarray(lat, dtype=np.float64)))
     w = np.clip(w, 0.0, None)
-    return w / w.mean()
+    return w / float(w.mean())

@@ -50,7 +50,8 @@ def _open_inputs(files: list[str], engine: str | None) -> xr.Dataset:
         raise DataError(f"data prepare: inputs mix formats ({', '.join(sorted(kinds))}); convert one format at a time")
     kind = kinds.pop()
     if len(files) == 1:
-        return open_xarray(files[0], kind, engine, chunks={})
+        ds: xr.Dataset = open_xarray(files[0], kind, engine, chunks={})
+        return ds
     if kind == "grib":
         require_cfgrib(files[0])
     kw: dict[str, Any] = {"backend_kwargs": {"indexpath": ""}} if kind == "grib" else {}

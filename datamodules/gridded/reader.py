@@ -106,7 +106,7 @@ class StoreReader:
         """Whether ``plan``'s variable is stored as (time, [level,] lat, lon), without a member axis."""
         info = self.info
         levels = (info.level_dim,) if plan.level_index is not None else ()
-        return plan.dims == (info.time_dim, *levels, info.lat_dim, info.lon_dim)
+        return bool(plan.dims == (info.time_dim, *levels, info.lat_dim, info.lon_dim))
 
     def _select(self, da: xr.DataArray, plan: VarPlan) -> xr.DataArray:
         """The variable as (time, level, lat, lon) (or without level), member chosen; lazy."""

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -155,7 +155,7 @@ def open_xarray(path: str, kind: str, engine: str | None, chunks: Any) -> xr.Dat
         raise DataError(f"gridded data {path} does not exist; check data.path.{hint}")
     try:
         if kind == "zarr":
-            return xr.open_zarr(path, chunks=chunks, consolidated=_zarr_consolidated(p))
+            return cast(xr.Dataset, xr.open_zarr(path, chunks=chunks, consolidated=_zarr_consolidated(p)))
         if kind == "grib":
             require_cfgrib(path)
             # indexpath="" keeps cfgrib from writing a .idx file next to the (maybe read-only) input
@@ -199,7 +199,7 @@ def _find_dim(ds: xr.Dataset, candidates: tuple[str, ...]) -> str | None:
 
 def _as_datetimes(values: Any, path: str, dim: str) -> np.ndarray:
     try:
-        return pd.DatetimeIndex(values).values.astype("datetime64[ns]")
+        return cast(np.ndarray, pd.DatetimeIndex(values).values.astype("datetime64[ns]"))
     except (TypeError, ValueError) as err:
         raise DataError(
             f"{path}: the '{dim}' coordinate is not made of standard-calendar timestamps ({err}). "

@@ -77,6 +77,9 @@ class RasterDataModule(L.LightningDataModule):
         ConfigError: If settings contradict each other (see :func:`~sciadapt.datamodules.raster.checks.check_config`).
     """
 
+    # set by @check_arguments on every instance before __init__ runs
+    _argument_problems: list[str]
+
     @check_arguments("data")
     def __init__(
         self,

@@ -1,3 +1,6 @@
 """Backbones: one file per family, each registering its builders in ``BACKBONES``."""
 
-from sciadapt.backbones import graphcast, moment, nhits, prithvi, timm_vision, ttm  # noqa: F401
+from sciadapt.registry import load_package
+
+# every public module registers itself on import: a new file needs no edit here
+load_package(__name__, __path__)

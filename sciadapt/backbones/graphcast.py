@@ -29,7 +29,7 @@ Reference: R. Lam et al., "Learning skillful medium-range global weather forecas
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import numpy as np
 import torch
@@ -74,7 +74,7 @@ class MLP(nn.Module):
         self.norm: nn.Module = nn.LayerNorm(out_features) if layer_norm else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.fc2(self.act(self.fc1(x))))
+        return cast(Tensor, self.norm(self.fc2(self.act(self.fc1(x)))))
 
 
 class EdgeMLP(nn.Module):
@@ -98,7 +98,7 @@ class EdgeMLP(nn.Module):
         h = self.fc1_edge(edges)
         h = h + self.fc1_sender(src).index_select(1, senders)  # (B, E, hidden)
         h = h + self.fc1_receiver(dst).index_select(1, receivers)
-        return self.norm(self.fc2(self.act(h)))
+        return cast(Tensor, self.norm(self.fc2(self.act(h))))
 
 
 class InteractionLayer(nn.Module):
@@ -183,7 +183,7 @@ class Decoder(nn.Module):
         """Latent mesh ``(B, M, D)`` and grid ``(B, G, D)`` nodes -> outputs ``(B, G, n_out)``."""
         edges = self.edge_embed(edge_geometry).unsqueeze(0)  # (1, E, D)
         grid_h, _ = self.interaction(mesh_h, grid_h, edges, senders, receivers)
-        return self.output(grid_h)
+        return cast(Tensor, self.output(grid_h))
 
 
 class GraphCast(nn.Module):
@@ -332,7 +332,7 @@ class GraphCast(nn.Module):
         mesh_h = self.processor(mesh_h, self.mesh_edge_geometry.to(grid.dtype), self.mesh_senders, self.mesh_receivers)
         out = self.decoder(mesh_h, grid_h, self.m2g_geometry.to(grid.dtype), self.m2g_senders, self.m2g_receivers)
         h, w = self.grid_shape
-        return rearrange(out, "b (h w) c -> b c h w", h=h, w=w)  # (B, C, H, W)
+        return cast(Tensor, rearrange(out, "b (h w) c -> b c h w", h=h, w=w))  # (B, C, H, W)
 
     def forward(self, x: Tensor, forcings: Tensor | None = None, static: Tensor | None = None) -> Tensor:
         """Same as :meth:`forward_features`."""
@@ -649,18 +649,22 @@ def build_graphcast_tiny(
 
     Takes the same arguments as :func:`build_graphcast`.
     """
-    return build_graphcast(
-        lat=lat,
-        lon=lon,
-        n_channels=n_channels,
-        n_forcings=n_forcings,
-        n_static=n_static,
-        n_input=n_input,
-        mesh_refinement=mesh_refinement,
-        latent_size=latent_size,
-        processor_layers=processor_layers,
-        mlp_hidden=mlp_hidden,
-        grid2mesh_radius_factor=grid2mesh_radius_factor,
-        activation_checkpointing=activation_checkpointing,
-        weights=weights,
+    # BACKBONES is a Registry[Any], so its decorator hands back a builder typed to return Any
+    return cast(
+        GraphCast,
+        build_graphcast(
+            lat=lat,
+            lon=lon,
+            n_channels=n_channels,
+            n_forcings=n_forcings,
+            n_static=n_static,
+            n_input=n_input,
+            mesh_refinement=mesh_refinement,
+            latent_size=latent_size,
+            processor_layers=processor_layers,
+            mlp_hidden=mlp_hidden,
+            grid2mesh_radius_factor=grid2mesh_radius_factor,
+            activation_checkpointing=activation_checkpointing,
+            weights=weights,
+        ),
     )

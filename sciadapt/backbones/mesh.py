@@ -163,7 +163,7 @@ def _to_receiver_frames(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     zero, one = np.zeros_like(a), np.ones_like(a)
     rz = np.stack([np.stack([ca, -sa, zero], -1), np.stack([sa, ca, zero], -1), np.stack([zero, zero, one], -1)], -2)
     ry = np.stack([np.stack([cb, zero, sb], -1), np.stack([zero, one, zero], -1), np.stack([-sb, zero, cb], -1)], -2)
-    return ry @ rz
+    return np.asarray(ry @ rz)  # (N, 3, 3)
 
 
 def edge_features(

@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -517,18 +517,22 @@ def build_nhits_tiny(
 
     Takes the same arguments as :func:`build_nhits`.
     """
-    return build_nhits(
-        context_length=context_length,
-        horizon=horizon,
-        n_exog=n_exog,
-        feature_dim=feature_dim,
-        pool_kernel_sizes=pool_kernel_sizes,
-        downsample_freqs=downsample_freqs,
-        n_blocks=n_blocks,
-        mlp_units=[32, 32] if mlp_units is None else mlp_units,
-        pooling=pooling,
-        interpolation=interpolation,
-        activation=activation,
-        dropout=dropout,
-        weights=weights,
+    # BACKBONES is a Registry[Any], so its decorator hands back a builder typed to return Any
+    return cast(
+        NHiTS,
+        build_nhits(
+            context_length=context_length,
+            horizon=horizon,
+            n_exog=n_exog,
+            feature_dim=feature_dim,
+            pool_kernel_sizes=pool_kernel_sizes,
+            downsample_freqs=downsample_freqs,
+            n_blocks=n_blocks,
+            mlp_units=[32, 32] if mlp_units is None else mlp_units,
+            pooling=pooling,
+            interpolation=interpolation,
+            activation=activation,
+            dropout=dropout,
+            weights=weights,
+        ),
     )

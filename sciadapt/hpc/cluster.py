@@ -234,18 +234,19 @@ def make_executor(prof: dict[str, Any], folder: Path, job_name: str) -> Any:
             setup=[f"export {MAX_REQUEUES_ENV}={int(prof['max_requeues'])}", *prof["setup"]],
         )
         return ex
-    ex = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=int(prof["max_requeues"]))
-    ex.update_parameters(**slurm_parameters(prof, job_name))
-    return ex
+    slurm_ex = submitit.SlurmExecutor(folder=str(folder), max_num_timeout=int(prof["max_requeues"]))
+    slurm_ex.update_parameters(**slurm_parameters(prof, job_name))
+    return slurm_ex
 
 
 def run_job(run_dir: str) -> dict[str, Any]:
     """What each submitted job (and each requeue of it) runs: ``sciadapt fit --resume run_dir``."""
     from rich.console import Console
 
+    from sciadapt.runs import is_writer
     from sciadapt.stages.evaluate import print_comparison
     from sciadapt.stages.preempt import requeue
-    from sciadapt.stages.runner import fit, is_writer
+    from sciadapt.stages.runner import fit
 
     console = Console()
     try:
@@ -318,7 +319,7 @@ def submit(
         ]
         return _dry_run(prof, name, logs, runs, len(points), folder, [])
     _require_sbatch(prof)
-    from sciadapt.stages.runner import RUN_DIR_ENV
+    from sciadapt.runs import RUN_DIR_ENV
 
     run_dirs = []
     before = os.environ.get(RUN_DIR_ENV)
@@ -367,16 +368,17 @@ def _submit_runs(
         jobs = [executor.submit(run_job, run_dirs[0])]
     else:
         jobs = executor.map_array(run_job, run_dirs)
+    job_ids = [str(j.job_id) for j in jobs]
     record = {
         "pipeline": pipeline,
         "overrides": overrides,
         "sweep": sweep or [],
         "cluster": {k: v for k, v in prof.items() if k != "extra"},
-        "jobs": [str(j.job_id) for j in jobs],
+        "jobs": job_ids,
         "runs": [{"point": combo, "run_dir": d} for combo, d in zip(points, run_dirs, strict=True)],
     }
     write_json(folder / "sweep.json", record)
-    console.print(f"submitted {len(jobs)} job(s) ({', '.join(record['jobs'])}); logs in {logs}", soft_wrap=True)
+    console.print(f"submitted {len(jobs)} job(s) ({', '.join(job_ids)}); logs in {logs}", soft_wrap=True)
     console.print(f"follow: sciadapt summarize {folder}", soft_wrap=True)
     if wait:
         for job in jobs:

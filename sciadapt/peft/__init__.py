@@ -1,4 +1,6 @@
 """Parameter-efficient fine-tuning: the core, adapter I/O, and one file per method."""
 
-# the first import (adapters) loads core, whose last line loads io: core is complete by then
-from sciadapt.peft import adapters, bitfit, core, ia3, io, lora, norm_tuning, ssf, vpt  # noqa: F401
+from sciadapt.registry import load_package
+
+# every public module registers itself on import: a new file needs no edit here
+load_package(__name__, __path__)

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from sciadapt.config import build_datamodule, validate
+from sciadapt.datamodules.timeseries import TimeSeriesDataModule
 from sciadapt.errors import ConfigError
 from sciadapt.runs import atomic_write_bytes, atomic_write_text
 
@@ -25,6 +26,11 @@ def predict_run(run_dir: Path, data: str | None, out: Path) -> Path:
 
     run = Run.open(run_dir)
     dm = run.datamodule(-1)
+    if not isinstance(dm, TimeSeriesDataModule):
+        raise ConfigError(
+            f"predict --data forecasts series, but {run_dir} trained on {type(dm).__name__} data: use "
+            "`sciadapt predict --run RUN --init TIME` (gridded) or `--scene` (rasters) for it"
+        )
     dm.load_scaler_state(run.scaler())
     inputs = dm.predict_inputs(data)
     task = run.task(-1, dm.facts())

@@ -15,6 +15,7 @@ import torch
 from sciadapt.config import build_datamodule
 from sciadapt.errors import ConfigError, DataError
 from sciadapt.runs import atomic_write_bytes
+from sciadapt.tasks.rollout import RolloutTask
 
 
 def predict_rollout_run(
@@ -60,6 +61,11 @@ def predict_rollout_run(
     dm = build_datamodule(data_cfg)
     dm.setup("test")
     task = run.task(-1, dm.facts())
+    if not isinstance(task, RolloutTask):
+        raise ConfigError(
+            f"predict --init makes rollout forecasts, but {run_dir} trained a {type(task).__name__}: "
+            "use `sciadapt predict --run RUN --data ...` (series) or `--scene` (rasters) for it"
+        )
     task.eval()
 
     samples = []

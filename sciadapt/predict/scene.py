@@ -105,7 +105,8 @@ def predict_scene_run(
 
     def model_fn(x: torch.Tensor, **coords: torch.Tensor) -> torch.Tensor:
         inputs = {k: v for k, v in coords.items() if k in takes}
-        return task(x, **inputs)  # (B, n_outputs, H, W): logits or regression values
+        out: torch.Tensor = task(x, **inputs)  # (B, n_outputs, H, W): logits or regression values
+        return out
 
     result = predict_scene(
         model_fn,

@@ -68,6 +68,17 @@ class StagePlan:
         return {k: v for k, v in self.spec.peft.items() if k not in PEFT_COMMON and k != "method"}
 
 
+def trainable_patterns(stage: StageSpec, head_has_params: bool) -> list[str]:
+    """The parameter globs a stage trains: its ``trainable`` list, else everything; a PEFT stage
+    trains its adapter and the head (a parameter-free head, as in a backbone that forecasts
+    itself like TTM and MOMENT, leaves only the adapter)."""
+    if stage.trainable is not None:
+        return list(stage.trainable)
+    if stage.peft:
+        return ["head"] if head_has_params else []
+    return ["*"]
+
+
 def model_section(spec: PipelineSpec, section: str, stage_index: int) -> dict[str, Any]:
     """The ``backbone`` or ``head`` stage ``stage_index`` trains: the latest stage override at or
     before it, else the pipeline's (``stage_index`` -1: the pipeline's)."""

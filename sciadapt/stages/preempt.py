@@ -29,7 +29,7 @@ import subprocess
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import numpy as np
@@ -37,6 +37,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from sciadapt.errors import EXIT_PREEMPTED, CheckpointError, Preempted
+from sciadapt.types import DataModule
 
 __all__ = ["EXIT_PREEMPTED", "Preempted", "PreemptionCheckpoint", "SignalWatch", "requeue"]
 
@@ -86,7 +87,7 @@ class SignalWatch:
 
 def rng_state() -> dict[str, Any]:
     """Every RNG a training step may draw from, in types ``torch.load(weights_only=True)`` accepts."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    kind, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
@@ -119,7 +120,7 @@ class PreemptionCheckpoint(Callback):
         datamodule: The stage's datamodule, which gets the resume position (``train_resume``).
     """
 
-    def __init__(self, watch: SignalWatch, path: Path, stage: str, datamodule: Any = None) -> None:
+    def __init__(self, watch: SignalWatch, path: Path, stage: str, datamodule: DataModule | None = None) -> None:
         self.watch = watch
         self.datamodule = datamodule
         self.path = path
@@ -138,7 +139,7 @@ class PreemptionCheckpoint(Callback):
         # now, before Lightning first asks for the train dataloader (configure_optimizers may, to
         # count the steps of a schedule)
         dm = self.datamodule
-        if dm is None or not hasattr(dm, "train_resume"):
+        if not isinstance(dm, DataModule):
             raise CheckpointError(
                 f"{self.path} was written mid-epoch, but {type(dm).__name__} cannot skip the batches already "
                 "trained on. Fix: build its train sampler with sciadapt.datamodules.sampling.apply_resume (see "
@@ -154,7 +155,7 @@ class PreemptionCheckpoint(Callback):
         )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.datamodule is not None and hasattr(self.datamodule, "train_resume"):
+        if isinstance(self.datamodule, DataModule):
             self.datamodule.train_resume = None  # never carried into a later stage
 
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

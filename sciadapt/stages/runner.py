@@ -10,8 +10,6 @@ at the stage — and the epoch — where it stopped. What each stage trains is d
 
 from __future__ import annotations
 
-import fnmatch
-import io
 import json
 import logging
 import os
@@ -21,82 +19,36 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from sciadapt.config import build_datamodule, build_task, from_data_params, load_config
-from sciadapt.errors import CheckpointError, ConfigError, Preempted
+from sciadapt.errors import ConfigError, Preempted
 from sciadapt.registry import BACKBONES
 from sciadapt.runs import (
+    RUN_DIR_ENV,
     Run,
-    atomic_write_bytes,
     attach_stage_adapter,
+    is_writer,
     load_into,
     load_weights,
+    save_task,
     task_for_stage,
     write_json,
 )
 from sciadapt.spec import PipelineSpec
 from sciadapt.stages import evaluate
-from sciadapt.stages.callbacks import EpochEndCheckpoint, MetricsCSV
-from sciadapt.stages.plan import StagePlan, evaluation_data
-from sciadapt.stages.preempt import PreemptionCheckpoint, SignalWatch
+from sciadapt.stages.plan import StagePlan, evaluation_data, trainable_patterns
+from sciadapt.stages.preempt import SignalWatch
+from sciadapt.stages.trainer import build_trainer, stage_callbacks
+from sciadapt.stages.weights import apply_trainable, check_signature
 from sciadapt.tasks.base import Task
 from sciadapt.types import DataModule, FitsWindow, NamesColumns, ReportsPadding
 
 log = logging.getLogger("sciadapt")
 
-# rank 0 publishes its run directory here; processes launched for the other DDP ranks join it
-RUN_DIR_ENV = "SCIADAPT_RUN_DIR"
-
-
-def is_writer() -> bool:
-    """True in the process that writes run files: global rank 0 (the only process without DDP)."""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    return int(getattr(rank_zero_only, "rank", 0)) == 0
-
 
 def _short(value: Any) -> str:
     text = str(value)
     return text if len(text) < 60 else text[:57] + "..."
-
-
-def _matches(name: str, pattern: str) -> bool:
-    # `backbone` means the whole module, as `backbone.*` does
-    return fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + ".")
-
-
-def apply_trainable(
-    model: torch.nn.Module, trainable: list[str], frozen: list[str], where: str, adapter_follows: bool = False
-) -> tuple[int, int]:
-    """Set ``requires_grad`` from glob patterns over parameter names; frozen wins.
-
-    Returns (trainable count, total count). A pattern that matches no parameter is an error:
-    it is almost always a typo, and silently training everything (or nothing) wastes a run.
-    """
-    names = [n for n, _ in model.named_parameters()]
-    problems = []
-    for key, pats in (("trainable", trainable), ("frozen", frozen)):
-        for pat in pats:
-            if not any(_matches(n, pat) for n in names):
-                tops = sorted({n.split(".")[0] for n in names})
-                problems.append(
-                    f"{where}.{key}: pattern {pat!r} matches no parameter. Parameter names start with "
-                    f"{', '.join(t + '.' for t in tops)} (e.g. {names[0]!r})"
-                )
-    if problems:
-        raise ConfigError(problems)
-    n_train = n_total = 0
-    for n, p in model.named_parameters():
-        on = any(_matches(n, t) for t in trainable) and not any(_matches(n, f) for f in frozen)
-        p.requires_grad_(on)
-        n_total += p.numel()
-        n_train += p.numel() if on else 0
-    if n_train == 0 and not adapter_follows:
-        raise ConfigError(f"{where}: no parameter is trainable (check `trainable` and `frozen`)")
-    return n_train, n_total
 
 
 class PipelineRunner:
@@ -171,13 +123,7 @@ class PipelineRunner:
                 )
 
     def _trainable(self, plan: StagePlan) -> list[str]:
-        if plan.spec.trainable is not None:
-            return list(plan.spec.trainable)
-        if plan.spec.peft:
-            # a PEFT stage trains its adapter and the head; a parameter-free head (a backbone that
-            # forecasts itself, as TTM and MOMENT do) leaves only the adapter
-            return ["head"] if any(True for _ in self.task.head.parameters()) else []
-        return ["*"]
+        return trainable_patterns(plan.spec, head_has_params=any(True for _ in self.task.head.parameters()))
 
     def _print(self, msg: str) -> None:
         if self.console is not None:
@@ -265,65 +211,10 @@ class PipelineRunner:
         else:
             path = Path(init)
             self.fresh_task(-1, model_of=i)
-        self._check_signature(path)
+        check_signature(path, self.task.data_signature)
         load_into(self.task, load_weights(path), path)
 
-    def _check_signature(self, path: Path) -> None:
-        """A checkpoint trained on other channels fails here, naming both channel lists."""
-        if path.suffix not in (".ckpt", ".pt"):
-            return
-        try:
-            meta = torch.load(path, map_location="cpu", weights_only=True).get("sciadapt", {})
-        except Exception as e:
-            raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
-        theirs = meta.get("data_signature")
-        ours = self.task.data_signature
-        if not theirs or not ours:
-            return
-        for key in ("n_targets", "n_exog", "context_length", "horizon"):
-            if theirs.get(key) != ours.get(key):
-                raise CheckpointError(
-                    f"checkpoint {path} was trained with {key}={theirs.get(key)} "
-                    f"(targets {theirs.get('target_columns')}, exog {theirs.get('exog_columns')}) but this data has "
-                    f"{key}={ours.get(key)} (targets {ours.get('target_columns')}, exog {ours.get('exog_columns')}): "
-                    f"select the same columns with data.target_columns / data.exog_columns, or train from scratch"
-                )
-
     # -- running ----------------------------------------------------------------------------
-    def _trainer(self, plan: StagePlan, callbacks: list[Callback]) -> pl.Trainer:
-        t, st = self.spec.trainer, plan.spec
-        if t.enable_progress_bar:
-            # Lightning's default rich bar redraws every step: 10-20x slower than the model
-            # itself for small CPU models. TQDM at a few redraws per second costs nothing.
-            callbacks = [*callbacks, TQDMProgressBar(refresh_rate=t.progress_refresh_steps)]
-        plugins: list[Any] = []
-        if SLURMEnvironment.detect():
-            # the runner's own preemption handling checkpoints and requeues (sciadapt.stages.preempt)
-            plugins.append(SLURMEnvironment(auto_requeue=False))
-        return pl.Trainer(
-            plugins=plugins or None,
-            accelerator=t.accelerator,
-            devices=t.devices,
-            strategy=t.strategy,
-            precision=t.precision,  # type: ignore[arg-type]  # Lightning checks the name itself
-            num_nodes=t.num_nodes,
-            max_epochs=-1 if st.max_epochs is None else st.max_epochs,
-            max_steps=st.max_steps or -1,
-            limit_train_batches=st.limit_train_batches or 1.0,
-            limit_val_batches=st.limit_val_batches or 1.0,
-            gradient_clip_val=st.gradient_clip_val,
-            accumulate_grad_batches=t.accumulate_grad_batches,
-            val_check_interval=t.val_check_interval,
-            num_sanity_val_steps=t.num_sanity_val_steps,
-            log_every_n_steps=t.log_every_n_steps,
-            enable_progress_bar=t.enable_progress_bar,
-            deterministic=t.deterministic,
-            callbacks=callbacks,
-            logger=False,
-            enable_model_summary=False,
-            default_root_dir=str(self.run_dir),
-        )
-
     def run(self) -> dict[str, Any]:
         """Run (or continue) every stage, then the comparison; returns the summary.
 
@@ -388,29 +279,6 @@ class PipelineRunner:
         self.task.stage_index = plan.index
         return n_train, n_total, adapter
 
-    def _stage_callbacks(
-        self, plan: StagePlan, dm: DataModule, resume_from: Path
-    ) -> tuple[ModelCheckpoint, list[Callback]]:
-        ckpt_cb = ModelCheckpoint(
-            dirpath=str(self.out.stage_dir(plan.name)),
-            filename="best",
-            monitor="val/loss",
-            save_top_k=1 if plan.spec.restore_best else 0,
-            enable_version_counter=False,
-        )
-        callbacks: list[Callback] = [
-            ckpt_cb,
-            MetricsCSV(self.run_dir / "metrics.csv", plan.name),
-            EpochEndCheckpoint(resume_from),
-            PreemptionCheckpoint(self._watch, resume_from, plan.name, dm),
-        ]
-        es = plan.spec.early_stopping
-        if es is not None:
-            callbacks.append(
-                EarlyStopping(monitor=es.monitor, patience=es.patience, mode=es.mode, min_delta=es.min_delta)
-            )
-        return ckpt_cb, callbacks
-
     def _run_stage(self, plan: StagePlan) -> DataModule:
         """Train (or, with ``max_epochs: 0``, only score) one stage and record it; returns its datamodule."""
         name = plan.name
@@ -421,8 +289,10 @@ class PipelineRunner:
             f"[bold]stage {plan.index + 1}/{len(self.plans)} {name}[/bold]: {n_train:,} of {n_total:,} parameters "
             f"train ({100 * n_train / n_total:.3g} %), {dm.describe()}"
         )
-        ckpt_cb, callbacks = self._stage_callbacks(plan, dm, resume_from)
-        trainer = self._trainer(plan, callbacks)
+        ckpt_cb, callbacks = stage_callbacks(
+            plan.spec, self.out.stage_dir(name), self.run_dir, self._watch, resume_from, dm
+        )
+        trainer = build_trainer(self.spec.trainer, plan.spec, callbacks, self.run_dir)
         self.state["current"] = name
         self._write_json(self.out.state_path, self.state)
         t0 = time.perf_counter()
@@ -475,16 +345,10 @@ class PipelineRunner:
         return dm
 
     def _save_final(self, name: str, trainer: pl.Trainer, evaluation_only: bool) -> None:
-        if not evaluation_only:
+        if evaluation_only:  # no fit, so no trainer-attached model to save from
+            save_task(self.task, self.out.final_ckpt(name))
+        else:
             trainer.save_checkpoint(str(self.out.final_ckpt(name)), weights_only=True)
-            return
-        # no fit, so no trainer-attached model to save from: write the same layout directly
-        ckpt = {"state_dict": self.task.state_dict()}  # type: ignore[attr-defined]
-        self.task.on_save_checkpoint(ckpt)  # type: ignore[attr-defined]
-        buf = io.BytesIO()
-        torch.save(ckpt, buf)
-        if is_writer():
-            atomic_write_bytes(self.out.final_ckpt(name), buf.getvalue())
 
     def _finish(self, dm: DataModule | None) -> dict[str, Any]:
         """After the last stage: the comparison table, the loss plot, ``state.json`` done."""

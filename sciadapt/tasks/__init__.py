@@ -1,3 +1,6 @@
-"""Tasks: LightningModules that own backbone + head + loss + metrics."""
+"""Tasks: LightningModules that own backbone + head + loss + metrics, one file per kind."""
 
-from sciadapt.tasks import dense, forecasting, rollout  # noqa: F401
+from sciadapt.registry import load_package
+
+# every public module registers itself on import: a new file needs no edit here
+load_package(__name__, __path__)

@@ -51,7 +51,8 @@ class Task(pl.LightningModule):
         return {k: batch[k] for k in self.backbone_inputs if batch.get(k) is not None}
 
     def forward(self, x: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone.forward_features(x, **inputs))
+        out: torch.Tensor = self.head(self.backbone.forward_features(x, **inputs))
+        return out
 
     def _loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         pred = self(batch["x"], **self.model_inputs(batch))
@@ -118,7 +119,8 @@ class Task(pl.LightningModule):
         return {}
 
     def predict_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        return self(batch["x"], **self.model_inputs(batch))
+        out: torch.Tensor = self(batch["x"], **self.model_inputs(batch))
+        return out
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # what the weights were trained on, so a later load onto other channels fails clearly

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import inspect
+import json
 import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from sciadapt.config import builder_schema
+from sciadapt.config import argument_problems, builder_schema, call_builder, head_facts
 from sciadapt.errors import ConfigError
 from sciadapt.registry import BACKBONES, DATAMODULES, HEADS, PEFT_METHODS, TASKS
-from sciadapt.types import Backbone
+from sciadapt.types import IMAGE_SERIES, Backbone, Batch, DataModule
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize("registry", [BACKBONES, HEADS, DATAMODULES, TASKS, PEFT_METHODS], ids=lambda r: r.kind)
@@ -86,10 +90,17 @@ def test_peft_method_contract(name: str) -> None:
         base = model.forward_features(**inputs)[-1]
     method = PEFT_METHODS.build(name)
     assert callable(method.init_from_data)
-    try:
-        core.attach(model, method, "a", None, None, where="test")
-    except Exception as e:  # a method whose layers this backbone lacks says so clearly
-        pytest.skip(f"{name} does not apply to prithvi_tiny: {e}")
+    # the backbone's default targets (attention projections), else the modules methods of other
+    # kinds adapt: width-preserving blocks (bottleneck adapters, prompts) or normalisation layers
+    refusals = []
+    for targets in (None, ["blocks.*.mlp"], ["blocks.*.norm1", "blocks.*.norm2"]):
+        try:
+            core.attach(model, method, "a", targets, None, where="test")
+            break
+        except ConfigError as e:  # a method refuses layers it cannot adapt, clearly
+            refusals.append(str(e))
+    else:
+        pytest.fail(f"{name} adapts none of prithvi_tiny's attention, MLP or norm layers: {refusals}")
     model.eval()
     with torch.no_grad():
         core.enable(model, False)
@@ -126,3 +137,80 @@ def test_forecast_head_contract(name: str) -> None:
     loss = head.loss(pred, y, torch.ones_like(y))
     assert loss.dim() == 0 and torch.isfinite(loss)
     assert head.point(pred).shape == (3, 12, 2)
+
+
+# ------------------------------------------------------------------------------- dense heads
+DENSE_HEADS = [n for n in HEADS.list() if "feature_info" in inspect.signature(HEADS.get(n)).parameters]
+
+
+@pytest.mark.parametrize("name", DENSE_HEADS)
+def test_dense_head_contract(name: str) -> None:
+    """Every dense head decodes the features of every tiny image backbone to full-size maps, and
+    its loss is a finite scalar whose gradient reaches the head."""
+    tried = 0
+    for backbone_name in TINY_BACKBONES:
+        torch.manual_seed(0)
+        backbone = BACKBONES.build(backbone_name).eval()
+        if backbone.input_layout != IMAGE_SERIES:
+            continue
+        tried += 1
+        inputs = backbone.example_inputs(2)
+        side = inputs["x"].shape[-1]
+        facts = {"img_size": side, "n_classes": 3, "n_outputs": 3, "ignore_index": -1}
+        head = call_builder("head", {"name": name}, head_facts(backbone, facts))
+        with torch.no_grad():
+            features = backbone.forward_features(**inputs)
+        pred = head(features)
+        assert pred.shape == (2, 3, side, side), (backbone_name, tuple(pred.shape))
+        classes = "n_classes" in inspect.signature(HEADS.get(name)).parameters
+        y = torch.randint(0, 3, (2, side, side)) if classes else torch.randn(2, 3, side, side)
+        loss = head.loss(pred, y, torch.ones(2, side, side))
+        assert loss.dim() == 0 and torch.isfinite(loss), (backbone_name, loss)
+        loss.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters()), backbone_name
+    assert tried, "no tiny image backbone to test the dense heads on"
+
+
+# ------------------------------------------------------------------------------- datamodules
+def _contract_data(name: str, folder: Path, seed: int) -> dict[str, Any]:
+    maker = REPO / "tests" / "data" / name / "make.py"
+    if not maker.is_file():
+        pytest.fail(
+            f"datamodule {name!r}: add {maker.relative_to(REPO)} with contract_config(folder, seed) returning the "
+            "data keys of a small datamodule on data it writes to folder (see tests/data/timeseries/make.py)"
+        )
+    module = importlib.import_module(f"tests.data.{name}.make")
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg: dict[str, Any] = module.contract_config(folder, seed=seed)
+    return cfg
+
+
+@pytest.mark.parametrize("name", DATAMODULES.list())
+def test_datamodule_contract(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every datamodule, on its tests/data/<name>/make.py data: a valid config, the DataModule
+    protocol, JSON-able facts, batches of the Batch vocabulary, and a scaler that round-trips
+    through JSON onto a datamodule of other data."""
+    monkeypatch.setenv("SCIADAPT_CACHE_DIR", str(tmp_path / "cache"))
+    fn = DATAMODULES.get(name)
+    cfg = _contract_data(name, tmp_path / "a", seed=0)
+    assert argument_problems(fn, cfg, "data") == []
+    dm = DATAMODULES.build(name, **cfg)
+    assert isinstance(dm, DataModule), f"{name}: does not implement the DataModule protocol"
+    assert dm.train_resume is None
+    dm.setup("fit")
+    facts = dm.facts()
+    assert facts and json.loads(json.dumps(facts)) == facts
+    assert isinstance(dm.describe(), str) and dm.describe()
+    allowed = set(Batch.__annotations__)
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        batch = next(iter(loader))
+        assert {"x", "y", "mask", "meta"} <= set(batch) <= allowed, sorted(set(batch) - allowed)
+        x, y, mask = batch["x"], batch["y"], batch["mask"]
+        assert x.dtype == torch.float32 and torch.isfinite(x).all()
+        assert y.shape[0] == x.shape[0] and mask.shape == y.shape
+    state = dm.scaler_state()
+    text = json.dumps(state, sort_keys=True)
+    other = DATAMODULES.build(name, **_contract_data(name, tmp_path / "b", seed=1))
+    assert json.dumps(other.scaler_state(), sort_keys=True) != text, "the two data seeds must differ"
+    other.load_scaler_state(json.loads(text))
+    assert json.dumps(other.scaler_state(), sort_keys=True) == text

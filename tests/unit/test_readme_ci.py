@@ -30,6 +30,21 @@ def test_ci_runs_readme_commands_verbatim() -> None:
     assert any("venv" in ln for ln in ci), ".ci/run must create a fresh virtual environment"
 
 
+def test_ci_checks_the_house_rules_the_readme_lists() -> None:
+    text = (REPO / "README.md").read_text()
+    dev = re.search(r"## Development\n(.*?)(\n## |\Z)", text, re.S)
+    assert dev, "README needs a Development section"
+    block = re.search(r"```bash\n(.*?)```", dev.group(1), re.S)
+    assert block, "README's Development section lists the house-rule commands in a bash block"
+    rules = [ln.strip() for ln in block.group(1).strip().splitlines()]
+    assert {"ruff check .", "ruff format --check .", "mypy sciadapt datamodules"} <= set(rules)
+    ci = [ln.strip() for ln in (REPO / ".ci" / "run").read_text().splitlines()]
+    for cmd in rules:
+        assert cmd in ci, f".ci/run must run the README's house-rule command {cmd!r}"
+    tests_at = ci.index("python -m pytest")
+    assert all(ci.index(cmd) > tests_at for cmd in rules), "the house rules run after the tests"
+
+
 def test_docker_images_install_like_the_readme_and_run_sciadapt() -> None:
     install = _readme_setup()[0]
     for name in ("Dockerfile", "Dockerfile.cpu"):

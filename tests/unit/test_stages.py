@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from sciadapt.cli import main
 from sciadapt.errors import ConfigError
 from sciadapt.spec import ScheduleSpec
-from sciadapt.stages.runner import apply_trainable
+from sciadapt.stages.weights import apply_trainable
 from sciadapt.tasks.base import build_schedule
 from tests.conftest import tiny_pipeline
 

@@ -9,6 +9,7 @@ call :func:`make_dataset` and write into their own temporary folders.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -95,3 +96,10 @@ if __name__ == "__main__":
     tiny = make_dataset()
     print(write_zarr(tiny, here / "tiny.zarr"))
     print(write_netcdf(tiny, here / "tiny.nc"))
+
+
+def contract_config(folder: Path, seed: int = 0) -> dict[str, Any]:
+    """The ``data:`` keys (less ``name``) of a small datamodule on fresh data in ``folder``: what the
+    contract tests in tests/unit/test_contracts.py build every registered datamodule from."""
+    path = write_zarr(make_dataset(n_time=48, seed=seed), folder / "tiny.zarr")
+    return {"path": str(path), "num_workers": 0, "batch_size": 4}

@@ -16,6 +16,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -290,3 +291,19 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else str(Path(__file__).parent / "example"))
+
+
+def contract_config(folder: Path, seed: int = 0) -> dict[str, Any]:
+    """The ``data:`` keys (less ``name``) of a small datamodule on fresh data in ``folder``: what the
+    contract tests in tests/unit/test_contracts.py build every registered datamodule from."""
+    image = write_scene(
+        folder / "scene.tif", height=96, width=128, seed=seed, nodata_box=(0, 0, 8, 8), date="2021-06-01"
+    )
+    mask = write_mask(folder / "mask.tif", image, thresholds=(0.5,))
+    return {
+        "images": str(image),
+        "masks": str(mask),
+        "chip_size": 32,
+        "split_fractions": [0.5, 0.25, 0.25],
+        "batch_size": 4,
+    }
