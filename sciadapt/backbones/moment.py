@@ -25,9 +25,8 @@ import json
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +34,20 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from sciadapt.backbones._moment_config import (
+    ACTIVATIONS,
+    FEATURE_TASKS,
+    FLAN_T5,
+    POSITIONS,
+    SIZES,
+    TASKS,
+    TINY,
+    MomentConfig,
+    T5Settings,
+    head_summary,
+    read_config,
+    size_of,
+)
 from sciadapt.errors import CheckpointError, ConfigError, ShapeError
 from sciadapt.hub import describe_mismatch, read_state_dict, resolve_folder
 from sciadapt.registry import BACKBONES
@@ -43,212 +56,12 @@ from sciadapt.types import HORIZON_FEATURES, SERIES, check_shape
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("reconstruction", "embedding", "forecasting", "classification")
-#: Tasks a backbone built by :func:`build_moment` can serve through ``forward_features``.
-FEATURE_TASKS = ("forecasting", "embedding")
 EMBEDDINGS = "B C D"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 #: Entries of the official files that the model does not need: ``pe`` is the fixed sinusoid and T5's
 #: token embedding is never read (MOMENT feeds patch embeddings), so a file may lack either.
 OPTIONAL_KEYS = ("patch_embedding.position_embedding.pe", "encoder.embed_tokens.weight")
-POSITIONS = 5000  # rows of the sinusoidal table, as momentfm builds it
-
-
-@dataclass(frozen=True)
-class T5Settings:
-    """The T5 encoder geometry, read from a Hugging Face ``T5Config`` dictionary.
-
-    Missing keys take ``T5Config``'s defaults.
-    """
-
-    d_model: int = 512
-    d_kv: int = 64
-    d_ff: int = 2048
-    num_layers: int = 6
-    num_heads: int = 8
-    vocab_size: int = 32128
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
-    layer_norm_epsilon: float = 1e-6
-    dropout_rate: float = 0.1
-    initializer_factor: float = 1.0
-    feed_forward_proj: str = "relu"
-    dense_act_fn: str = "relu"
-    is_gated_act: bool = False
-
-    @classmethod
-    def from_dict(cls, t5: Mapping[str, Any]) -> T5Settings:
-        """Parse a ``t5_config`` dictionary; unknown keys (architectures, token ids...) are ignored.
-
-        Raises:
-            ConfigError: If ``feed_forward_proj`` is not ``"<act>"`` or ``"gated-<act>"`` or the
-                activation is not supported.
-        """
-        known = {k: t5[k] for k in cls.__dataclass_fields__ if k in t5}
-        proj = str(known.get("feed_forward_proj", cls.feed_forward_proj))
-        parts = proj.split("-")
-        if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
-            raise ConfigError(f"t5_config.feed_forward_proj: expected '<act>' or 'gated-<act>', got {proj!r}")
-        # T5Config maps "gated-gelu" to the tanh approximation (the flan-T5 checkpoints' activation)
-        act = "gelu_new" if proj == "gated-gelu" else parts[-1]
-        known["dense_act_fn"] = act
-        known["is_gated_act"] = parts[0] == "gated"
-        if act not in ACTIVATIONS:
-            raise ConfigError(f"t5_config.feed_forward_proj: activation {act!r} is not one of {', '.join(ACTIVATIONS)}")
-        return cls(**known)
-
-    @property
-    def inner_dim(self) -> int:
-        return self.num_heads * self.d_kv
-
-
-#: The flan-T5 encoders behind the official checkpoints (``keys_moment_1_*.json``).
-SIZES: dict[str, dict[str, int]] = {
-    "small": {"d_model": 512, "d_ff": 1024, "num_layers": 8, "num_heads": 6, "d_kv": 64},
-    "base": {"d_model": 768, "d_ff": 2048, "num_layers": 12, "num_heads": 12, "d_kv": 64},
-    "large": {"d_model": 1024, "d_ff": 2816, "num_layers": 24, "num_heads": 16, "d_kv": 64},
-}
-#: The tiny geometry of the golden fixtures (``tests``, smoke runs).
-TINY = {"d_model": 64, "d_ff": 128, "num_layers": 2, "num_heads": 4, "d_kv": 16, "vocab_size": 32}
-_FLAN_T5 = {
-    "vocab_size": 32128,
-    "feed_forward_proj": "gated-gelu",
-    "relative_attention_num_buckets": 32,
-    "relative_attention_max_distance": 128,
-    "layer_norm_epsilon": 1e-6,
-    "dropout_rate": 0.1,
-}
-
-
-@dataclass(frozen=True)
-class MomentConfig:
-    """A resolved MOMENT configuration (the official ``config.json`` layout, defaults filled in).
-
-    Build it with :meth:`from_dict`; the fields mirror the upstream keys.
-    """
-
-    t5: T5Settings
-    task_name: str = "reconstruction"
-    seq_len: int = 512
-    patch_len: int = 8
-    patch_stride_len: int = 8
-    transformer_backbone: str = "google/flan-t5-large"
-    transformer_type: str = "encoder_only"
-    forecast_horizon: int | None = None
-    n_channels: int | None = None
-    num_class: int | None = None
-    reduction: str = "concat"
-    head_dropout: float = 0.1
-    patch_dropout: float = 0.1
-    revin_affine: bool = False
-    add_positional_embedding: bool = True
-    value_embedding_bias: bool = False
-    orth_gain: float | None = 1.41
-    mask_ratio: float = 0.0
-    enable_gradient_checkpointing: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def d_model(self) -> int:
-        return self.t5.d_model
-
-    @property
-    def n_patches(self) -> int:
-        return (max(self.seq_len, self.patch_len) - self.patch_len) // self.patch_stride_len + 1
-
-    @classmethod
-    def from_dict(cls, config: Mapping[str, Any], **overrides: Any) -> MomentConfig:
-        """Resolve an official ``config.json`` dictionary, with ``overrides`` applied on top.
-
-        ``overrides`` play the role of momentfm's ``model_kwargs`` (e.g. ``task_name="embedding"``).
-        Keys momentfm reads with a default get that default when absent.
-
-        Raises:
-            ConfigError: Listing every invalid or inconsistent entry.
-        """
-        raw = {**dict(config), **overrides}
-        problems: list[str] = []
-        t5_raw = raw.pop("t5_config", None)
-        if not isinstance(t5_raw, Mapping):
-            raise ConfigError("t5_config: expected the T5 configuration dictionary (as in the official config.json)")
-        t5 = T5Settings.from_dict(t5_raw)
-        d_model = raw.pop("d_model", None)
-        if d_model is not None and d_model != t5.d_model:
-            problems.append(f"d_model={d_model} differs from t5_config.d_model={t5.d_model}: set d_model to null")
-        fields = {k: raw.pop(k) for k in list(raw) if k in cls.__dataclass_fields__ and k not in ("t5", "extra")}
-        if "patch_stride_len" not in fields and "patch_len" in fields:
-            fields["patch_stride_len"] = fields["patch_len"]
-        cfg = cls(t5=t5, extra=raw, **fields)
-        if cfg.task_name not in TASKS:
-            problems.append(f"task_name: expected one of {', '.join(TASKS)}, got {cfg.task_name!r}")
-        if cfg.transformer_type != "encoder_only":
-            problems.append(f"transformer_type: only 'encoder_only' is implemented, got {cfg.transformer_type!r}")
-        if cfg.patch_stride_len != cfg.patch_len:
-            # momentfm's masks assume stride == patch_len (its patch views ignore the stride)
-            problems.append(
-                f"patch_stride_len={cfg.patch_stride_len} must equal patch_len={cfg.patch_len} "
-                "(MOMENT's masks assume non-overlapping patches)"
-            )
-        if cfg.seq_len % cfg.patch_len:
-            problems.append(f"seq_len={cfg.seq_len} must be a multiple of patch_len={cfg.patch_len}")
-        if cfg.n_patches > POSITIONS:
-            problems.append(f"seq_len={cfg.seq_len} gives {cfg.n_patches} patches, more than {POSITIONS} positions")
-        if cfg.task_name == "forecasting" and not cfg.forecast_horizon:
-            problems.append("forecast_horizon must be set for task_name 'forecasting'")
-        if cfg.task_name == "classification":
-            if cfg.reduction not in ("mean", "concat"):
-                problems.append(f"reduction: expected 'mean' or 'concat', got {cfg.reduction!r}")
-            if not cfg.num_class:
-                problems.append("num_class must be set for task_name 'classification'")
-            if cfg.reduction == "concat" and not cfg.n_channels:
-                problems.append("n_channels must be set for classification with reduction 'concat'")
-        if problems:
-            raise ConfigError(problems)
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        """The official ``config.json`` layout (``d_model: null``, the T5 settings under ``t5_config``)."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("t5", "extra")}
-        t5 = asdict(self.t5)
-        out.update(self.extra)
-        out.update({"d_model": None, "t5_config": t5, "model_name": "MOMENT"})
-        return {k: v for k, v in out.items() if v is not None or k == "d_model"}
-
-    def geometry(self) -> dict[str, Any]:
-        """What the weights' shapes and meaning depend on (compared when loading a checkpoint)."""
-        t5 = self.t5
-        return {
-            "d_model": t5.d_model,
-            "num_layers": t5.num_layers,
-            "num_heads": t5.num_heads,
-            "d_kv": t5.d_kv,
-            "d_ff": t5.d_ff,
-            "vocab_size": t5.vocab_size,
-            "relative_attention_num_buckets": t5.relative_attention_num_buckets,
-            "relative_attention_max_distance": t5.relative_attention_max_distance,
-            "feed_forward_proj": f"{'gated-' if t5.is_gated_act else ''}{t5.dense_act_fn}",
-            "seq_len": self.seq_len,
-            "patch_len": self.patch_len,
-            "patch_stride_len": self.patch_stride_len,
-            "add_positional_embedding": self.add_positional_embedding,
-            "value_embedding_bias": self.value_embedding_bias,
-            "revin_affine": self.revin_affine,
-        }
-
-
-def _gelu_tanh(x: Tensor) -> Tensor:
-    return F.gelu(x, approximate="tanh")
-
-
-ACTIVATIONS: dict[str, Any] = {
-    "gelu_new": _gelu_tanh,
-    "gelu_pytorch_tanh": _gelu_tanh,
-    "gelu": F.gelu,
-    "relu": F.relu,
-    "silu": F.silu,
-    "swish": F.silu,
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,7 +169,7 @@ class PatchEmbedding(nn.Module):
         tokens = keep * self.value_embedding(patches) + (1 - keep) * self.mask_embedding
         if self.position_embedding is not None:
             tokens = tokens + self.position_embedding(patches.shape[-2])
-        return self.dropout(tokens)
+        return cast(Tensor, self.dropout(tokens))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -421,7 +234,8 @@ class T5Attention(nn.Module):
         device = self.relative_attention_bias.weight.device
         steps = torch.arange(n, device=device)
         buckets = relative_position_bucket(steps[None, :] - steps[:, None], self.num_buckets, self.max_distance)
-        return rearrange(self.relative_attention_bias(buckets), "q k h -> 1 h q k")
+        bias: Tensor = self.relative_attention_bias(buckets)  # (n, n, H)
+        return rearrange(bias, "q k h -> 1 h q k")
 
     def forward(self, h: Tensor, bias: Tensor) -> Tensor:
         """``h`` ``(N, P, D)``, ``bias`` ``(N or 1, H, P, P)`` (positions + key mask) -> ``(N, P, D)``."""
@@ -431,7 +245,7 @@ class T5Attention(nn.Module):
         scores = q @ k.transpose(-1, -2) + bias  # (N, H, P, P)
         weights = self.dropout(torch.softmax(scores.float(), dim=-1).type_as(scores))
         out = rearrange(weights @ v, "n h p e -> n p (h e)")  # (N, P, H * E)
-        return self.o(out)
+        return cast(Tensor, self.o(out))
 
 
 class T5LayerSelfAttention(nn.Module):
@@ -444,7 +258,8 @@ class T5LayerSelfAttention(nn.Module):
         self.dropout = nn.Dropout(t5.dropout_rate)
 
     def forward(self, h: Tensor, bias: Tensor) -> Tensor:
-        return h + self.dropout(self.SelfAttention(self.layer_norm(h), bias))
+        update: Tensor = self.dropout(self.SelfAttention(self.layer_norm(h), bias))
+        return h + update
 
 
 class T5DenseGatedActDense(nn.Module):
@@ -459,7 +274,7 @@ class T5DenseGatedActDense(nn.Module):
         self.act = ACTIVATIONS[t5.dense_act_fn]
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.wo(self.dropout(self.act(self.wi_0(h)) * self.wi_1(h)))
+        return cast(Tensor, self.wo(self.dropout(self.act(self.wi_0(h)) * self.wi_1(h))))
 
 
 class T5DenseActDense(nn.Module):
@@ -473,7 +288,7 @@ class T5DenseActDense(nn.Module):
         self.act = ACTIVATIONS[t5.dense_act_fn]
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.wo(self.dropout(self.act(self.wi(h))))
+        return cast(Tensor, self.wo(self.dropout(self.act(self.wi(h)))))
 
 
 class T5LayerFF(nn.Module):
@@ -486,7 +301,8 @@ class T5LayerFF(nn.Module):
         self.dropout = nn.Dropout(t5.dropout_rate)
 
     def forward(self, h: Tensor) -> Tensor:
-        return h + self.dropout(self.DenseReluDense(self.layer_norm(h)))
+        update: Tensor = self.dropout(self.DenseReluDense(self.layer_norm(h)))
+        return h + update
 
 
 class T5Block(nn.Module):
@@ -498,7 +314,7 @@ class T5Block(nn.Module):
 
     def forward(self, h: Tensor, bias: Tensor) -> Tensor:
         h = self.layer[0](h, bias)
-        return self.layer[1](h)  # type: ignore[no-any-return]
+        return cast(Tensor, self.layer[1](h))
 
 
 class T5Encoder(nn.Module):
@@ -525,13 +341,13 @@ class T5Encoder(nn.Module):
         # One bias for all blocks: relative positions plus a very negative value on masked keys.
         key_mask = (1.0 - attention_mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
         bias = first.SelfAttention.position_bias(n_tokens).float() + key_mask  # (N, H, P, P)
-        h = self.dropout(inputs_embeds)
+        h: Tensor = self.dropout(inputs_embeds)
         for block in self.block:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(block, h, bias, use_reentrant=False)  # type: ignore[assignment]
+                h = cast(Tensor, checkpoint(block, h, bias, use_reentrant=False))
             else:
                 h = block(h, bias)
-        return self.dropout(self.final_layer_norm(h))  # type: ignore[no-any-return]
+        return cast(Tensor, self.dropout(self.final_layer_norm(h)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,7 +363,8 @@ class PretrainHead(nn.Module):
         self.linear = nn.Linear(d_model, patch_len)
 
     def forward(self, enc_out: Tensor) -> Tensor:
-        return rearrange(self.linear(self.dropout(enc_out)), "b c p s -> b c (p s)")
+        patches: Tensor = self.linear(self.dropout(enc_out))  # (B, C, P, patch_len)
+        return rearrange(patches, "b c p s -> b c (p s)")
 
 
 class ForecastingHead(nn.Module):
@@ -562,7 +379,7 @@ class ForecastingHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, enc_out: Tensor) -> Tensor:
-        return self.dropout(self.linear(rearrange(enc_out, "b c p d -> b c (p d)")))
+        return cast(Tensor, self.dropout(self.linear(rearrange(enc_out, "b c p d -> b c (p d)"))))
 
 
 class ClassificationHead(nn.Module):
@@ -574,7 +391,7 @@ class ClassificationHead(nn.Module):
         self.linear = nn.Linear(n_features, num_class)
 
     def forward(self, embeddings: Tensor) -> Tensor:
-        return self.linear(self.dropout(embeddings.mean(dim=1)))  # type: ignore[no-any-return]
+        return cast(Tensor, self.linear(self.dropout(embeddings.mean(dim=1))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -644,7 +461,7 @@ class Moment(nn.Module):
                 (the file's head is then not used).
         """
         folder = resolve_folder(source, [CONFIG_FILE, WEIGHTS_FILE])
-        model = cls(_read_config(folder / CONFIG_FILE, **overrides))
+        model = cls(read_config(folder / CONFIG_FILE, **overrides))
         model.load_pretrained(str(folder))
         return model
 
@@ -937,7 +754,7 @@ class Moment(nn.Module):
         folder = resolve_folder(source, [CONFIG_FILE, WEIGHTS_FILE])
         config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
         try:
-            file_cfg = _read_config(config_path)
+            file_cfg = read_config(config_path)
         except ConfigError as err:
             raise CheckpointError(f"cannot use {config_path}: {err}") from None
         problems = self._geometry_problems(file_cfg)
@@ -968,7 +785,7 @@ class Moment(nn.Module):
         if mismatch:
             hint = ""
             if any(p.startswith("head.") for p in mismatch) and file_cfg.task_name == self.task_name:
-                hint = f"\n  (the file's {file_cfg.task_name} head: {_head_summary(file_cfg)}; ours: {_head_summary(self.config)})"
+                hint = f"\n  (the file's {file_cfg.task_name} head: {head_summary(file_cfg)}; ours: {head_summary(self.config)})"
             raise CheckpointError(
                 f"cannot load {weights_path} into {self._describe()}:\n"
                 + "\n".join(f"  - {p}" for p in mismatch)
@@ -982,7 +799,7 @@ class Moment(nn.Module):
         ours, theirs = self.config.geometry(), file_cfg.geometry()
         problems = [f"{k}: file {theirs[k]!r}, model {ours[k]!r}" for k in ours if ours[k] != theirs[k]]
         if problems:
-            size = _size_of(file_cfg.t5)
+            size = size_of(file_cfg.t5)
             if size is not None:
                 problems.append(f"the file is MOMENT-1-{size}: build the backbone with size: {size}")
         return problems
@@ -993,31 +810,6 @@ class Moment(nn.Module):
             f"moment(task={self.task_name}, d_model={t5.d_model}, layers={t5.num_layers}, heads={t5.num_heads}, "
             f"seq_len={self.seq_len}, patch_len={self.patch_len})"
         )
-
-
-def _read_config(path: Path, **overrides: Any) -> MomentConfig:
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read {path}: {err}") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} does not hold a JSON object")
-    return MomentConfig.from_dict(raw, **overrides)
-
-
-def _head_summary(cfg: MomentConfig) -> str:
-    if cfg.task_name == "forecasting":
-        return f"forecast_horizon={cfg.forecast_horizon}"
-    if cfg.task_name == "classification":
-        return f"n_channels={cfg.n_channels}, num_class={cfg.num_class}, reduction={cfg.reduction}"
-    return f"patch_len={cfg.patch_len}"
-
-
-def _size_of(t5: T5Settings) -> str | None:
-    for name, geometry in SIZES.items():
-        if all(getattr(t5, k) == v for k, v in geometry.items()):
-            return name
-    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1049,7 +841,7 @@ def _settings(
             problems.append(f"backbone.{name}: expected 0 <= {name} < 1, got {p!r}")
     if problems:
         raise ConfigError(problems)
-    t5 = {**_FLAN_T5, **geometry, "dropout_rate": float(dropout)}
+    t5 = {**FLAN_T5, **geometry, "dropout_rate": float(dropout)}
     return MomentConfig.from_dict(
         {
             "task_name": task,
@@ -1155,3 +947,22 @@ def build_moment_tiny(
         gradient_checkpointing,
     )
     return _finish(Moment(cfg, context_length=context_length, n_exog=n_exog), weights)
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "CONFIG_FILE",
+    "EMBEDDINGS",
+    "FEATURE_TASKS",
+    "OPTIONAL_KEYS",
+    "POSITIONS",
+    "SIZES",
+    "TASKS",
+    "TINY",
+    "WEIGHTS_FILE",
+    "Moment",
+    "MomentConfig",
+    "T5Settings",
+    "build_moment",
+    "build_moment_tiny",
+]
