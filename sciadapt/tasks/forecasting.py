@@ -121,20 +121,29 @@ class ForecastingTask(Task):
             raise ConfigError(
                 f"evaluation.baselines: {name!r} is not a forecasting baseline ({', '.join(self.BASELINES)})"
             )
-        season = dm.seasonality if name == "seasonal_naive" else 1
+        facts = dm.facts()
+        # MASE scales by the seasonal-naive error; data without a declared season uses lag 1
+        seasonality = int(facts.get("seasonality", 1))
+        if name == "seasonal_naive" and "seasonality" not in facts:
+            raise ConfigError(
+                f"evaluation.baselines: seasonal_naive needs the data's season, but {type(dm).__name__}.facts() "
+                "gives no 'seasonality': use evaluation.baselines=[naive], or declare it in facts()"
+            )
+        season = seasonality if name == "seasonal_naive" else 1
+        n_targets, horizon = int(facts["n_targets"]), int(facts["horizon"])
         ys, ps, pasts, masks = [], [], [], []
         for batch in dm.test_dataloader():
-            past = batch["x"][..., : dm.n_targets].numpy()  # (B, T, C_targets)
+            past = batch["x"][..., :n_targets].numpy()  # (B, T, C_targets)
             ys.append(batch["y"].numpy())
             pasts.append(past)
-            ps.append(seasonal_naive(past, dm.horizon, season))
+            ps.append(seasonal_naive(past, horizon, season))
             if batch.get("mask") is not None:
                 masks.append(batch["mask"].numpy())
         return forecast_metrics(
             np.concatenate(ys),
             np.concatenate(ps),
             np.concatenate(pasts),
-            seasonality=dm.seasonality,
+            seasonality=seasonality,
             mask=np.concatenate(masks) if masks else None,
         )
 
