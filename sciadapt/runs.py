@@ -144,12 +144,13 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Pa
 
 def save_task(task: Task, path: Path) -> None:
     """A task's weights in the layout of a Lightning ``weights_only`` checkpoint (rank 0 writes)."""
+    if not is_writer():  # the other DDP ranks hold the same weights and write nothing
+        return
     ckpt: dict[str, Any] = {"state_dict": task.state_dict()}
     task.on_save_checkpoint(ckpt)
     buf = io.BytesIO()
     torch.save(ckpt, buf)
-    if is_writer():
-        atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def attach_stage_adapter(task: torch.nn.Module, spec: PipelineSpec, plan: StagePlan) -> str:

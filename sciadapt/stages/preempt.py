@@ -155,7 +155,7 @@ class PreemptionCheckpoint(Callback):
         )
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if isinstance(self.datamodule, DataModule):
+        if self.datamodule is not None:
             self.datamodule.train_resume = None  # never carried into a later stage
 
     def on_sanity_check_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
