@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.resources
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -64,7 +65,39 @@ def _bundled_files() -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.name != "README.md" and not p.name.startswith("_"))
 
 
-def read_table(path: Path, encoding: str = "utf-8", skiprows: int = 0, label: str | None = None) -> pd.DataFrame:
+# leading bytes of binary formats users hand us under a text name
+_MAGIC = {
+    b"PAR1": "a parquet file: rename it to .parquet",
+    b"PK\x03\x04": "a zip archive: unpack it, or name it .csv.zip",
+    b"\x1f\x8b": "gzip-compressed: name it .csv.gz",
+    b"\x89HDF": "an HDF5/netCDF-4 file: gridded data is read with data.name=gridded",
+    b"CDF\x01": "a netCDF-3 file: gridded data is read with data.name=gridded",
+    b"CDF\x02": "a netCDF-3 file: gridded data is read with data.name=gridded",
+    b"\x80\x02": "a Python pickle (sciadapt never unpickles data files): save it as CSV or parquet",
+    b"\x80\x03": "a Python pickle (sciadapt never unpickles data files): save it as CSV or parquet",
+    b"\x80\x04": "a Python pickle (sciadapt never unpickles data files): save it as CSV or parquet",
+    b"\x80\x05": "a Python pickle (sciadapt never unpickles data files): save it as CSV or parquet",
+}
+
+
+def _binary_kind(path: Path) -> str | None:
+    """What a file with a text suffix really is, when its first bytes say it is not text."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    if b"\x00" in head:  # text in any single-byte encoding (or UTF-8) has no NUL bytes
+        return "binary, not text: save it as a CSV text file or as parquet"
+    return None
+
+
+def read_table(
+    path: Path, encoding: str = "utf-8", skiprows: int = 0, label: str | None = None, na_values: list[str] | None = None
+) -> pd.DataFrame:
     """Read a ``.csv`` (optionally compressed, e.g. ``.csv.gz``) or ``.parquet`` file.
 
     Args:
@@ -72,6 +105,7 @@ def read_table(path: Path, encoding: str = "utf-8", skiprows: int = 0, label: st
         encoding: Text encoding of a CSV.
         skiprows: Lines to skip before a CSV's header line.
         label: How messages name the file (e.g. the ``pkg://`` path as configured); default ``path``.
+        na_values: Extra CSV cell values that mean "missing" (pandas' defaults, e.g. ``NA``, ``n/a``, stay).
 
     Returns:
         The file's table with string column names.
@@ -93,7 +127,13 @@ def read_table(path: Path, encoding: str = "utf-8", skiprows: int = 0, label: st
             # sep=None would sniff the delimiter, but it forces the slow python engine on
             # every file; tab-separated files are recognised by their suffix instead.
             sep = "\t" if ".tsv" in suffixes else ","
-            frame = pd.read_csv(path, sep=sep, encoding=encoding, skiprows=skiprows, compression="infer")
+            compressed = suffixes[-1] not in (".csv", ".txt", ".tsv")
+            kind = None if compressed else _binary_kind(path)
+            if kind is not None:
+                raise DataError(f"data file {name} is not a CSV text file: it is {kind}")
+            frame = pd.read_csv(
+                path, sep=sep, encoding=encoding, skiprows=skiprows, compression="infer", na_values=na_values
+            )
         else:
             raise DataError(
                 f"data file {name}: unknown format {''.join(path.suffixes) or '(no suffix)'}; "
@@ -106,8 +146,20 @@ def read_table(path: Path, encoding: str = "utf-8", skiprows: int = 0, label: st
             f"data file {name} is not valid {encoding} text ({err.reason} at byte {err.start}); "
             "set data.encoding to the file's encoding, e.g. data.encoding=latin-1"
         ) from err
+    except pd.errors.ParserError as err:
+        fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
+        if fields is None:
+            raise DataError(f"cannot parse data file {name} as CSV: {err}") from err
+        want, line, saw = fields.groups()
+        raise DataError(
+            f"data file {name}: line {line} has {saw} fields but the rows before it have {want}. Fix: remove the "
+            "stray delimiter(s) on that line, quote the text cell that holds them, or repair a row cut short"
+        ) from err
     except Exception as err:  # pandas/pyarrow/gzip raise a zoo of types for corrupt input
-        raise DataError(f"cannot read data file {name}: {type(err).__name__}: {err}") from err
+        raise DataError(
+            f"cannot read data file {name}: {type(err).__name__}: {err}. Fix: check that the file is complete "
+            "(not truncated by a copy) and in the format its suffix names"
+        ) from err
     frame.columns = [str(c) for c in frame.columns]
     if frame.empty:
         raise DataError(f"data file {name} has no data rows; check data.path and data.skiprows")
@@ -164,7 +216,13 @@ def _check_monotonic(stamps: pd.DatetimeIndex, source: str, column: str, is_csv:
     )
 
 
-def _to_numeric(frame: pd.DataFrame, columns: list[str], source: str, key: str) -> pd.DataFrame:
+def _to_numeric(
+    frame: pd.DataFrame, columns: list[str], source: str, key: str, is_csv: bool = False, skiprows: int = 0
+) -> pd.DataFrame:
+    """The columns as float64; a cell that is not a number is an error naming it, never a silent NaN.
+
+    Infinite values become NaN, so ``nan_policy`` judges them like any missing value.
+    """
     out = {}
     for col in columns:
         series = frame[col]
@@ -176,13 +234,34 @@ def _to_numeric(frame: pd.DataFrame, columns: list[str], source: str, key: str) 
         numeric = pd.to_numeric(series, errors="coerce")
         bad = numeric.isna() & series.notna()
         if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
+            rows = np.flatnonzero(bad.to_numpy())
+            cells = ", ".join(f"{series.iloc[i]!r} at {_row_ref(int(i), is_csv, skiprows)}" for i in rows[:3])
+            more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+            values = sorted({str(v) for v in series.iloc[rows]})[:3]
             raise DataError(
-                f"{source}: column '{col}' ({key}) holds non-numeric values, the first {series.iloc[i]!r} "
-                f"at row {i}. Fix: clean the column or remove '{col}' from {key}"
+                f"{source}: column '{col}' ({key}) holds {len(rows)} cell(s) that are not numbers: {cells}{more}. "
+                f"Fix: correct those cells, declare them missing with data.na_values={values} "
+                f"(then data.nan_policy decides), or leave '{col}' out of {key}"
             )
-        out[col] = numeric.astype("float64")
+        values_f = numeric.astype("float64")
+        out[col] = values_f.where(np.isfinite(values_f.to_numpy()))  # +-inf -> NaN
     return pd.DataFrame(out, index=frame.index)
+
+
+def _looks_numeric(series: pd.Series) -> bool:
+    """A column meant to hold numbers: numeric, or text whose non-empty cells mostly parse as numbers
+    (one stray ``n/a?`` must not silently drop a channel; it is reported by :func:`_to_numeric`)."""
+    if series.dtype == bool:
+        return False
+    if pd.api.types.is_numeric_dtype(series):
+        return True
+    if not pd.api.types.is_object_dtype(series):
+        return False
+    present = series.dropna()
+    if present.empty:
+        return False
+    parsed = pd.to_numeric(present, errors="coerce").notna()
+    return bool(parsed.mean() >= 0.5)
 
 
 def _freq_of(index: pd.DatetimeIndex) -> str | None:
@@ -287,6 +366,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
         eval_batch_size: Validation/test batch size.
         num_workers: DataLoader worker processes.
         encoding: CSV text encoding (``latin-1`` for the Jena weather file).
+        na_values: Extra CSV cell values that mean "missing" (e.g. ``["-999", "n/a?"]``), on top of
+            pandas' defaults (empty, ``NA``, ``NaN``, ``n/a`` ...); ``nan_policy`` then decides.
         skiprows: Lines to skip before the CSV header.
         duplicate_timestamps: ``"error"``, or ``"keep_first"`` / ``"keep_last"`` to drop repeated
             timestamps (the LTSF Weather file repeats one); the count dropped is logged and recorded.
@@ -328,6 +409,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
         eval_batch_size: Annotated[int, Ge(1)] = 256,
         num_workers: Annotated[int, Ge(0)] = 0,
         encoding: str = "utf-8",
+        na_values: list[str] | None = None,
         skiprows: Annotated[int, Ge(0)] = 0,
         duplicate_timestamps: Literal["error", "keep_first", "keep_last"] = "error",
         min_context: Annotated[int | None, Ge(1)] = None,
@@ -356,6 +438,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size)
         self.num_workers = int(num_workers)
         self.encoding = encoding
+        self.na_values = list(na_values) if na_values is not None else None
         self.skiprows = int(skiprows)
         self.duplicate_timestamps = duplicate_timestamps
         self.min_context = int(min_context) if min_context is not None else None
@@ -377,6 +460,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
         self.shuffle_seed = 0  # set per stage by the stage runner
         # (epoch, batches done) of a run preempted mid-epoch, for the next train sampler
         self.train_resume: tuple[int, int] | None = None
+        self._from_run = False  # the columns are a trained model's (load_scaler_state), not the config's
 
     # ------------------------------------------------------------------ config checks
     def _validate(self, split_ratios_given: bool) -> None:
@@ -465,7 +549,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
         """
         file = resolve_path(path)
         source = _describe(path)
-        raw = read_table(file, self.encoding, self.skiprows, label=source)
+        raw = read_table(file, self.encoding, self.skiprows, label=source, na_values=self.na_values)
         available = list(raw.columns)
         is_csv = file.suffix.lower() not in (".parquet", ".pq")
 
@@ -485,7 +569,9 @@ class TimeSeriesDataModule(L.LightningDataModule):
                     raise _missing_column_error(source, key, [col], available, f"set {key} to the right column")
             stamps = _parse_timestamps(raw[self.timestamp_column], source, self.timestamp_column)
             ids = raw[self.id_column].astype(str)
-            values = _to_numeric(raw, [self.value_column], source, "data.value_column")[self.value_column]
+            values = _to_numeric(raw, [self.value_column], source, "data.value_column", is_csv, self.skiprows)[
+                self.value_column
+            ]
             long = pd.DataFrame({"id": ids.to_numpy(), "t": stamps, "v": values.to_numpy()})
             dup = long.duplicated(["id", "t"]).to_numpy()
             if dup.any():
@@ -518,6 +604,14 @@ class TimeSeriesDataModule(L.LightningDataModule):
                 )
             frame = wide[targets + exog].astype("float64")
         else:
+            missing = [c for c in [*(targets or []), *exog] if c not in available]
+            if missing and self._from_run:
+                hints = "".join(f" '{m}':{hint}" for m in missing if (hint := suggest(m, available)))
+                raise DataError(
+                    f"{source} lacks column(s) {', '.join(map(repr, missing))} that the model was trained on "
+                    f"(targets {targets}, exog {exog}).{hints} The file has: {', '.join(available)}. "
+                    "Fix: give a file with the training columns (rename its headers to match)"
+                )
             missing_exog = [c for c in exog if c not in available]
             if missing_exog:
                 raise _missing_column_error(
@@ -525,11 +619,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
                 )
             if targets is None:
                 skip = {self.timestamp_column, *exog}
-                targets = [
-                    c
-                    for c in available
-                    if c not in skip and pd.api.types.is_numeric_dtype(raw[c]) and raw[c].dtype != bool
-                ]
+                targets = [c for c in available if c not in skip and _looks_numeric(raw[c])]
                 if not targets:
                     raise DataError(
                         f"{source}: no numeric column besides the timestamp and exog columns. Available "
@@ -551,8 +641,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
             _check_monotonic(stamps, source, self.timestamp_column, is_csv, self.skiprows)
             frame = pd.concat(
                 [
-                    _to_numeric(raw, targets, source, "data.target_columns"),
-                    _to_numeric(raw, exog, source, "data.exog_columns"),
+                    _to_numeric(raw, targets, source, "data.target_columns", is_csv, self.skiprows),
+                    _to_numeric(raw, exog, source, "data.exog_columns", is_csv, self.skiprows),
                 ],
                 axis=1,
             )
@@ -751,7 +841,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
                 first = frame.index[np.flatnonzero(frame[col].isna().to_numpy())[0]]
                 parts.append(f"'{col}' ({int(cnt)} NaN, first at {first})")
             raise DataError(
-                f"{source}: missing values in column(s) {', '.join(parts)}. Fix: {_NAN_FIX}, or fill the file"
+                f"{source}: missing values (empty, NaN or infinite cells) in column(s) {', '.join(parts)}. "
+                f"Fix: {_NAN_FIX}, or fill the file"
             )
         if self.nan_policy == "interpolate":
             method = "time" if isinstance(frame.index, pd.DatetimeIndex) else "linear"
@@ -905,6 +996,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
             # The frame was read with auto-selected columns that differ from the stored ones.
             self._frame, self._bounds = None, None
         self._targets, self._exog = targets, exog
+        self._from_run = True
         self._mean = np.asarray(state["mean"], dtype=np.float64)
         self._std = np.asarray(state["std"], dtype=np.float64)
         self._freq = state["freq"]

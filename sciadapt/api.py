@@ -64,6 +64,10 @@ def test(run: str, data: str | None = None, console: Console | None = None) -> d
     r = Run.open(run)
     r.require_final(-1)
     dm = r.datamodule(-1, **({"path": data} if data else {}))
+    if data:
+        # another file is scored as the run's model sees data: the run's channels (a file that
+        # lacks one is an error naming it, as in `predict`) and the run's normalisation
+        dm.load_scaler_state(r.scaler())
     dm.setup("fit")
     task = r.task(-1, dm.facts())
     res = score(task, dm, eval_trainer(r.spec.trainer.accelerator, r.path))
