@@ -414,7 +414,9 @@ def _check_fields(
             out[key] = value
             continue
         if key not in schema:
-            problems.append(f"{path}.{key}: unknown key.{suggest(key, schema)} Valid keys: {', '.join(schema)}")
+            problems.append(
+                f"{path}.{key}: unknown key.{suggest(key, schema)}{_belongs(key, path)} Valid keys: {', '.join(schema)}"
+            )
             continue
         out[key] = _check_type(value, schema[key][0], f"{path}.{key}", problems)
     for key, (_tp, default) in schema.items():
@@ -427,6 +429,49 @@ def _check_fields(
             continue
         out[key] = copy.deepcopy(default)
     return out
+
+
+@functools.cache
+def _homes() -> dict[str, list[str]]:
+    """Where each config key lives: ``{key: ["stages.{stage}.optim.lr", ...]}``, from the spec's
+    dataclasses and every registered builder (so a new key is placed without a list to edit)."""
+    from sciadapt.spec import EarlyStoppingSpec, OptimSpec, RolloutSpec, ScheduleSpec
+
+    homes: dict[str, list[str]] = {}
+
+    def add(prefix: str, keys: Any) -> None:
+        for k in keys:
+            homes.setdefault(k, [])
+            if f"{prefix}{k}" not in homes[k]:
+                homes[k].append(f"{prefix}{k}")
+
+    stage = "stages.{stage}."
+    add(stage, [f.name for f in dataclasses.fields(StageSpec)])
+    for sub, cls in (("optim", OptimSpec), ("schedule", ScheduleSpec), ("early_stopping", EarlyStoppingSpec)):
+        add(f"{stage}{sub}.", [f.name for f in dataclasses.fields(cls)])
+    add(f"{stage}rollout.", [f.name for f in dataclasses.fields(RolloutSpec)])
+    add("trainer.", [f.name for f in dataclasses.fields(TrainerSpec)])
+    add("evaluation.", [f.name for f in dataclasses.fields(EvaluationSpec)])
+    add(f"{stage}peft.", PEFT_COMMON)
+    for name in PEFT_METHODS.list():
+        add(f"{stage}peft.", builder_schema(PEFT_METHODS.get(name)))
+    for section, registry in COMPONENTS.items():
+        for name in registry.list():
+            add(f"{section}.", [k for k in builder_schema(registry.get(name)) if k not in INJECTED])
+    add("", TOP_LEVEL)
+    return homes
+
+
+def _belongs(key: str, path: str) -> str:
+    """Where a key written in the wrong section belongs (`` `lr` belongs in stages.x.optim.lr.``), or ""."""
+    stage = "*"
+    if path.startswith("stages["):
+        name = path.split("(", 1)[1].split(")", 1)[0] if "(" in path else path[7 : path.index("]")]
+        stage = name
+    here = path.split(" ", 1)[0].replace("[", ".").replace("]", "")
+    places = [h.format(stage=stage) for h in _homes().get(key, [])]
+    places = [p for p in places if p.rsplit(".", 1)[0] != here and p != key][:3]
+    return f" `{key}` belongs in {' or '.join(places)}." if places else ""
 
 
 def _component_builder(section: str, value: Any, path: str, problems: list[str]) -> tuple[Any, Any] | None:
@@ -512,7 +557,9 @@ def validate(cfg: Mapping[str, Any], source: str | None = None) -> PipelineSpec:
         raise ConfigError(f"expected a mapping at the top level, got {type(cfg).__name__}", source=source)
     for key in cfg:
         if key not in TOP_LEVEL:
-            problems.append(f"{key}: unknown top-level key.{suggest(key, TOP_LEVEL)} Valid: {', '.join(TOP_LEVEL)}")
+            problems.append(
+                f"{key}: unknown top-level key.{suggest(key, TOP_LEVEL)}{_belongs(key, '')} Valid: {', '.join(TOP_LEVEL)}"
+            )
     out["name"] = _check_type(cfg.get("name", "pipeline"), str, "name", problems)
     out["description"] = _check_type(cfg.get("description") or "", str, "description", problems)
     out["seed"] = _check_type(cfg.get("seed", 0), int, "seed", problems)
