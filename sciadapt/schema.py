@@ -18,7 +18,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
-from sciadapt.config import COMPONENTS, INJECTED, builder_schema
+from sciadapt.config import COMPONENTS, INJECTED, _callable_hints, builder_schema
 from sciadapt.registry import PEFT_METHODS
 from sciadapt.spec import (
     Ge,
@@ -78,7 +78,7 @@ def _arg_docs(fn: Callable[..., Any]) -> dict[str, str]:
     """Parameter descriptions from a Google-style ``Args:`` section (the builder's or its class's)."""
     doc = inspect.getdoc(fn) or ""
     if isinstance(fn, type):
-        doc = (inspect.getdoc(fn.__init__) or "") + "\n" + doc
+        doc = (inspect.getdoc(fn.__init__) or "") + "\n" + doc  # type: ignore[misc]
     out: dict[str, str] = {}
     in_args, current = False, None
     for line in doc.splitlines():
@@ -117,7 +117,7 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
 def builder_object(section: str, name: str, fn: Callable[..., Any], need_name: bool = True) -> dict[str, Any]:
     """The mapping a registered builder accepts: ``name`` plus its parameters."""
     docs = _arg_docs(fn)
-    hints = typing.get_type_hints(fn.__init__ if isinstance(fn, type) else fn, include_extras=True)
+    hints = _callable_hints(fn)
     props: dict[str, Any] = {"name": {"const": name}}
     required = ["name"] if need_name else []
     for param, (tp, default) in builder_schema(fn).items():
