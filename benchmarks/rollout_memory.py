@@ -5,7 +5,9 @@ GraphCast-style backbone through :class:`sciadapt.tasks.rollout.RolloutTask`, ea
 a fresh subprocess (``ru_maxrss`` is a per-process high-water mark); the peak is reported above the
 RSS right after the model and batch are built, so it counts activations, gradients and optimiser state.
 With ``rollout.checkpoint`` every step is recomputed in backward, so only the per-step input states
-are kept: the target is 12 steps <= 2x the 1-step peak. Without it, activations grow with ``k``.
+are kept: the target is 12 steps <= 1.2x the 1-step peak with no environment variable set (sciadapt
+fixes glibc's mmap threshold at import, see sciadapt/_process.py; ``SCIADAPT_MALLOC=default`` turns
+that off for a comparison). Without checkpointing, activations grow with ``k``.
 
     python benchmarks/rollout_memory.py                      # global 3-degree grid, graphcast_small-like
     python benchmarks/rollout_memory.py --grid uk --latent 128 --layers 6
@@ -150,7 +152,9 @@ def main() -> int:
         )
     last = max(ck)
     ratio = ck[last]["peak_mb"] / ck[first]["peak_mb"]
-    lines.append(f"{'PASS' if ratio <= 2.0 else 'FAIL'}  {last} checkpointed steps <= 2x the 1-step peak: {ratio:.2f}x")
+    lines.append(
+        f"{'PASS' if ratio <= 1.2 else 'FAIL'}  {last} checkpointed steps <= 1.2x the 1-step peak: {ratio:.2f}x"
+    )
     table = "\n".join(lines)
     print(table)
     if args.out:
