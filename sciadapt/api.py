@@ -34,11 +34,15 @@ def fit(
 
 
 def load_pipeline(pipeline: str, overrides: list[str]) -> PipelineSpec:
-    """A validated pipeline whose stage rules hold (:func:`sciadapt.stages.plan.plan`)."""
-    from sciadapt.stages.plan import plan
+    """A validated pipeline whose stage rules hold (:func:`sciadapt.stages.plan.plan`) and whose
+    ``init_from`` files exist."""
+    from sciadapt.stages.plan import init_file_problems, plan
 
     spec = load_config(pipeline, overrides)
     plan(spec, source=pipeline)
+    problems = init_file_problems(spec)
+    if problems:
+        raise ConfigError(problems, source=pipeline)
     return spec
 
 
@@ -57,20 +61,22 @@ def show(pipeline: str, overrides: list[str]) -> str:
 
 def test(run: str, data: str | None = None, console: Console | None = None) -> dict[str, Any]:
     """Score a finished run's final weights on the test split (optionally of another file)."""
+    from sciadapt.predict.verbs import RUN_FLAGS, verb_keys
     from sciadapt.runs import Run
     from sciadapt.stages.evaluate import eval_trainer, score
 
     console = console or Console()
     r = Run.open(run)
     r.require_final(-1)
-    dm = r.datamodule(-1, **({"path": data} if data else {}))
-    if data:
-        # another file is scored as the run's model sees data: the run's channels (a file that
-        # lacks one is an error naming it, as in `predict`) and the run's normalisation
-        dm.load_scaler_state(r.scaler())
-    dm.setup("fit")
-    task = r.task(-1, dm.facts())
-    res = score(task, dm, eval_trainer(r.spec.trainer.accelerator, r.path))
+    with verb_keys("sciadapt test --run", RUN_FLAGS):
+        dm = r.datamodule(-1, **({"path": data} if data else {}))
+        if data:
+            # another file is scored as the run's model sees data: the run's channels (a file that
+            # lacks one is an error naming it, as in `predict`) and the run's normalisation
+            dm.load_scaler_state(r.scaler())
+        dm.setup("fit")
+        task = r.task(-1, dm.facts())
+        res = score(task, dm, eval_trainer(r.spec.trainer.accelerator, r.path))
     table = Table(title=f"{r.path} on {dm.describe()}")
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 
-from sciadapt.errors import EXIT_PREEMPTED, ConfigError, Preempted, SciadaptError
+from sciadapt.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, ConfigError, Interrupted, Preempted, SciadaptError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,13 +21,15 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", metavar="RUN", help="continue a killed run at the stage and epoch where it stopped")
 
     v = sub.add_parser("validate", help="check a pipeline config (no data, no training)")
-    v.add_argument("pipeline")
-    v.add_argument("overrides", nargs="*")
+    v.add_argument("pipeline", help="a pipeline .yaml or a bundled name (sciadapt list pipelines)")
+    v.add_argument("overrides", nargs="*", help="key=value overrides, checked as `fit` would apply them")
     v.add_argument("--show", action="store_true", help="print the resolved config")
 
     t = sub.add_parser("test", help="score a run's final weights on the test split")
-    t.add_argument("--run", required=True)
-    t.add_argument("--data", help="another file with the same columns")
+    t.add_argument("--run", required=True, help="a finished run directory (runs/<pipeline>/<stamp>)")
+    t.add_argument(
+        "--data", help="score another file with the run's columns (default: the run's own data); its test split"
+    )
 
     pr = sub.add_parser(
         "predict",
@@ -54,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     dp = dsub.add_parser(
         "prepare", help="netCDF/GRIB -> chunked zarr (one time step per chunk) + normalisation statistics"
     )
-    dp.add_argument("inputs", nargs="+", help="input files (netCDF .nc or GRIB .grib), then the output .zarr path")
+    dp.add_argument(
+        "inputs", nargs="+", help="input files, then the output .zarr store (inputs: netCDF .nc or GRIB .grib)"
+    )
     dp.add_argument("--variables", help="comma-separated variables to keep (default: all)")
     dp.add_argument("--levels", help="comma-separated pressure levels to keep (default: all)")
     dp.add_argument("--time-chunk", type=int, default=1, help="time steps per chunk (default 1)")
@@ -62,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         "--scheduler", help="dask.distributed scheduler address (tcp://host:8786), or `local` to start a LocalCluster"
     )
     dp.add_argument("--engine", help="xarray engine (default: from the file suffix; cfgrib for GRIB)")
-    dp.add_argument("--overwrite", action="store_true", help="replace an existing output store")
+    dp.add_argument("--overwrite", action="store_true", help="replace the store if it exists")
     dp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sb = sub.add_parser(
@@ -82,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--wait", action="store_true", help="wait for the jobs to finish")
 
     sm = sub.add_parser("summarize", help="one table over the finished runs below a folder (e.g. a sweep)")
-    sm.add_argument("path")
+    sm.add_argument("path", help="a folder of runs: a sweep folder, runs/<pipeline>, or runs/")
 
     ls = sub.add_parser("list", help="list registered components")
     ls.add_argument("kind", nargs="?", help="backbones | heads | peft | tasks | datamodules | pipelines | clusters")
@@ -181,18 +185,27 @@ def main(argv: list[str] | None = None) -> int:
         err.print("[bold red]error:[/bold red]", end=" ")
         err.print(str(e), markup=False, highlight=False, soft_wrap=True)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside a run (a run turns Ctrl-C into Interrupted): nothing to resume
         err.print("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except Preempted as p:
-        # a clean stop: the resume checkpoint and state.json are on disk
+        # a clean stop: what the resume needs and state.json are on disk (Interrupted: Ctrl-C, no requeue)
         from sciadapt.runs import is_writer
-        from sciadapt.stages.preempt import requeue
+        from sciadapt.stages.preempt import requeue, slurm_job_id
 
+        interrupted = isinstance(p, Interrupted)
         if is_writer():  # under DDP every rank stops; one reports and requeues
-            err.print(f"preempted: {p}", markup=False, highlight=False, soft_wrap=True)
-            err.print(f"resume with: sciadapt fit --resume {p.run_dir}; {requeue()}", markup=False, soft_wrap=True)
-        return EXIT_PREEMPTED
+            err.print(
+                f"{'interrupted' if interrupted else 'preempted'}: {p}", markup=False, highlight=False, soft_wrap=True
+            )
+            if p.run_dir is None:  # stopped before the run directory was made
+                hint = "nothing was written: run the same command again"
+            else:
+                hint = f"resume with: sciadapt fit --resume {p.run_dir}"
+            if not interrupted and (p.run_dir is not None or slurm_job_id() is not None):
+                hint = f"{hint}; {requeue()}"
+            err.print(hint, markup=False, highlight=False, soft_wrap=True)
+        return EXIT_INTERRUPTED if interrupted else EXIT_PREEMPTED
     return 0
 
 

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import functools
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -570,6 +571,8 @@ def validate(cfg: Mapping[str, Any], source: str | None = None) -> PipelineSpec:
             continue
         out[section] = _check_component(section, cfg.get(section), section, problems)
     out["trainer"] = _check_type(cfg.get("trainer") or {}, TrainerSpec, "trainer", problems)
+    if isinstance(out["trainer"], TrainerSpec):
+        problems.extend(trainer_problems(out["trainer"]))
     out["evaluation"] = _check_type(cfg.get("evaluation") or {}, EvaluationSpec, "evaluation", problems)
 
     stages = cfg.get("stages")
@@ -597,6 +600,131 @@ def validate(cfg: Mapping[str, Any], source: str | None = None) -> PipelineSpec:
     if problems:
         raise ConfigError(problems, source=source)
     return PipelineSpec(**{**out, "stages": tuple(checked)})
+
+
+def _lightning_choices() -> dict[str, list[str]]:
+    """The accelerator, strategy and precision names Lightning accepts (its own registries)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    try:
+        from lightning.fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+        precisions = [*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS)]
+    except ImportError:  # pragma: no cover - a Lightning that moved the names: let Lightning check
+        precisions = []
+    return {
+        "accelerator": ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())],
+        "strategy": ["auto", *StrategyRegistry.available_strategies()],
+        "precision": precisions,
+    }
+
+
+def _devices_ok(devices: Any) -> bool:
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices == -1 or devices >= 1
+    if isinstance(devices, list):
+        return bool(devices) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in devices)
+    if isinstance(devices, str):
+        text = devices.strip()
+        return text == "auto" or re.fullmatch(r"-1|[1-9]\d*|\d+(\s*,\s*\d+)*\s*,?", text) is not None
+    return False
+
+
+def _accelerators_here() -> dict[str, tuple[bool, str]]:
+    """Each accelerator name -> (available on this machine, how that was found out)."""
+    import torch
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    here: dict[str, tuple[bool, str]] = {}
+    for name in sorted(AcceleratorRegistry.available_accelerators()):
+        try:
+            ok = bool(AcceleratorRegistry[name]["accelerator"].is_available())
+        except Exception:  # an accelerator whose library is missing or broken
+            ok = False
+        here[name] = (ok, f"Lightning's {name} accelerator reports none")
+    here["cpu"] = (True, "")
+    cuda = torch.cuda.is_available()
+    here["cuda"] = (cuda, "torch.cuda.is_available() is False")
+    mps = here.get("mps", (False, ""))[0]
+    here["gpu"] = (cuda or mps, "no CUDA or MPS device (torch.cuda.is_available() is False)")
+    if "tpu" in here and not here["tpu"][0]:
+        here["tpu"] = (False, "no TPU, or torch_xla is not installed")
+    return here
+
+
+def trainer_problems(trainer: TrainerSpec, here: bool = False) -> list[str]:
+    """Trainer names Lightning does not know (always), and, with ``here``, settings this machine
+    cannot run: an accelerator that is not present, or a combination Lightning refuses.
+
+    ``sciadapt validate`` checks names only, so a pipeline meant for a GPU cluster validates on a
+    login node; ``fit`` checks ``here`` before a run folder exists.
+    """
+    problems: list[str] = []
+    choices = _lightning_choices()
+    for key in ("accelerator", "strategy", "precision"):
+        value = getattr(trainer, key)
+        valid = choices[key]
+        if valid and value not in valid:
+            shown = [v for v in valid if "find_unused_parameters" not in v]
+            more = " (and the ddp*_find_unused_parameters_true/false variants)" if len(shown) < len(valid) else ""
+            problems.append(
+                f"trainer.{key}: {value!r} is not a Lightning {key}.{suggest(str(value), valid)} "
+                f"Valid: {', '.join(shown)}{more}"
+            )
+    if not _devices_ok(trainer.devices):
+        problems.append(
+            f"trainer.devices: {trainer.devices!r} is not a device selection: give a count (1, 2, ...; -1 for "
+            "every device), a list of device indices ([0, 1]) or auto"
+        )
+    if problems or not here:
+        return problems
+    found = _accelerators_here()
+    acc = trainer.accelerator
+    if acc in found and not found[acc][0]:
+        available = [n for n in ("cuda", "mps", "tpu", "cpu") if found.get(n, (False, ""))[0]]
+        return [
+            f"trainer.accelerator: {acc!r} is not available on this machine ({found[acc][1]}); available here: "
+            f"{', '.join(available)}. Fix: set trainer.accelerator=auto (or {available[0]}), or run where there "
+            f"is one (e.g. sciadapt submit --cluster <profile>)"
+        ]
+    try:
+        import logging
+        import warnings
+
+        from lightning.fabric.plugins.environments import SLURMEnvironment
+        from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
+
+        # what pl.Trainer does with these settings first (no side effect without `deterministic`);
+        # its notes ("Using bfloat16 ...") are for the trainer itself to print
+        quiet = logging.getLogger("lightning.pytorch")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                _AcceleratorConnector(
+                    devices=trainer.devices,
+                    num_nodes=trainer.num_nodes,
+                    accelerator=trainer.accelerator,
+                    strategy=trainer.strategy,
+                    precision=trainer.precision,  # type: ignore[arg-type]  # checked against Lightning's names
+                    plugins=[SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None,
+                )
+            finally:
+                quiet.setLevel(level)
+    except ImportError:  # pragma: no cover - a Lightning that moved its connector: pl.Trainer checks later
+        pass
+    except Exception as err:
+        detail = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
+        problems.append(
+            f"trainer: Lightning cannot run accelerator={acc}, devices={trainer.devices}, strategy={trainer.strategy}, "
+            f"precision={trainer.precision}, num_nodes={trainer.num_nodes} on this machine: {detail}. Fix: change "
+            "the trainer.* setting it names"
+        )
+    return problems
 
 
 def task_class(name: str) -> Any:

@@ -47,6 +47,10 @@ class DataError(SciadaptError):
     """Input data that cannot be used as given (missing column, bad timestamps, NaNs...)."""
 
 
+class OutputError(SciadaptError):
+    """An output location that cannot be written (a read-only place, a file where a folder is needed)."""
+
+
 EXIT_PREEMPTED = 3  # the CLI's exit status after a preemption checkpoint
 
 
@@ -54,15 +58,57 @@ class Preempted(Exception):  # noqa: N818 (an event, not an error)
     """A run stopped on a preemption signal after writing its resume checkpoint
     (see :mod:`sciadapt.stages.preempt`)."""
 
-    def __init__(self, signum: int, stage: str, epoch: int | None = None, step: int | None = None) -> None:
+    exit_code = EXIT_PREEMPTED
+
+    def __init__(
+        self,
+        signum: int,
+        stage: str,
+        epoch: int | None = None,
+        step: int | None = None,
+        phase: str | None = None,
+        received: str | None = None,
+    ) -> None:
         self.signum = int(signum)
         self.stage = stage
         self.epoch = epoch
         self.step = step
+        self.phase = phase  # where the run stopped (see sciadapt.stages.preempt.PHASES); None: a training step
+        self.received = received  # the phase the signal arrived in
         self.run_dir: Path | None = None  # set by the runner
-        where = f"stage {stage!r}" + (f", epoch {epoch}, step {step}" if step is not None else " (before it started)")
-        super().__init__(f"{signal.Signals(self.signum).name} received: checkpoint written at {where}")
+        super().__init__(f"{signal.Signals(self.signum).name} received: {self._where()}")
+
+    def _where(self) -> str:
+        stage, epoch, step = self.stage, self.epoch, self.step
+        if self.phase in (None, "train") and step is not None:
+            return f"checkpoint written at stage {stage!r}, epoch {epoch}, step {step}"
+        return {
+            "preflight": "stopped while checking the pipeline and its data, before anything was written",
+            "setup": f"stopped before stage {stage!r} started",
+            "between": f"stopped before stage {stage!r} started",
+            "trained": f"stage {stage!r} finished training and its final weights are saved; the resume scores them",
+            "test": f"stopped while testing stage {stage!r}; its final weights are saved, the resume scores them again",
+            "compare": "stopped during the final comparison; every stage is complete, the resume redoes the comparison",
+        }.get(self.phase or "", f"stopped at stage {stage!r} (before it started)")
 
     def record(self) -> dict[str, Any]:
-        """What ``state.json`` keeps under ``preemptions``."""
-        return {"signal": signal.Signals(self.signum).name, "stage": self.stage, "epoch": self.epoch, "step": self.step}
+        """What ``state.json`` keeps under ``preemptions`` (``interruptions`` for :class:`Interrupted`)."""
+        return {
+            "signal": signal.Signals(self.signum).name,
+            "stage": self.stage,
+            "epoch": self.epoch,
+            "step": self.step,
+            "phase": self.phase or "train",
+            "received": self.received,
+        }
+
+
+EXIT_INTERRUPTED = 130  # the CLI's exit status after Ctrl-C (128 + SIGINT, as a shell reports it)
+
+
+class Interrupted(Preempted):
+    """A run stopped on Ctrl-C (SIGINT) at the same safe points as a preemption, with its resume state
+    written; the CLI exits :data:`EXIT_INTERRUPTED` and requeues nothing. A subclass of
+    :class:`Preempted` so that every clean-stop path handles it; catch it first to tell them apart."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -8,6 +8,8 @@ so hub access, the offline message and the safe readers (safetensors first, ``to
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +131,9 @@ def resolve_file(source: str | os.PathLike[str], default_names: Sequence[str] = 
     return path
 
 
-def read_state_dict(path: Path, prefix: str | None = None, unwrap: bool = True) -> dict[str, Tensor]:
+def read_state_dict(
+    path: Path, prefix: str | None = None, unwrap: bool = True, fix: str | None = None
+) -> dict[str, Tensor]:
     """A flat ``name -> tensor`` mapping from a safetensors or torch file, never executing code.
 
     Args:
@@ -137,6 +141,8 @@ def read_state_dict(path: Path, prefix: str | None = None, unwrap: bool = True) 
         prefix: Keep only the entries under this prefix, with the prefix removed.
         unwrap: Unwrap a Lightning checkpoint (``{"state_dict": ...}``) or a ``{"model": ...}``
             wrapper; without it the file must hold the flat mapping itself.
+        fix: What to do about a file that cannot be read, when the caller knows better than the
+            generic advice (a run's own checkpoint: restore it or train again).
 
     Raises:
         CheckpointError: The file is missing, of an unsupported format, unreadable, or not a state dict.
@@ -144,21 +150,21 @@ def read_state_dict(path: Path, prefix: str | None = None, unwrap: bool = True) 
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} not found (expected a local file)")
     suffix = path.suffix.lower()
+    if suffix != ".safetensors" and suffix not in _TORCH_SUFFIXES:
+        raise CheckpointError(
+            f"unsupported checkpoint format {path}: use .safetensors or one of {', '.join(_TORCH_SUFFIXES)}"
+        )
     try:
         if suffix == ".safetensors":
             from safetensors.torch import load_file
 
             obj: Any = load_file(str(path), device="cpu")
-        elif suffix in _TORCH_SUFFIXES:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            raise CheckpointError(
-                f"unsupported checkpoint format {path}: use .safetensors or one of {', '.join(_TORCH_SUFFIXES)}"
-            )
-    except CheckpointError:
-        raise
+            with warnings.catch_warnings():  # torch warns about the pickles it then refuses
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, foreign or pickled-code files
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}. Is the file complete and a state dict?") from None
+        raise unreadable_checkpoint(path, err, fix) from None
     if unwrap and isinstance(obj, Mapping) and "state_dict" in obj:
         obj = obj["state_dict"]
     if unwrap and isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
@@ -169,6 +175,79 @@ def read_state_dict(path: Path, prefix: str | None = None, unwrap: bool = True) 
     if prefix:
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return state
+
+
+def _head(path: Path, n: int = 8) -> bytes:
+    try:
+        with path.open("rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
+
+
+def _refused_global(err: BaseException) -> str | None:
+    """The Python object a weights-only load refused (``builtins.object``), or ``""`` for a pickle
+    that refers to code in another way; None when ``err`` is not a refusal."""
+    import pickle
+
+    if not isinstance(err, pickle.UnpicklingError):
+        return None
+    text = str(err)
+    m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if m:
+        return m.group(1)
+    return "" if "Weights only load failed" in text else None
+
+
+def convert_hint(path: Path) -> str:
+    """How to turn a trusted pickled checkpoint into a safetensors file, once, outside sciadapt."""
+    out = path.with_suffix(".safetensors")
+    return (
+        "If you trust where the file came from, convert it once, outside sciadapt: load it as its authors do "
+        "(unpickling runs the code the file names, so only for a file you trust), then save its tensors with "
+        "`from safetensors.torch import save_file; save_file({k: v.contiguous() for k, v in state_dict.items()}, "
+        f"'{out}')` and give {out} instead"
+    )
+
+
+def unreadable_checkpoint(path: Path, err: BaseException, fix: str | None = None) -> CheckpointError:
+    """The error for a weight file that cannot be read: damaged, another format, or a pickle with code.
+
+    Never suggests loading with ``weights_only=False``: sciadapt never runs code from a file.
+
+    Args:
+        path: The file.
+        err: What the reader raised.
+        fix: What to do instead of the generic advice (re-download; convert a trusted pickle).
+    """
+    head = f"cannot read checkpoint {path}"
+    if isinstance(err, OSError):
+        return CheckpointError(f"{head}: {err.strerror or err}. Fix: check the file's permissions")
+    first = _head(path)
+    refused = _refused_global(err)
+    if refused is not None and (refused or (first[:1] == b"\x80")):
+        what = f", it refers to {refused}" if refused else ""
+        return CheckpointError(
+            f"{head}: it is not a weights-only checkpoint (a Python pickle that holds more than tensors{what}), "
+            f"and sciadapt never runs code from a file. {f'Fix: {fix}' if fix else convert_hint(path)}"
+        )
+    if not first:
+        return CheckpointError(f"{head}: the file is empty. Fix: {fix or 're-create or re-download it'}")
+    if path.suffix.lower() == ".safetensors":
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return CheckpointError(
+            f"{head}: it is damaged or incomplete ({detail}), probably cut off while copying or downloading. "
+            f"Fix: {fix or 're-create or re-download it'}"
+        )
+    if first.startswith(b"PK") or isinstance(err, EOFError):
+        return CheckpointError(
+            f"{head}: it is damaged or incomplete (the end of the file is missing). "
+            f"Fix: {fix or 're-create or re-download it'}"
+        )
+    return CheckpointError(
+        f"{head}: it is neither a PyTorch checkpoint nor a safetensors file (damaged, or another format). "
+        f"Fix: {fix or 'give a .safetensors file or a weights-only .pt/.ckpt state dict'}"
+    )
 
 
 def describe_mismatch(own: Mapping[str, Tensor], state: Mapping[str, Tensor], n: int = 8) -> list[str]:

@@ -6,12 +6,16 @@ killed process leaves either the old file or the new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
 import io
 import json
 import os
+import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +23,7 @@ import numpy as np
 import torch
 import yaml
 
-from sciadapt.errors import CheckpointError, ConfigError
+from sciadapt.errors import CheckpointError, ConfigError, OutputError
 from sciadapt.hub import describe_mismatch, read_state_dict
 
 if TYPE_CHECKING:
@@ -31,6 +35,21 @@ if TYPE_CHECKING:
 
 # rank 0 publishes its run directory here; processes launched for the other DDP ranks join it
 RUN_DIR_ENV = "SCIADAPT_RUN_DIR"
+
+# False while runs are made here to be trained elsewhere (cluster submission from a login node):
+# the accelerator is then checked where the job runs, not on this machine
+_TRAINS_HERE: contextvars.ContextVar[bool] = contextvars.ContextVar("sciadapt_trains_here", default=True)
+
+
+@contextlib.contextmanager
+def trained_elsewhere() -> Iterator[None]:
+    """Within: :meth:`Run.preflight` does not require the trainer's accelerator on this machine
+    (runs created for a cluster job; the job's own preflight checks it on the compute node)."""
+    token = _TRAINS_HERE.set(False)
+    try:
+        yield
+    finally:
+        _TRAINS_HERE.reset(token)
 
 
 def is_writer() -> bool:
@@ -70,12 +89,58 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def read_json(path: Path) -> Any:
-    """A run file's JSON; a corrupt or unreadable file is a CheckpointError naming it."""
+def read_json(path: Path, fix: str = "restore it from a copy, or start a new run") -> Any:
+    """A run file's JSON; a corrupt or unreadable file is a CheckpointError naming it and ``fix``."""
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}. The file is damaged; restore it or start a new run") from None
+        raise CheckpointError(f"cannot read {path}: {e}. The file is damaged; {fix}") from None
+
+
+def _nearest_existing(path: Path) -> Path:
+    for parent in [path, *path.parents]:
+        if parent.exists() or parent.is_symlink():
+            return parent
+    return Path(".")  # pragma: no cover - a relative path's parents end in "."
+
+
+def check_output_location(path: str | Path, name: str, folder: bool = False) -> Path:
+    """Check, creating nothing that stays, that ``path`` can be written: a folder (``folder``) or a file.
+
+    Every output (a run folder, a sweep folder, a store, a forecast file) is checked here before any
+    work starts, so an unwritable place fails in a second rather than after hours of work.
+
+    Args:
+        path: The output.
+        name: The key or flag that set it (``run_dir``, ``--out``), or a description (``the output
+            store``), named in the message.
+        folder: Whether ``path`` is a folder (else a file).
+
+    Returns:
+        ``path`` with ``~`` expanded.
+
+    Raises:
+        OutputError: ``path`` (or a parent) is the wrong kind of thing, or its place is not writable.
+    """
+    target = Path(path).expanduser()
+    is_key = re.fullmatch(r"-{0,2}[\w.]+", name) is not None
+    what = f"{name}={path}" if is_key else f"{name} {path}"
+    fix = f"Fix: set {name} to a writable location" if is_key else "Fix: choose a writable location"
+    if target.exists():
+        if folder and not target.is_dir():
+            raise OutputError(f"{what} is a file, but a folder is needed there. {fix} (or remove the file)")
+        if not folder and target.is_dir():
+            raise OutputError(f"{what} is a folder, but a file name is needed there, e.g. {target / 'forecast.csv'}")
+    start = target if folder else target.parent
+    existing = _nearest_existing(start)
+    if not existing.is_dir():
+        raise OutputError(f"{what}: {existing} is a file, so {start} cannot be created there. {fix}")
+    try:
+        probe = tempfile.mkdtemp(dir=existing, prefix=".sciadapt-write-check-")
+        os.rmdir(probe)
+    except OSError as e:
+        raise OutputError(f"{what}: cannot write in {existing} ({e.strerror or e}). {fix}") from None
+    return target
 
 
 def write_csv_rows(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -94,10 +159,17 @@ def write_csv_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def read_csv_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a run's CSV (none when it does not exist); a damaged file is a CheckpointError naming it."""
     if not path.exists():
         return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
+    try:
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise CheckpointError(
+            f"cannot read {path}: {e}. The file is damaged; delete it (it holds the per-epoch losses of the loss "
+            "plot; the run writes a new one)"
+        ) from None
 
 
 def new_run_dir(root: str, pipeline: str) -> Path:
@@ -125,9 +197,10 @@ def open_run(run: str | Path) -> Path:
     return path
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a Lightning checkpoint or a plain state-dict file, never executing code."""
-    return read_state_dict(Path(path), unwrap=True)
+def load_weights(path: Path, fix: str | None = None) -> dict[str, torch.Tensor]:
+    """A state dict from a Lightning checkpoint or a plain state-dict file, never executing code
+    (``fix``: what to do about a file that cannot be read, see :func:`sciadapt.hub.read_state_dict`)."""
+    return read_state_dict(Path(path), unwrap=True, fix=fix)
 
 
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
@@ -210,10 +283,18 @@ class Run:
 
         path = open_run(run)
         cfg_path = path / "config.yaml"
+        fix = "The run's config is damaged; restore it from a copy (it is the resolved pipeline the run trained with)"
         try:
             raw = yaml.safe_load(cfg_path.read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read {cfg_path}: {e}. The run's config is damaged; restore it") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or type(e).__name__
+            raise ConfigError(f"cannot read {cfg_path}: not valid YAML{where} ({problem}). {fix}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read {cfg_path}: {e}. {fix}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{cfg_path} holds {type(raw).__name__}, not a pipeline mapping. {fix}")
         return cls(path, validate(raw, source=str(cfg_path)))
 
     # -- files ----------------------------------------------------------------------------
@@ -228,13 +309,24 @@ class Run:
     def state(self) -> dict[str, Any]:
         """``state.json``: completed stages and status (a fresh state before the first write)."""
         if self.state_path.exists():
-            state: dict[str, Any] = read_json(self.state_path)
+            state = read_json(self.state_path, "restore it from a copy, or start a new run")
+            if not isinstance(state, dict) or not isinstance(state.get("completed"), list):
+                raise CheckpointError(
+                    f"{self.state_path} is not a run state (a mapping with a `completed` list of stages). "
+                    "The file is damaged; restore it from a copy, or start a new run"
+                )
             return state
         return {"completed": [], "status": "running"}
 
     def summary(self) -> dict[str, Any]:
         if self.summary_path.exists():
-            summary: dict[str, Any] = read_json(self.summary_path)
+            summary = read_json(self.summary_path, "restore it from a copy, or start a new run")
+            if not isinstance(summary, dict) or not isinstance(summary.get("stages", {}), dict):
+                raise CheckpointError(
+                    f"{self.summary_path} is not a run summary (a mapping with `stages`). "
+                    "The file is damaged; restore it from a copy, or start a new run"
+                )
+            summary.setdefault("stages", {})
             return summary
         return {"pipeline": self.spec.name, "run_dir": str(self.path), "stages": {}}
 
@@ -272,7 +364,11 @@ class Run:
     def scaler(self) -> dict[str, Any]:
         """``scaler.json``: the train-split statistics the run's datamodule normalised with."""
         self.require_final(-1, scaler=True)
-        state: dict[str, Any] = read_json(self.path / "scaler.json")
+        path = self.path / "scaler.json"
+        fix = f"delete it and run `sciadapt fit --resume {self.path}`, which writes it again from the training data"
+        state = read_json(path, fix)
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path} is not a scaler state (a mapping). The file is damaged; {fix}")
         return state
 
     # -- data and model -------------------------------------------------------------------
@@ -292,5 +388,61 @@ class Run:
         plan = self.plan_of(stage)
         ckpt = self.require_final(plan.index)
         task = task_for_stage(self.spec, self.plans, facts, plan.index)
-        load_into(task, load_weights(ckpt), ckpt)
+        load_into(task, load_weights(ckpt, self._final_fix(plan.name)), ckpt)
         return task
+
+    def _final_fix(self, stage: str) -> str:
+        return (
+            f"it holds the final weights of stage {stage!r} of run {self.path}: restore it from a copy, "
+            "or train the run again"
+        )
+
+    # -- preflight ------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """What can fail at setup, checked before a new run's folder exists or a stopped run continues.
+
+        The trainer settings on this machine (an accelerator that is not here, a strategy or
+        precision Lightning refuses), the place of the run folder, the checkpoint files the stages
+        still to run start from (present, weights-only, readable) and, for a stopped run, each
+        stage's resume checkpoint.
+
+        Raises:
+            ConfigError: A trainer setting this machine cannot run, or an ``init_from`` file missing.
+            OutputError: The run folder cannot be created or written.
+            CheckpointError: A checkpoint that cannot be read.
+        """
+        from sciadapt.config import trainer_problems
+        from sciadapt.stages.plan import init_file_problems
+
+        resumed = (self.path / "config.yaml").is_file()
+        source = str(self.path / "config.yaml") if resumed else None
+        problems = trainer_problems(self.spec.trainer, here=_TRAINS_HERE.get())
+        if problems:
+            raise ConfigError(problems, source=source)
+        if resumed:
+            check_output_location(self.path, "--resume", folder=True)
+        else:
+            check_output_location(self.spec.run_dir, "run_dir", folder=True)
+        done = set(self.state()["completed"]) if resumed else set()
+        if resumed:
+            self.summary()
+            read_csv_rows(self.path / "metrics.csv")  # the run appends to both
+        todo = [p for p in self.plans if p.name not in done]
+        problems = init_file_problems(self.spec, [p.index for p in todo])
+        if problems:
+            raise ConfigError(problems, source=source)
+        for plan in todo:
+            if plan.init_file is not None:
+                load_weights(Path(plan.init_file).expanduser())
+            if not resumed:
+                continue
+            if plan.init_stage is not None and self.plans[plan.init_stage].name in done:
+                start = self.plans[plan.init_stage].name  # a finished stage's weights this one starts from
+                load_weights(self.final_ckpt(start), self._final_fix(start))
+            last = self.stage_dir(plan.name) / "last.ckpt"
+            if last.is_file():
+                read_state_dict(
+                    last,
+                    fix=f"it is the resume checkpoint of stage {plan.name!r}: delete it to run that stage again "
+                    f"from its start (`sciadapt fit --resume {self.path}`)",
+                )

@@ -115,10 +115,16 @@ def prepare_store(
     Raises:
         DataError: Missing inputs, variables or levels, irregular times, or an existing ``out``.
     """
+    from sciadapt.runs import check_output_location
+
     files = _expand_inputs(inputs)
     target = Path(out).expanduser()
     if target.exists() and not overwrite:
         raise DataError(f"data prepare: {target} already exists. Fix: remove it or pass overwrite (--overwrite)")
+    # the store's place is checked before any input is read; a store of an earlier run killed
+    # part-way is cleaned up (its temporaries never carry the final name)
+    check_output_location(target, "data prepare: the output store", folder=True)
+    _clean_leftovers(target)
     ds = _open_inputs(files, engine)
     source = files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} files)"
     info = inspect_store(ds, source, "netcdf", engine)
@@ -192,6 +198,46 @@ def prepare_store(
         if client is not None:
             client.close()
     return target
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a leftover's writer may still be at work)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _clean_leftovers(target: Path) -> list[Path]:
+    """Remove what an earlier ``data prepare`` of ``target`` left when it was killed; return it.
+
+    ``<store>.tmp-<pid>`` is a half-written store: removed. ``<store>.old-<pid>`` is the store an
+    overwrite was replacing: removed when the new store is in place, else moved back to ``target``.
+    Temporaries of a writer that still runs here are left alone.
+    """
+    cleaned: list[Path] = []
+    if not target.parent.is_dir():
+        return cleaned
+    for kind in ("tmp", "old"):
+        for path in sorted(target.parent.glob(f"{glob.escape(target.name)}.{kind}-*")):
+            suffix = path.name[len(target.name) + len(kind) + 2 :]
+            if not suffix.isdigit() or _running(int(suffix)):
+                continue
+            if kind == "old" and not target.exists():
+                os.replace(path, target)
+                log.warning(
+                    "data prepare: %s was left by an overwrite that was killed; restored it as %s", path, target
+                )
+                continue
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            log.warning("data prepare: removed %s, left by an earlier run that was killed part-way", path)
+            cleaned.append(path)
+    return cleaned
 
 
 def _dask_client(scheduler: str) -> Any:

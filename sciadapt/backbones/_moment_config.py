@@ -226,13 +226,17 @@ def read_config(path: Path, **overrides: Any) -> MomentConfig:
         CheckpointError: If the file cannot be read or does not hold a JSON object.
         ConfigError: If its settings are invalid.
     """
+    fix = "The checkpoint is damaged or incomplete: download it again (or restore the file)"
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read {path}: {err}") from None
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
+        raise CheckpointError(f"cannot read {path}: {err}. {fix}") from None
     if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} does not hold a JSON object")
-    return MomentConfig.from_dict(raw, **overrides)
+        raise CheckpointError(f"{path} holds {type(raw).__name__}, not a JSON object of MOMENT settings. {fix}")
+    try:
+        return MomentConfig.from_dict(raw, **overrides)
+    except (TypeError, ValueError, AttributeError) as err:  # a value of the wrong type in the file
+        raise CheckpointError(f"{path}: a setting has the wrong type ({type(err).__name__}: {err}). {fix}") from None
 
 
 def head_summary(cfg: MomentConfig) -> str:

@@ -16,6 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor
 
+from sciadapt.errors import CheckpointError
+from sciadapt.hub import unreadable_checkpoint
 from sciadapt.runs import atomic_write_bytes
 
 WEIGHTS_NAME = "model.safetensors"
@@ -50,8 +52,22 @@ def saved_metadata(path: Path, family: str) -> dict[str, object] | None:
     """The metadata a :func:`save_state` file of ``family`` carries (values decoded), or None for other files."""
     if path.suffix.lower() != ".safetensors":
         return None
-    with safe_open(str(path), framework="pt") as f:
-        raw = f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as err:  # truncated or not a safetensors file
+        raise unreadable_checkpoint(path, err) from None
     if raw.get(FAMILY_KEY) != family:
         return None
-    return {k: json.loads(v) for k, v in raw.items() if k not in ("format", FAMILY_KEY)}
+    out: dict[str, object] = {}
+    for key, value in raw.items():
+        if key in ("format", FAMILY_KEY):
+            continue
+        try:
+            out[key] = json.loads(value)
+        except ValueError as err:
+            raise CheckpointError(
+                f"{path}: its metadata entry {key!r} is not valid JSON ({err}); the file is damaged. "
+                f"Fix: save the {family} backbone again (save_pretrained) or restore the file"
+            ) from None
+    return out

@@ -188,12 +188,13 @@ def read_checkpoint_config(folder: Path, source: str | None = None) -> TTMConfig
         CheckpointError: Naming the file when it is unreadable or holds settings not supported here.
     """
     path = folder / "config.json"
+    fix = "The checkpoint is damaged or incomplete: download it again (or restore the file)"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"cannot read {path}: {err}") from None
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
+        raise CheckpointError(f"cannot read {path}: {err}. {fix}") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is not a JSON object")
+        raise CheckpointError(f"{path} holds {type(data).__name__}, not a JSON object of TTM settings. {fix}")
     if data.get("model_type", "tinytimemixer") != "tinytimemixer":
         raise CheckpointError(f"{path}: model_type is {data['model_type']!r}, not a TTM (tinytimemixer)")
     try:

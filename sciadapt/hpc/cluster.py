@@ -319,16 +319,21 @@ def submit(
         ]
         return _dry_run(prof, name, logs, runs, len(points), folder, [])
     _require_sbatch(prof)
-    from sciadapt.runs import RUN_DIR_ENV
+    from sciadapt.hpc.sweep import preflight_points
+    from sciadapt.runs import RUN_DIR_ENV, check_output_location, trained_elsewhere
 
+    check_output_location(base, "run_dir", folder=True)
     run_dirs = []
     before = os.environ.get(RUN_DIR_ENV)
     try:
-        for i, cfg in enumerate(configs):
-            runner = PipelineRunner.create(dataclasses.replace(cfg, run_dir=str(folder / str(i))), console)  # preflight
-            runner.state["status"] = "submitted"
-            write_json(runner.out.state_path, runner.state)
-            run_dirs.append(str(runner.run_dir))
+        with trained_elsewhere():  # the accelerator is the compute node's; the job checks it there
+            if len(points) > 1:  # every point's data and model before the first run folder is made
+                preflight_points(points, configs, console)
+            for i, cfg in enumerate(configs):
+                runner = PipelineRunner.create(dataclasses.replace(cfg, run_dir=str(folder / str(i))), console)
+                runner.state["status"] = "submitted"
+                write_json(runner.out.state_path, runner.state)
+                run_dirs.append(str(runner.run_dir))
     finally:  # create() publishes the run dir for DDP ranks; jobs must not inherit it
         if before is None:
             os.environ.pop(RUN_DIR_ENV, None)

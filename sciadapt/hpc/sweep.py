@@ -8,14 +8,18 @@ then runs each into ``<run_dir>/<pipeline>-sweep-<stamp>/<i>/`` and writes ``swe
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sciadapt.errors import ConfigError
-from sciadapt.runs import read_json, write_json
+from sciadapt.errors import CheckpointError, ConfigError, SciadaptError
+from sciadapt.runs import check_output_location, read_json, write_json
+
+if TYPE_CHECKING:
+    from sciadapt.spec import PipelineSpec
 
 
 def _split_values(text: str) -> list[str]:
@@ -78,9 +82,13 @@ def run_sweep(pipeline: str, overrides: list[str], sweep: list[str], console: An
             configs.append(load_config(pipeline, [*overrides, *combo]))
         except ConfigError as err:
             raise ConfigError(f"sweep point {' '.join(combo)} is invalid, nothing was run:\n{err}") from None
-    for spec in configs:  # every point's stage rules, before anything runs
-        plan(spec)
-    base = Path(configs[0].run_dir)
+    for combo, spec in zip(combos, configs, strict=True):  # every point's stage rules, before anything runs
+        try:
+            plan(spec)
+        except ConfigError as err:
+            raise ConfigError(f"sweep point {' '.join(combo)} is invalid, nothing was run:\n{err}") from None
+    base = check_output_location(configs[0].run_dir, "run_dir", folder=True)
+    preflight_points(combos, configs, console)
     folder = base / f"{configs[0].name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     record: dict[str, Any] = {"pipeline": pipeline, "overrides": overrides, "sweep": sweep, "runs": []}
     for i, combo in enumerate(combos):
@@ -93,6 +101,40 @@ def run_sweep(pipeline: str, overrides: list[str], sweep: list[str], console: An
     return folder
 
 
+def preflight_points(combos: list[list[str]], configs: list[PipelineSpec], console: Any = None) -> None:
+    """Run the fit preflight of every sweep point (data read, model built, trainer and checkpoints
+    checked) before the first one trains, so a point whose data is missing fails the sweep at once
+    instead of after the points before it. Points that differ only in settings the preflight does
+    not look at (learning rate, epochs, seed ...) share one check.
+
+    Raises:
+        SciadaptError: The first point that cannot run, named with its overrides; nothing was run.
+    """
+    from sciadapt.runs import Run
+    from sciadapt.stages.runner import PipelineRunner
+
+    seen: set[str] = set()
+    for combo, spec in zip(combos, configs, strict=True):
+        run = Run(Path(spec.run_dir) / "_pending", spec)
+        key = json.dumps(
+            [[p.data, p.model, p.init, p.spec.peft, p.spec.trainable, p.spec.frozen] for p in run.plans]
+            + [spec.trainer, spec.run_dir],
+            sort_keys=True,
+            default=str,
+        )
+        if key in seen:
+            continue
+        seen.add(key)
+        if console is not None and len(combos) > 1:
+            console.print(f"checking sweep point {' '.join(combo)}")
+        try:
+            PipelineRunner(run, console).preflight()
+        except SciadaptError as err:
+            new = copy.copy(err)
+            new.args = (f"sweep point {' '.join(combo)} cannot run, nothing was run: {err}",)
+            raise new from None
+
+
 def summarize(path: Path) -> dict[str, Any]:
     """One row per finished run under ``path``: its sweep point (or run name) and final metrics.
 
@@ -100,13 +142,27 @@ def summarize(path: Path) -> dict[str, Any]:
         ConfigError: If ``path`` holds no finished run.
     """
     points: dict[str, list[str]] = {}
+    if not path.is_dir():
+        raise ConfigError(f"summarize {path}: no such folder. Fix: give a folder of runs, e.g. runs/ or a sweep folder")
     if (path / "sweep.json").is_file():
-        for run in read_json(path / "sweep.json")["runs"]:
+        record = read_json(path / "sweep.json", "restore it from a copy, or delete it (runs are then named by folder)")
+        runs = record.get("runs") if isinstance(record, dict) else None
+        if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+            raise CheckpointError(
+                f"{path / 'sweep.json'} is not a sweep record (a mapping with a `runs` list). The file is damaged; "
+                "restore it from a copy, or delete it (runs are then named by folder)"
+            )
+        for run in runs:
             if run.get("run_dir"):
                 points[str(Path(run["run_dir"]).resolve())] = run["point"]
     rows = []
     for summary_path in sorted(path.rglob("summary.json")):
-        summary = json.loads(summary_path.read_text())
+        summary = read_json(summary_path, "restore it from a copy, or delete it to leave that run out of the table")
+        if not isinstance(summary, dict):
+            raise CheckpointError(
+                f"{summary_path} is not a run summary (a mapping). The file is damaged; restore it from a copy, "
+                "or delete it to leave that run out of the table"
+            )
         final = summary.get("final") or {}
         if not final:
             continue

@@ -159,15 +159,62 @@ def save_adapter(model: nn.Module, directory: str | Path, adapter: str = "defaul
     return d
 
 
+_DAMAGED = "The file is damaged: save the adapter again (or restore the file from a copy)"
+
+
 def _read_meta(path: Path) -> dict[str, Any] | None:
+    """sciadapt's description of an adapter (the safetensors header entry), None in a PEFT-only file."""
     from safetensors import safe_open
+
+    from sciadapt.hub import unreadable_checkpoint
 
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
     except Exception as e:
-        raise CheckpointError(f"cannot read {path}: {e}. Is the file complete?") from None
-    return json.loads(meta["sciadapt"]) if "sciadapt" in meta else None
+        raise unreadable_checkpoint(path, e) from None
+    if "sciadapt" not in meta:
+        return None
+    try:
+        ours = json.loads(meta["sciadapt"])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: its `sciadapt` header entry is not valid JSON ({e}). {_DAMAGED}") from None
+    if not isinstance(ours, dict):
+        raise CheckpointError(f"{path}: its `sciadapt` header entry is not a mapping. {_DAMAGED}")
+    return ours
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """``adapter_config.json``; a damaged file is an error naming it."""
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8
+        raise CheckpointError(f"cannot read {path}: {e}. {_DAMAGED}") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path} holds {type(cfg).__name__}, not an adapter config (a JSON object). {_DAMAGED}")
+    return cfg
+
+
+def _method_of(
+    cfg: dict[str, Any], ours: dict[str, Any] | None, model: nn.Module, d: Path
+) -> tuple[Any, list[str], list[str]]:
+    """(method, target modules, attach patterns) of a saved adapter."""
+    where = d / ("adapter_model.safetensors" if ours else "adapter_config.json")
+    try:
+        if ours:
+            method = PEFT_METHODS.build(ours["method"], **ours["config"])
+            targets = [str(t) for t in ours["targets"]]
+            slices = ours.get("slices") or {}
+            patterns = [f"{t}[{','.join(slices[t])}]" if t in slices else t for t in targets]
+            return method, targets, patterns
+        from sciadapt.peft.lora import from_hf_config
+
+        method, targets = from_hf_config(cfg, model)
+        return method, targets, list(targets)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(
+            f"{where} does not describe an adapter sciadapt can load ({type(e).__name__}: {e}). {_DAMAGED}"
+        ) from None
 
 
 def load_adapter(
@@ -182,23 +229,23 @@ def load_adapter(
         raise CheckpointError(
             f"{d} is not an adapter directory (needs adapter_config.json + adapter_model.safetensors)"
         )
-    cfg = json.loads(cfg_path.read_text())
+    cfg = _read_config(cfg_path)
     ours = _read_meta(weights_path)
-    patterns: list[str]
-    if ours:
-        method = PEFT_METHODS.build(ours["method"], **ours["config"])
-        targets = ours["targets"]
-        slices = ours.get("slices", {})
-        patterns = [f"{t}[{','.join(slices[t])}]" if t in slices else t for t in targets]
-    else:
-        from sciadapt.peft.lora import from_hf_config
+    method, targets, patterns = _method_of(cfg, ours, model, d)
+    try:
+        state = load_file(str(weights_path))
+    except Exception as e:
+        from sciadapt.hub import unreadable_checkpoint
 
-        method, targets = from_hf_config(cfg, model)
-        patterns = targets
+        raise unreadable_checkpoint(weights_path, e) from None
     if check_base and ours and "fingerprint" in ours:
-        _check_fingerprint(model, targets, ours, d)
+        try:
+            _check_fingerprint(model, targets, ours, d)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(
+                f"{weights_path}: its base-model fingerprint is unreadable ({type(e).__name__}: {e}). {_DAMAGED}"
+            ) from None
     attach(model, method, adapter, targets=patterns, where=f"adapter {d}")
-    state = load_file(str(weights_path))
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
     own = {_hf_key(n, adapter): n for n in adapter_param_names(model, adapter)}

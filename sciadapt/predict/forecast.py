@@ -12,7 +12,8 @@ import torch
 
 from sciadapt.config import build_datamodule, validate
 from sciadapt.datamodules.timeseries import TimeSeriesDataModule
-from sciadapt.errors import ConfigError
+from sciadapt.errors import CheckpointError, ConfigError
+from sciadapt.predict.verbs import RUN_FLAGS, ZERO_SHOT_FLAGS, verb_keys
 from sciadapt.runs import atomic_write_bytes, atomic_write_text
 
 
@@ -22,8 +23,9 @@ def predict_run(run_dir: Path, data: str | None, out: Path) -> Path:
     Writes ``out`` (CSV: timestamp, one column per target, ``<target>_q<level>`` per quantile
     for probabilistic heads) and ``out`` with a ``.png`` suffix (history and forecast).
     """
-    from sciadapt.runs import Run
+    from sciadapt.runs import Run, check_output_location
 
+    check_output_location(out, "--out")
     run = Run.open(run_dir)
     dm = run.datamodule(-1)
     if not isinstance(dm, TimeSeriesDataModule):
@@ -31,10 +33,40 @@ def predict_run(run_dir: Path, data: str | None, out: Path) -> Path:
             f"predict --data forecasts series, but {run_dir} trained on {type(dm).__name__} data: use "
             "`sciadapt predict --run RUN --init TIME` (gridded) or `--scene` (rasters) for it"
         )
-    dm.load_scaler_state(run.scaler())
-    inputs = dm.predict_inputs(data)
-    task = run.task(-1, dm.facts())
+    with verb_keys("sciadapt predict --run", RUN_FLAGS):
+        dm.load_scaler_state(run.scaler())
+        inputs = dm.predict_inputs(data)
+        task = run.task(-1, dm.facts())
     return _forecast_to_csv(task, dm, inputs, out)
+
+
+def zero_shot_backbones() -> list[str]:
+    """Registered backbones that build themselves from a checkpoint folder (``from_pretrained``) and
+    forecast with their own head: the ones ``predict --backbone`` can run without a trained run."""
+    import typing
+
+    from sciadapt.registry import BACKBONES
+
+    names = []
+    for name in BACKBONES.list():
+        fn = BACKBONES.get(name)
+        cls = fn if isinstance(fn, type) else typing.get_type_hints(fn).get("return")
+        if isinstance(cls, type) and callable(getattr(cls, "from_pretrained", None)):
+            names.append(name)
+    return names
+
+
+def _checkpoint_config(folder: Path, weights: str) -> dict[str, Any]:
+    """The ``config.json`` of a pretrained checkpoint folder; a damaged file is an error naming it."""
+    path = folder / "config.json"
+    fix = f"the checkpoint {weights} is damaged or incomplete: download it again (or restore the file)"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
+        raise CheckpointError(f"cannot read {path}: {err}. Fix: {fix}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} holds {type(meta).__name__}, not a JSON object of model settings. Fix: {fix}")
+    return meta
 
 
 def predict_pretrained(
@@ -62,10 +94,19 @@ def predict_pretrained(
     from sciadapt.config import build_task
     from sciadapt.hub import resolve_folder
     from sciadapt.registry import BACKBONES
+    from sciadapt.runs import check_output_location
 
     BACKBONES.get(backbone)  # unknown name -> "did you mean"
+    zero_shot = zero_shot_backbones()
+    if backbone not in zero_shot:
+        raise ConfigError(
+            f"predict --backbone {backbone}: {backbone} is not a zero-shot backbone (those are: "
+            f"{', '.join(zero_shot)}); it has no forecasting head of its own. Fix: fine-tune it first "
+            f"(sciadapt fit <pipeline> backbone.name={backbone} ...) and predict with --run RUN"
+        )
+    check_output_location(out, "--out")
     folder = resolve_folder(weights, ["config.json"], ["model.safetensors", "pytorch_model.bin"])
-    meta = json.loads((folder / "config.json").read_text())
+    meta = _checkpoint_config(folder, weights)
     ctx = context_length or meta.get("context_length") or meta.get("seq_len")
     hor = horizon or meta.get("prediction_filter_length") or meta.get("prediction_length")
     hor = hor or meta.get("forecast_horizon")
@@ -75,32 +116,40 @@ def predict_pretrained(
             f"{weights}: config.json states no {' / '.join(m.lstrip('-') for m in missing)}; "
             f"pass {' and '.join(missing)}"
         )
+    try:
+        ctx, hor = int(ctx), int(hor)  # type: ignore[arg-type]  # a file's values: checked here
+    except (TypeError, ValueError):
+        raise CheckpointError(
+            f"{folder / 'config.json'}: the context length {ctx!r} or horizon {hor!r} it states is not a whole "
+            "number. Fix: pass --context-length and --horizon, or download the checkpoint again"
+        ) from None
     data_cfg = {
         "name": "timeseries",
         "path": data,
         "timestamp_column": timestamp_column,
         "target_columns": target_columns,
-        "context_length": int(ctx),
-        "horizon": int(hor),
+        "context_length": ctx,
+        "horizon": hor,
         "scale": False,
         "min_context": 1,
     }
-    cfg = validate(
-        {
-            "name": "predict",
-            "data": data_cfg,
-            "backbone": {"name": backbone, "weights": str(folder)},
-            "head": {"name": "native"},
-            "task": {"name": "forecasting"},
-            "stages": [{"name": "zeroshot", "max_epochs": 0, "init_from": "pretrained"}],
-        },
-        source="sciadapt predict",
-    )
     from sciadapt.stages.plan import model_of
 
-    dm = build_datamodule(cfg.data)
-    inputs = dm.predict_inputs()
-    task = build_task(model_of(cfg, 0), dm.facts())
+    with verb_keys("sciadapt predict --backbone", ZERO_SHOT_FLAGS, retrain=False):
+        cfg = validate(
+            {
+                "name": "predict",
+                "data": data_cfg,
+                "backbone": {"name": backbone, "weights": str(folder)},
+                "head": {"name": "native"},
+                "task": {"name": "forecasting"},
+                "stages": [{"name": "zeroshot", "max_epochs": 0, "init_from": "pretrained"}],
+            },
+            source="sciadapt predict",
+        )
+        dm = build_datamodule(cfg.data)
+        inputs = dm.predict_inputs()
+        task = build_task(model_of(cfg, 0), dm.facts())
     return _forecast_to_csv(task, dm, inputs, out)
 
 
@@ -125,7 +174,11 @@ def _forecast_to_csv(task: Any, dm: Any, inputs: dict[str, Any], out: Path) -> P
             frame[col] = point[:, c]
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, frame.to_csv())
-    _plot(inputs["history"], frame, targets, quantiles, out.with_suffix(".png"))
+    try:
+        _plot(inputs["history"], frame, targets, quantiles, out.with_suffix(".png"))
+    except BaseException:
+        out.unlink(missing_ok=True)  # the forecast and its plot are written together or not at all
+        raise
     return out
 
 

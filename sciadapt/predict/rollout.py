@@ -14,6 +14,7 @@ import torch
 
 from sciadapt.config import build_datamodule
 from sciadapt.errors import ConfigError, DataError
+from sciadapt.predict.verbs import RUN_FLAGS, verb_keys
 from sciadapt.runs import atomic_write_bytes
 from sciadapt.tasks.rollout import RolloutTask
 
@@ -47,20 +48,22 @@ def predict_rollout_run(
     """
     import xarray as xr
 
-    from sciadapt.runs import Run
+    from sciadapt.runs import Run, check_output_location
 
-    run = Run.open(run_dir)
-    run.require_final(-1)
     if out.suffix not in (".nc", ".zarr"):
         raise ConfigError(f"predict --out {out}: write a .nc (netCDF) or .zarr forecast")
+    check_output_location(out, "--out", folder=out.suffix == ".zarr")
+    run = Run.open(run_dir)
+    run.require_final(-1)
     data_cfg = run.data_config(-1)
     steps = n_lead or (run.spec.evaluation.data or {}).get("n_lead") or data_cfg.get("n_lead") or 1
     data_cfg.update({"n_lead": int(steps), "num_workers": 0})
     if data:
         data_cfg["path"] = data
-    dm = build_datamodule(data_cfg)
-    dm.setup("test")
-    task = run.task(-1, dm.facts())
+    with verb_keys("sciadapt predict --run", {**RUN_FLAGS, "data.n_lead": "--lead"}):
+        dm = build_datamodule(data_cfg)
+        dm.setup("test")
+        task = run.task(-1, dm.facts())
     if not isinstance(task, RolloutTask):
         raise ConfigError(
             f"predict --init makes rollout forecasts, but {run_dir} trained a {type(task).__name__}: "
@@ -145,14 +148,21 @@ def _write_atomic(ds: Any, out: Path) -> None:
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-    if out.suffix == ".zarr":
-        ds.to_zarr(tmp, mode="w")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    else:
-        ds.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, out)
+    try:
+        if out.suffix == ".zarr":
+            ds.to_zarr(tmp, mode="w")
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        else:
+            ds.to_netcdf(tmp, engine="h5netcdf")
+            os.replace(tmp, out)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def _plot(forecast: np.ndarray, truth: np.ndarray, dm: Any, variable: str, init: str, path: Path) -> None:

@@ -56,8 +56,9 @@ def predict_scene_run(
         DataError: The scene lacks a band of the run, is smaller than one chip, or its frames misalign.
     """
     from sciadapt.predict.tiles import predict_scene
-    from sciadapt.runs import Run
+    from sciadapt.runs import Run, check_output_location
 
+    check_output_location(out, "--out")
     run = Run.open(run_dir)
     state = run.scaler()
     stage = run.plans[-1].name

@@ -121,35 +121,39 @@ def cog_copy(src: Path, dst: Path, block: int, compress: str, resampling: str) -
     source, then a GTiff copy with ``COPY_SRC_OVERVIEWS=YES`` (the layout the COG driver writes).
     """
     tmp = dst.with_name(f".{dst.name}.part")
-    with rasterio.Env() as env:
-        has_cog = "COG" in env.drivers()
-    if has_cog:
-        rasterio.shutil.copy(
-            src,
-            tmp,
-            driver="COG",
-            BLOCKSIZE=block,
-            COMPRESS=compress,
-            OVERVIEW_RESAMPLING=resampling,
-            BIGTIFF="IF_SAFER",
-        )
-    else:
-        with rasterio.open(src, "r+") as ds:
-            factors = [2**k for k in range(1, 32) if max(ds.width, ds.height) / 2**k >= block]
-            if factors:
-                ds.build_overviews(factors, Resampling[resampling.lower()])
-        rasterio.shutil.copy(
-            src,
-            tmp,
-            driver="GTiff",
-            TILED="YES",
-            BLOCKXSIZE=block,
-            BLOCKYSIZE=block,
-            COMPRESS=compress,
-            COPY_SRC_OVERVIEWS="YES",
-            BIGTIFF="IF_SAFER",
-        )
-    os.replace(tmp, dst)
+    try:
+        with rasterio.Env() as env:
+            has_cog = "COG" in env.drivers()
+        if has_cog:
+            rasterio.shutil.copy(
+                src,
+                tmp,
+                driver="COG",
+                BLOCKSIZE=block,
+                COMPRESS=compress,
+                OVERVIEW_RESAMPLING=resampling,
+                BIGTIFF="IF_SAFER",
+            )
+        else:
+            with rasterio.open(src, "r+") as ds:
+                factors = [2**k for k in range(1, 32) if max(ds.width, ds.height) / 2**k >= block]
+                if factors:
+                    ds.build_overviews(factors, Resampling[resampling.lower()])
+            rasterio.shutil.copy(
+                src,
+                tmp,
+                driver="GTiff",
+                TILED="YES",
+                BLOCKXSIZE=block,
+                BLOCKYSIZE=block,
+                COMPRESS=compress,
+                COPY_SRC_OVERVIEWS="YES",
+                BIGTIFF="IF_SAFER",
+            )
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a half-written copy never stays beside the output
+        raise
     return has_cog
 
 

@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from sciadapt.runs import read_csv_rows, write_csv_rows
+from sciadapt.stages.preempt import enter_phase, fault_point, save_checkpoint
 
 
 class MetricsCSV(Callback):
@@ -50,9 +51,15 @@ class EpochEndCheckpoint(Callback):
     rest of a half-finished epoch exactly; with the seeded sampler an epoch boundary can.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, stage: str | None = None) -> None:
         self.path = path
+        self.stage = stage
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            trainer.save_checkpoint(str(self.path), weights_only=False)  # full state: optimizer, loops
+        if trainer.sanity_checking:
+            return
+        # a signal while it is written stops the run at the next step (or once the stage's weights are saved)
+        enter_phase("checkpoint", self.stage)
+        fault_point("checkpoint", self.stage)
+        save_checkpoint(trainer, self.path)  # full state: optimizer, loops
+        enter_phase("train", self.stage)

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import numpy as np
+from lightning.pytorch.callbacks import Callback
 
 from sciadapt.runs import atomic_write_bytes, load_into, load_weights, read_csv_rows
 from sciadapt.stages.plan import evaluation_data
+from sciadapt.stages.preempt import enter_phase, fault_point
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -27,8 +29,9 @@ if TYPE_CHECKING:
 HIGHER_IS_BETTER = {"miou", "iou", "f1", "mean_f1", "accuracy", "r2", "acc"}
 
 
-def eval_trainer(accelerator: str, root: Path) -> pl.Trainer:
-    """A one-device trainer for scoring (under DDP each rank scores the whole split)."""
+def eval_trainer(accelerator: str, root: Path, callbacks: list[Callback] | None = None) -> pl.Trainer:
+    """A one-device trainer for scoring (under DDP each rank scores the whole split); ``callbacks``:
+    the run's signal points (:class:`sciadapt.stages.preempt.SignalPoints`)."""
     return pl.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -36,6 +39,7 @@ def eval_trainer(accelerator: str, root: Path) -> pl.Trainer:
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=str(root),
+        callbacks=callbacks,
     )
 
 
@@ -46,15 +50,22 @@ def score(task: Task, dm: Any, trainer: pl.Trainer) -> dict[str, Any]:
 
 
 def compare(runner: PipelineRunner, dm: Any) -> dict[str, Any]:
-    """Every chosen stage's final weights and every baseline, on ``dm``'s test split."""
+    """Every chosen stage's final weights and every baseline, on ``dm``'s test split.
+
+    A signal meanwhile stops it before the next row or test batch (``runner.check``); nothing of it
+    is written until it is whole, so the resume redoes it.
+    """
     spec = runner.spec
     ev = spec.evaluation
     order = [p.name for p in runner.plans]
     names = ev.stages or order
     labels = ev.labels or {}
     rows = []
+    enter_phase("compare", "")
+    fault_point("compare")
     for b in ev.baselines:
         rows.append({"model": b.replace("_", "-"), **runner.task.baseline(b, dm)})
+        runner.check("compare")
     last_data = evaluation_data(spec)
     for name in names:
         plan = runner.plans[order.index(name)]
@@ -66,7 +77,10 @@ def compare(runner: PipelineRunner, dm: Any) -> dict[str, Any]:
         runner.fresh_task(plan.index)
         ckpt = runner.out.final_ckpt(name)
         load_into(runner.task, load_weights(ckpt), ckpt)
-        rows.append({"model": labels.get(name, name), "stage": name, **runner.test(None, dm)})
+        rows.append(
+            {"model": labels.get(name, name), "stage": name, **runner.test(None, dm, phase="compare", stage=name)}
+        )
+        runner.check("compare")
     test_windows = len(dm.test_dataloader().dataset)
     where = f"{Path(str(getattr(dm, 'path', 'data'))).name} test split ({test_windows:,} windows)"
     return {"data": where, "metrics": list(ev.metrics), "rows": rows}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sciadapt.errors import ConfigError
@@ -56,6 +57,11 @@ class StagePlan:
     def where(self) -> str:
         """The key path of the stage in messages: ``stages[1] (probe)``."""
         return f"stages[{self.index}] ({self.spec.name})"
+
+    @property
+    def init_file(self) -> str | None:
+        """The checkpoint file the stage starts from (``init_from: <path>``), else None."""
+        return None if self.init in INIT_WORDS or self.init.startswith("stage:") else self.init
 
     @property
     def evaluation_only(self) -> bool:
@@ -164,6 +170,11 @@ def _problems(spec: PipelineSpec) -> list[str]:
             )
         if i == 0 and init == "previous":
             problems.append(f"{path}.init_from: the first stage has no previous stage (use scratch or pretrained)")
+        if init == "pretrained" and not model_section(spec, "backbone", i).get("weights"):
+            problems.append(
+                f"{path}.init_from: pretrained, but the stage's backbone.weights is not set: set backbone.weights "
+                "(a folder, a file or hf://org/repo@revision), or start from scratch (init_from: scratch)"
+            )
         if i > 0 and (st.backbone or st.head):
             changed = [
                 sec for sec in ("backbone", "head") if model_section(spec, sec, i) != model_section(spec, sec, i - 1)
@@ -177,6 +188,38 @@ def _problems(spec: PipelineSpec) -> list[str]:
     for j, name in enumerate(spec.evaluation.stages or []):
         if name not in names:
             problems.append(f"evaluation.stages[{j}]: no stage {name!r}.{suggest(name, names)}")
+    return problems
+
+
+def init_file_problems(spec: PipelineSpec, stages: list[int] | None = None) -> list[str]:
+    """``init_from`` values of ``stages`` (default: all) that name no existing checkpoint file.
+
+    ``init_from`` is ``previous | scratch | pretrained | stage:<name>`` or the path of a file; a value
+    that is none of these (``previus``, a path with a typo) is named with the closest keyword or
+    stage. Checked when a pipeline is validated or starts, not when a finished run is reopened (its
+    start file may be gone by then).
+    """
+    problems = []
+    for i in range(len(spec.stages)) if stages is None else stages:
+        st = spec.stages[i]
+        init = st.init_from
+        if init is None or init in INIT_WORDS or init.startswith("stage:"):
+            continue
+        path = Path(init).expanduser()
+        if path.is_file():
+            continue
+        where = f"stages[{i}]" + (f" ({st.name})" if st.name else "") + ".init_from"
+        earlier = [f"stage:{s.name}" for s in spec.stages[:i] if s.name]
+        if path.is_dir():
+            problems.append(f"{where}: {init!r} is a folder; give the checkpoint file in it (e.g. {path}/final.ckpt)")
+            continue
+        hint = suggest(init, [*INIT_WORDS, *earlier])
+        grammar = "previous, scratch, pretrained, stage:<name of an earlier stage> or the path of a checkpoint file"
+        problems.append(
+            f"{where}: {init!r} is not a checkpoint file (no such file{'' if path.is_absolute() else f' in {Path.cwd()}'})"
+            f" nor a keyword.{hint} init_from is {grammar}"
+            + (f" (earlier stages: {', '.join(earlier)})" if earlier else "")
+        )
     return problems
 
 

@@ -13,15 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
 
 from sciadapt.config import build_datamodule, build_task, from_data_params, load_config
-from sciadapt.errors import ConfigError, Preempted
+from sciadapt.errors import ConfigError, Interrupted, Preempted
 from sciadapt.registry import BACKBONES
 from sciadapt.runs import (
     RUN_DIR_ENV,
@@ -37,7 +39,7 @@ from sciadapt.runs import (
 from sciadapt.spec import PipelineSpec
 from sciadapt.stages import evaluate
 from sciadapt.stages.plan import StagePlan, evaluation_data, trainable_patterns
-from sciadapt.stages.preempt import SignalWatch
+from sciadapt.stages.preempt import SignalPoints, SignalWatch, enter_phase, fault_point, save_checkpoint
 from sciadapt.stages.trainer import build_trainer, stage_callbacks
 from sciadapt.stages.weights import apply_trainable, check_signature
 from sciadapt.tasks.base import Task
@@ -66,6 +68,7 @@ class PipelineRunner:
         self.facts: dict[str, Any] = {}
         self._dms: dict[str, DataModule] = {}
         self._weights_stage: str | None = None
+        self._watch: SignalWatch | None = None  # installed by fit() (or run()) for the whole run
 
     @property
     def run_dir(self) -> Path:
@@ -105,6 +108,7 @@ class PipelineRunner:
         return cls(run, console)
 
     def preflight(self) -> None:
+        self.out.preflight()  # trainer settings on this machine, the run folder's place, start/resume checkpoints
         pl.seed_everything(self.spec.seed, workers=True, verbose=False)
         for plan in self.plans:
             dm = self.datamodule(plan)
@@ -219,40 +223,65 @@ class PipelineRunner:
         """Run (or continue) every stage, then the comparison; returns the summary.
 
         Raises:
-            Preempted: After a SIGUSR1/SIGTERM, once the resume checkpoint and ``state.json`` are
-                written (see :mod:`sciadapt.stages.preempt`).
+            Preempted: After a SIGUSR1/SIGTERM, once what the resume needs and ``state.json``
+                (``preempted``) are written (see :mod:`sciadapt.stages.preempt`).
+            Interrupted: The same after Ctrl-C (``state.json``: ``interrupted``).
         """
+        if self._watch is not None:  # fit() installed it before the preflight
+            return self._run_watched()
         with SignalWatch() as self._watch:
             try:
-                return self._run()
-            except Preempted as p:
-                p.run_dir = self.run_dir
-                self.state["status"] = "preempted"
-                self.state.setdefault("preemptions", []).append(p.record())
-                self._write_json(self.out.state_path, self.state)
-                raise
+                return self._run_watched()
+            finally:
+                self._watch = None
 
-    def _check_signal(self, stage: str) -> None:
-        """Between stages: stop now if a preemption signal came while nothing was training."""
-        if self._watch.received is not None:
-            raise Preempted(self._watch.received, stage)
+    def _run_watched(self) -> dict[str, Any]:
+        assert self._watch is not None
+        watch = self._watch
+        try:
+            return self._run()
+        except Preempted as p:
+            stop = p
+        except KeyboardInterrupt:  # raised by code, not by Ctrl-C (the watch takes SIGINT)
+            stop = Interrupted(signal.SIGINT, watch.stage, phase=watch.phase, received=watch.phase)
+        watch.closing = True  # further signals wait until state.json says how the run stopped
+        stop.run_dir = self.run_dir
+        interrupted = isinstance(stop, Interrupted)
+        self.state["status"] = "interrupted" if interrupted else "preempted"
+        self.state.setdefault("interruptions" if interrupted else "preemptions", []).append(stop.record())
+        self._write_json(self.out.state_path, self.state)
+        raise stop
+
+    def check(self, phase: str, stage: str | None = None) -> None:
+        """A safe point between the steps of a run: stop now if a signal came (on any DDP rank; every
+        rank passes the same points)."""
+        enter_phase(phase, stage)
+        if self._watch is not None:
+            self._watch.check(phase, stage)
 
     def _run(self) -> dict[str, Any]:
+        assert self._watch is not None
         self.state["status"] = "running"
-        if self.task is None:
-            self.preflight()
+        pending = [p.name for p in self.plans if p.name not in self.state["completed"]]
+        enter_phase("setup", pending[0] if pending else "")
+        if self.task is None:  # resumed: nothing is written until the checks pass, so a signal stops at once
+            with self._watch.at_once():
+                self.preflight()
         pl.seed_everything(self.spec.seed, workers=True, verbose=False)
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*ended before the epoch ended.*")
+        fault_point("setup")
         self._weights_stage = None
         dm = None
+        phase = "setup"
         for plan in self.plans:
             if plan.name in self.state["completed"]:
                 continue
-            self._check_signal(plan.name)
+            self.check(phase, plan.name)  # before the first stage to run, then between stages
             dm = self._run_stage(plan)
-            if plan.index + 1 < len(self.plans):
-                self._check_signal(self.plans[plan.index + 1].name)
+            phase = "between"
+            enter_phase(phase, plan.name)
+            fault_point(phase, plan.name)
         return self._finish(dm)
 
     def _prepare_stage(self, plan: StagePlan, dm: DataModule, resume_from: Path) -> tuple[int, int, str | None]:
@@ -280,10 +309,38 @@ class PipelineRunner:
         return n_train, n_total, adapter
 
     def _run_stage(self, plan: StagePlan) -> DataModule:
-        """Train (or, with ``max_epochs: 0``, only score) one stage and record it; returns its datamodule."""
+        """Train (or, with ``max_epochs: 0``, only score) one stage and record it; returns its datamodule.
+
+        A stage whose training had finished before the run stopped (``state.json`` ``trained``) is
+        not trained again: its final weights are scored, as the uninterrupted run scored them.
+        """
         name = plan.name
         dm = self.datamodule(plan)
         resume_from = self.out.stage_dir(name) / "last.ckpt"  # present when this stage was killed or preempted
+        if name in self.state.get("trained", []) and name in self.summary["stages"]:
+            stage_summary, trainer = self._trained_stage(plan, dm)
+        else:
+            stage_summary, trainer = self._train_stage(plan, dm, resume_from)
+        if plan.spec.evaluate:
+            # under DDP each rank scores the whole test split on one device (a sharded test
+            # would score each rank's shard only)
+            stage_summary["test"] = self.test(trainer if trainer.world_size == 1 else None, dm, stage=name)
+        self.check("test", name)  # under DDP the ranks agree here on a signal that came during the test
+        self.summary["stages"][name] = stage_summary
+        self._write_json(self.out.summary_path, self.summary)
+        # the stage is complete only once its final weights and summary are on disk
+        self.state["completed"].append(name)
+        self._write_json(self.out.state_path, self.state)
+        if is_writer():
+            resume_from.unlink(missing_ok=True)
+            (self.out.stage_dir(name) / "best.ckpt").unlink(missing_ok=True)
+        self._weights_stage = name
+        return dm
+
+    def _train_stage(self, plan: StagePlan, dm: DataModule, resume_from: Path) -> tuple[dict[str, Any], pl.Trainer]:
+        """Fit one stage, save its final weights and record it ``trained``; returns its summary and trainer."""
+        assert self._watch is not None
+        name = plan.name
         n_train, n_total, adapter = self._prepare_stage(plan, dm, resume_from)
         self._print(
             f"[bold]stage {plan.index + 1}/{len(self.plans)} {name}[/bold]: {n_train:,} of {n_total:,} parameters "
@@ -299,6 +356,7 @@ class PipelineRunner:
         if plan.evaluation_only:
             self._print(f"  {name}: max_epochs 0, evaluation only")
         else:
+            enter_phase("train", name)
             trainer.fit(
                 self.task,  # type: ignore[arg-type]
                 datamodule=dm,  # type: ignore[arg-type]
@@ -306,6 +364,7 @@ class PipelineRunner:
                 weights_only=True if resume_from.exists() else None,
             )
         seconds = time.perf_counter() - t0
+        enter_phase("trained", name)
         if plan.spec.restore_best and ckpt_cb.best_model_path:
             load_into(self.task, load_weights(Path(ckpt_cb.best_model_path)), ckpt_cb.best_model_path)
         if adapter is not None:
@@ -329,37 +388,57 @@ class PipelineRunner:
             stage_summary["data"] = dm.padding_report()
         if isinstance(self.task.backbone, FitsWindow):
             stage_summary["backbone_input"] = self.task.backbone.input_policy(dm.facts()["context_length"])
-        if plan.spec.evaluate:
-            # under DDP each rank scores the whole test split on one device (a sharded test
-            # would score each rank's shard only)
-            stage_summary["test"] = self.test(trainer if trainer.world_size == 1 else None, dm)
+        # trained: a stop from here on scores the saved final weights on resume instead of
+        # fitting again from last.ckpt
         self.summary["stages"][name] = stage_summary
         self._write_json(self.out.summary_path, self.summary)
-        # the stage is complete only once its final weights and summary are on disk
-        self.state["completed"].append(name)
+        self.state.setdefault("trained", []).append(name)
         self._write_json(self.out.state_path, self.state)
-        if is_writer():
-            resume_from.unlink(missing_ok=True)
-            (self.out.stage_dir(name) / "best.ckpt").unlink(missing_ok=True)
-        self._weights_stage = name
-        return dm
+        fault_point("trained", name)
+        self.check("trained", name)
+        return dict(stage_summary), trainer
+
+    def _trained_stage(self, plan: StagePlan, dm: DataModule) -> tuple[dict[str, Any], pl.Trainer]:
+        """A stage trained before the run stopped: its final weights back in the task, and a trainer
+        like the one it was trained with (same precision and device) to score them."""
+        assert self._watch is not None
+        name = plan.name
+        self._ensure_task(dm, plan)
+        self.fresh_task(plan.index)
+        final = self.out.final_ckpt(name)
+        load_into(self.task, load_weights(final), final)
+        self.task.stage = plan.spec  # type: ignore[attr-defined]
+        self.task.stage_index = plan.index
+        self._print(
+            f"[bold]stage {plan.index + 1}/{len(self.plans)} {name}[/bold]: trained before the run stopped; "
+            "scoring its final weights"
+        )
+        trainer = build_trainer(self.spec.trainer, plan.spec, [SignalPoints(self._watch, name)], self.run_dir)
+        self.state["current"] = name
+        self._write_json(self.out.state_path, self.state)
+        return {k: v for k, v in self.summary["stages"][name].items() if k != "test"}, trainer
 
     def _save_final(self, name: str, trainer: pl.Trainer, evaluation_only: bool) -> None:
         if evaluation_only:  # no fit, so no trainer-attached model to save from
             save_task(self.task, self.out.final_ckpt(name))
         else:
-            trainer.save_checkpoint(str(self.out.final_ckpt(name)), weights_only=True)
+            save_checkpoint(trainer, self.out.final_ckpt(name), weights_only=True)
 
     def _finish(self, dm: DataModule | None) -> dict[str, Any]:
         """After the last stage: the comparison table, the loss plot, ``state.json`` done."""
+        assert self._watch is not None
         last = self.plans[-1]
+        enter_phase("compare", "")
         if dm is None:  # every stage was already complete: rebuild for the comparison
             dm = self.datamodule(last)
             self._ensure_task(dm, last)
         self._write_json(self.run_dir / "scaler.json", dm.scaler_state())
         if self.spec.evaluation.data:
             dm = self.datamodule(last, evaluation_data(self.spec), setup="test")
-        self.summary["evaluation"] = evaluate.compare(self, dm)
+        evaluation = evaluate.compare(self, dm)
+        self.check("compare")  # the last safe point: from here the run finishes whatever comes
+        self._watch.closing = True
+        self.summary["evaluation"] = evaluation
         self.summary["final"] = self.summary["evaluation"]["rows"][-1] if self.summary["evaluation"]["rows"] else {}
         self._write_json(self.out.summary_path, self.summary)
         if is_writer():
@@ -374,11 +453,13 @@ class PipelineRunner:
         if is_writer():
             write_json(path, obj)
 
-    def test(self, trainer: pl.Trainer | None, dm: DataModule) -> dict[str, Any]:
-        """The current task's test metrics on ``dm`` (a fresh one-device trainer unless given)."""
-        return evaluate.score(
-            self.task, dm, trainer or evaluate.eval_trainer(self.spec.trainer.accelerator, self.run_dir)
-        )
+    def test(self, trainer: pl.Trainer | None, dm: DataModule, phase: str = "test", stage: str = "") -> dict[str, Any]:
+        """The current task's test metrics on ``dm`` (a fresh one-device trainer unless given; a
+        given one carries its stage's :class:`SignalPoints`); a signal stops it before the next batch."""
+        if trainer is None:
+            points: list[Callback] = [SignalPoints(self._watch, stage, phase)] if self._watch is not None else []
+            trainer = evaluate.eval_trainer(self.spec.trainer.accelerator, self.run_dir, points)
+        return evaluate.score(self.task, dm, trainer)
 
 
 def fit(
@@ -386,15 +467,23 @@ def fit(
 ) -> tuple[Run, dict[str, Any]]:
     """Validate a pipeline (nothing is written if invalid) and run its stages, or continue the run
     ``resume``; returns the run and its summary."""
-    if resume:
-        spec = load_config(pipeline, overrides) if pipeline else None
-        runner = PipelineRunner.resume(Path(resume), spec, console)
+    # one watch for the whole run: a signal during the checks stops at once (nothing is written
+    # yet); from the first stage on, at the next safe point (see sciadapt.stages.preempt)
+    with SignalWatch() as watch:
+        with watch.at_once():
+            fault_point("preflight")
+            if resume:
+                spec = load_config(pipeline, overrides) if pipeline else None
+                runner = PipelineRunner.resume(Path(resume), spec, console)
+            else:
+                if pipeline is None:
+                    raise ConfigError("fit needs a pipeline (a .yaml path or a bundled name) or --resume RUN")
+                runner = PipelineRunner.create(load_config(pipeline, overrides), console)
+        runner._watch = watch
         if console is not None:
-            console.print(f"resuming {runner.run_dir} after stages: {', '.join(runner.state['completed']) or 'none'}")
-    else:
-        if pipeline is None:
-            raise ConfigError("fit needs a pipeline (a .yaml path or a bundled name) or --resume RUN")
-        runner = PipelineRunner.create(load_config(pipeline, overrides), console)
-        if console is not None:
-            console.print(f"run directory: {runner.run_dir}")
-    return runner.out, runner.run()
+            if resume:
+                done = ", ".join(runner.state["completed"]) or "none"
+                console.print(f"resuming {runner.run_dir} after stages: {done}")
+            else:
+                console.print(f"run directory: {runner.run_dir}")
+        return runner.out, runner.run()

@@ -11,7 +11,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from sciadapt.spec import StageSpec, TrainerSpec
 from sciadapt.stages.callbacks import EpochEndCheckpoint, MetricsCSV
-from sciadapt.stages.preempt import PreemptionCheckpoint, SignalWatch
+from sciadapt.stages.preempt import PreemptionCheckpoint, SignalPoints, SignalWatch
 from sciadapt.types import DataModule
 
 
@@ -29,8 +29,9 @@ def stage_callbacks(
     callbacks: list[Callback] = [
         ckpt_cb,
         MetricsCSV(run_dir / "metrics.csv", stage.name),
-        EpochEndCheckpoint(resume_from),
+        EpochEndCheckpoint(resume_from, stage.name),
         PreemptionCheckpoint(watch, resume_from, stage.name, dm),
+        SignalPoints(watch, stage.name),
     ]
     es = stage.early_stopping
     if es is not None:

@@ -462,18 +462,6 @@ def test_an_unwritable_run_dir_is_refused_before_work(
     assert a_file.read_text() == "x"
 
 
-@pytest.mark.parametrize("where", ["/proc/sciadapt-x/f.csv", "{dir}", "{file}/f.csv"])
-def test_an_unwritable_predict_output_is_refused(
-    where: str, finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    a_file = tmp_path / "a_file"
-    a_file.write_text("x")
-    out = where.format(dir=tmp_path, file=a_file)
-    rc, _, err = run_cli(["predict", "--run", str(finished), "--out", out], capsys)
-    assert_clear(rc, err, "--out")
-    assert a_file.read_text() == "x"
-
-
 def test_test_on_a_file_without_the_runs_columns_is_refused(
     finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -487,3 +475,55 @@ def test_test_on_a_file_without_the_runs_columns_is_refused(
         ["predict", "--run", str(finished), "--data", str(other), "--out", str(tmp_path / "o.csv")], capsys
     )
     assert_clear(rc, err, "other.csv", "'y1'")
+
+
+@pytest.fixture(scope="module")
+def writers(finished: Path, series: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
+    """Every command that writes an output, with ``{out}`` where its output path goes."""
+    from tests.data.gridded.make import make_dataset, write_netcdf
+
+    tmp = tmp_path_factory.mktemp("writers")
+    weights = BACKBONES.build("ttm_tiny").save_pretrained(tmp / "ttm")
+    nc = write_netcdf(make_dataset(n_time=8), tmp / "g.nc")
+    return {
+        "predict --run": ["predict", "--run", str(finished), "--out", "{out}"],
+        "predict --backbone": [
+            "predict", "--backbone", "ttm", "--weights", str(weights), "--data", str(series),
+            "--target-columns", "y0,y1", "--out", "{out}",
+        ],
+        "data prepare": ["data", "prepare", "--no-progress", str(nc), "{out}"],
+    }  # fmt: skip
+
+
+def test_every_output_argument_of_the_cli_is_in_the_corpus(writers: dict[str, list[str]]) -> None:
+    parser = cli._parser()
+    found: set[str] = set()
+    for verb, sub in parser._subparsers._group_actions[0].choices.items():  # type: ignore[union-attr]
+        subs = [sub]
+        if verb == "data":
+            subs = [a.choices["prepare"] for a in sub._actions if a.dest == "data_verb"]  # type: ignore[index]
+        for s in subs:
+            for a in s._actions:
+                if a.dest == "out" or "output" in (a.help or "").split("(")[0].lower():
+                    found.add(f"{s.prog.split(' ', 1)[1]}:{a.dest}")
+    assert found == {"predict:out", "data prepare:inputs"}, found
+    assert {"predict --run", "predict --backbone", "data prepare"} == set(writers)
+
+
+@pytest.mark.parametrize("writer", ["predict --run", "predict --backbone", "data prepare"])
+@pytest.mark.parametrize("where", ["/proc/sciadapt-x/o", "{file}/o", "{dir}"])
+def test_an_output_that_cannot_be_written_is_refused_before_work(
+    writer: str, where: str, writers: dict[str, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    a_dir = tmp_path / "a_dir"
+    a_dir.mkdir()
+    (a_dir / "keep").write_text("k")
+    suffix = ".zarr" if writer == "data prepare" else ".csv"
+    out = where.format(file=a_file, dir=a_dir)
+    out = out if where == "{dir}" else out + suffix
+    before = entries(tmp_path)
+    rc, _, err = run_cli([a.format(out=out) for a in writers[writer]], capsys)
+    assert_clear(rc, err, out)
+    assert entries(tmp_path) == before and a_file.read_text() == "x" and (a_dir / "keep").read_text() == "k"
