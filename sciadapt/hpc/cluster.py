@@ -43,7 +43,7 @@ from typing import Any
 
 import yaml
 
-from sciadapt.errors import ConfigError, Preempted
+from sciadapt.errors import ConfigError, Interrupted, Preempted
 from sciadapt.registry import suggest
 from sciadapt.runs import read_json, write_json
 
@@ -253,6 +253,8 @@ def run_job(run_dir: str) -> dict[str, Any]:
         _run, summary = fit(None, [], resume=run_dir, console=console)
         if is_writer():
             print_comparison(summary, console)
+    except Interrupted:
+        raise  # Ctrl-C is the user's stop, never a reason to requeue
     except Preempted as p:
         state = read_json(Path(run_dir) / "state.json") if (Path(run_dir) / "state.json").exists() else {}
         limit = int(os.environ.get(MAX_REQUEUES_ENV, "20"))
