@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import csv
+import hashlib
 import io
 import json
 import os
@@ -250,6 +251,29 @@ def task_for_stage(spec: PipelineSpec, plans: list[StagePlan], facts: dict[str, 
     return task
 
 
+_CHECKSUM = "# sciadapt config.yaml, sha256 of the lines below: "
+
+
+def with_checksum(text: str) -> str:
+    """``config.yaml`` text with a first line holding the checksum of the rest: a file cut short (a
+    full disk, a copy that stopped) still parses as YAML, and would build another model silently."""
+    return f"{_CHECKSUM}{hashlib.sha256(text.encode()).hexdigest()}\n{text}"
+
+
+def checked_text(path: Path, fix: str) -> str:
+    """A run's ``config.yaml`` text, its checksum verified (files written before checksums pass)."""
+    text = path.read_text()
+    if not text.startswith(_CHECKSUM):
+        return text
+    head, _, body = text.partition("\n")
+    if hashlib.sha256(body.encode()).hexdigest() != head[len(_CHECKSUM) :].strip():
+        raise ConfigError(
+            f"{path} does not match the checksum on its first line: it was cut short or changed. {fix}; "
+            "if you edited it on purpose, delete that first line"
+        )
+    return body
+
+
 class Run:
     """A run directory and the pipeline that made it: the one way to reopen a run.
 
@@ -273,7 +297,7 @@ class Run:
 
         if path is None:
             path = new_run_dir(spec.run_dir, spec.name)
-        atomic_write_text(path / "config.yaml", to_yaml(spec))
+        atomic_write_text(path / "config.yaml", with_checksum(to_yaml(spec)))
         return cls(path, spec)
 
     @classmethod
@@ -285,7 +309,7 @@ class Run:
         cfg_path = path / "config.yaml"
         fix = "The run's config is damaged; restore it from a copy (it is the resolved pipeline the run trained with)"
         try:
-            raw = yaml.safe_load(cfg_path.read_text())
+            raw = yaml.safe_load(checked_text(cfg_path, fix))
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
