@@ -7,6 +7,7 @@ so hub access, the offline message and the safe readers (safetensors first, ``to
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -24,6 +25,26 @@ HF_SCHEME = "hf://"
 #: Weight files in the order a folder is searched: safetensors wins over pickled torch files.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
 _TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def read_json_object(path: Path, holds: str, fix: str) -> dict[str, Any]:
+    """A checkpoint folder's JSON settings file (``config.json``, ``adapter_config.json``).
+
+    Args:
+        path: The file.
+        holds: What the object is, for the message (e.g. "a JSON object of TTM settings").
+        fix: The end of every message: what the user should do.
+
+    Raises:
+        CheckpointError: Naming the file when it is unreadable, not JSON, not UTF-8 or not an object.
+    """
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
+        raise CheckpointError(f"cannot read {path}: {err}. {fix}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds {type(data).__name__}, not {holds}. {fix}")
+    return data
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ Private to :mod:`sciadapt.backbones.moment`, which re-exports the public names.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sciadapt.errors import CheckpointError, ConfigError
+from sciadapt.hub import read_json_object
 
 TASKS = ("reconstruction", "embedding", "forecasting", "classification")
 #: Tasks that ``build_moment``'s backbones serve through ``forward_features``.
@@ -227,12 +227,7 @@ def read_config(path: Path, **overrides: Any) -> MomentConfig:
         ConfigError: If its settings are invalid.
     """
     fix = "The checkpoint is damaged or incomplete: download it again (or restore the file)"
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
-        raise CheckpointError(f"cannot read {path}: {err}. {fix}") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} holds {type(raw).__name__}, not a JSON object of MOMENT settings. {fix}")
+    raw = read_json_object(path, "a JSON object of MOMENT settings", fix)
     try:
         return MomentConfig.from_dict(raw, **overrides)
     except (TypeError, ValueError, AttributeError) as err:  # a value of the wrong type in the file

@@ -9,7 +9,6 @@ Private to :mod:`sciadapt.backbones.ttm`, which re-exports the public names.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -18,7 +17,7 @@ from typing import Any, NamedTuple
 
 from sciadapt.backbones._ttm_config import FREQUENCY_TOKENS, TTMConfig, token_names
 from sciadapt.errors import CheckpointError, ConfigError
-from sciadapt.hub import is_hub, parse_hub, resolve_folder
+from sciadapt.hub import is_hub, parse_hub, read_json_object, resolve_folder
 
 # the family's logger, so the revision choice is logged under the name users filter TTM messages by
 log = logging.getLogger("sciadapt.backbones.ttm")
@@ -189,12 +188,7 @@ def read_checkpoint_config(folder: Path, source: str | None = None) -> TTMConfig
     """
     path = folder / "config.json"
     fix = "The checkpoint is damaged or incomplete: download it again (or restore the file)"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
-        raise CheckpointError(f"cannot read {path}: {err}. {fix}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} holds {type(data).__name__}, not a JSON object of TTM settings. {fix}")
+    data = read_json_object(path, "a JSON object of TTM settings", fix)
     if data.get("model_type", "tinytimemixer") != "tinytimemixer":
         raise CheckpointError(f"{path}: model_type is {data['model_type']!r}, not a TTM (tinytimemixer)")
     try:

@@ -186,13 +186,9 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
 
 def _read_config(path: Path) -> dict[str, Any]:
     """``adapter_config.json``; a damaged file is an error naming it."""
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # ValueError: bad JSON or not UTF-8
-        raise CheckpointError(f"cannot read {path}: {e}. {_DAMAGED}") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path} holds {type(cfg).__name__}, not an adapter config (a JSON object). {_DAMAGED}")
-    return cfg
+    from sciadapt.hub import read_json_object
+
+    return read_json_object(path, "an adapter config (a JSON object)", _DAMAGED)
 
 
 def _method_of(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +59,9 @@ def _checkpoint_config(folder: Path, weights: str) -> dict[str, Any]:
     """The ``config.json`` of a pretrained checkpoint folder; a damaged file is an error naming it."""
     path = folder / "config.json"
     fix = f"the checkpoint {weights} is damaged or incomplete: download it again (or restore the file)"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # ValueError: bad JSON or not UTF-8
-        raise CheckpointError(f"cannot read {path}: {err}. Fix: {fix}") from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path} holds {type(meta).__name__}, not a JSON object of model settings. Fix: {fix}")
-    return meta
+    from sciadapt.hub import read_json_object
+
+    return read_json_object(path, "a JSON object of model settings", f"Fix: {fix}")
 
 
 def predict_pretrained(
