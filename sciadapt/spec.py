@@ -172,6 +172,11 @@ class TrainerSpec:
     log_every_n_steps: PositiveInt = 10
     enable_progress_bar: bool = True
     progress_refresh_steps: PositiveInt = 10  # redraw the progress bar every N steps
+    # where else the run is tracked (metrics.csv is always written): one tracker run per pipeline
+    # run with the resolved config, per-step metrics, stage boundaries, per-stage test metrics, the
+    # comparison and the plots; tensorboard and mlflow need `pip install "sciadapt[tracking]"`,
+    # wandb `pip install wandb`
+    logger: Literal["csv", "tensorboard", "mlflow", "wandb"] = "csv"
     deterministic: bool = False
     val_check_interval: float | None = None
     num_sanity_val_steps: NonNegInt = 0

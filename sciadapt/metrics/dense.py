@@ -23,10 +23,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from sciadapt.errors import DataError, ShapeError
+from sciadapt.metrics.bootstrap import Statistic, WindowScores
 
 #: Columns of the regression accumulator returned by :func:`regression_sums`.
 REGRESSION_SUMS = ("n", "sse", "sae", "sum_y", "sum_y2")
@@ -70,6 +72,33 @@ def confusion_matrix(
     if pred.shape != target.shape:
         raise ShapeError(f"labels: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
     valid = _valid_pixels(target, ignore_index, mask)
+    t, p = _checked_labels(pred, target, valid, n_classes, ignore_index)
+    return torch.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def confusion_per_sample(
+    pred: Tensor,
+    target: Tensor,
+    n_classes: int,
+    ignore_index: int | None = None,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """:func:`confusion_matrix` of every sample (the first axis) on its own: ``(B, K, K)`` int64,
+    whose sum over samples is the batch's matrix. Arguments and errors as there."""
+    if pred.shape != target.shape:
+        raise ShapeError(f"labels: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+    valid = _valid_pixels(target, ignore_index, mask)
+    b = target.shape[0]
+    sample = torch.arange(b, device=target.device).view(-1, *[1] * (target.dim() - 1)).expand_as(target)[valid]
+    t, p = _checked_labels(pred, target, valid, n_classes, ignore_index)
+    kk = n_classes * n_classes
+    return torch.bincount(sample * kk + t * n_classes + p, minlength=b * kk).reshape(b, n_classes, n_classes)
+
+
+def _checked_labels(
+    pred: Tensor, target: Tensor, valid: Tensor, n_classes: int, ignore_index: int | None
+) -> tuple[Tensor, Tensor]:
+    """The valid pixels' labels and predictions (int64), checked to lie in ``[0, K)``."""
     t = target[valid].long()
     p = pred[valid].long().to(t.device)
     if t.numel():
@@ -81,7 +110,7 @@ def confusion_matrix(
                     f"{name} value {bad} outside the {n_classes} classes [0, {n_classes - 1}]: set n_classes to "
                     f"cover every class, or ignore_index (now {ignore_index}) to the nodata value"
                 )
-    return torch.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    return t, p
 
 
 def _ratio(num: Tensor, den: Tensor) -> Tensor:
@@ -168,14 +197,26 @@ def index_threshold_confusion(
     Returns:
         ``(K, K)`` int64 confusion matrix, combinable with the model's by summation.
     """
-    if score.shape != target.shape:
-        raise ShapeError(f"index baseline: score {tuple(score.shape)} and labels {tuple(target.shape)} differ")
-    pred = torch.where(score > threshold, positive_class, negative_class)
+    pred = index_threshold_labels(score, target, threshold, positive_class, negative_class)
     return confusion_matrix(pred, target, n_classes, ignore_index=ignore_index, mask=mask)
 
 
-def regression_sums(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Per-output accumulator ``(C, 5)`` float64 of ``(n, sse, sae, sum_y, sum_y2)``.
+def index_threshold_labels(
+    score: Tensor, target: Tensor, threshold: float = 0.0, positive_class: int = 1, negative_class: int = 0
+) -> Tensor:
+    """The labels :func:`index_threshold_confusion` scores: ``positive_class`` where ``score > threshold``.
+
+    Raises:
+        ShapeError: If ``score`` and ``target`` differ in shape.
+    """
+    if score.shape != target.shape:
+        raise ShapeError(f"index baseline: score {tuple(score.shape)} and labels {tuple(target.shape)} differ")
+    return torch.where(score > threshold, positive_class, negative_class)
+
+
+def regression_sums(pred: Tensor, target: Tensor, mask: Tensor | None = None, per_sample: bool = False) -> Tensor:
+    """Per-output accumulator ``(C, 5)`` float64 of ``(n, sse, sae, sum_y, sum_y2)`` (``(B, C, 5)``,
+    one per sample, with ``per_sample``).
 
     Args:
         pred: ``(B, C, H, W)`` prediction.
@@ -203,9 +244,9 @@ def regression_sums(pred: Tensor, target: Tensor, mask: Tensor | None = None) ->
     err = torch.where(keep, p - y, 0.0)
     y = torch.where(keep, y, 0.0)
     w = keep.double()
-    dims = (0, 2, 3)
+    dims = (2, 3) if per_sample else (0, 2, 3)
     return torch.stack(
-        [w.sum(dims), err.square().sum(dims), err.abs().sum(dims), y.sum(dims), y.square().sum(dims)], dim=1
+        [w.sum(dims), err.square().sum(dims), err.abs().sum(dims), y.sum(dims), y.square().sum(dims)], dim=-1
     )
 
 
@@ -234,4 +275,129 @@ def regression_scores(sums: Tensor, output_names: Sequence[str] | None = None) -
             out[f"rmse/{name}"] = float(rmse[i])
             out[f"mae/{name}"] = float(mae[i])
             out[f"r2/{name}"] = float(r2[i])
+    return out
+
+
+# -- the same scores of resampled images, for the comparison's bootstrap intervals ----------------
+def _np_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out: np.ndarray = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return out
+
+
+def _nanmean_last(v: np.ndarray) -> np.ndarray:
+    """Mean over the last axis of the finite entries (NaN where none, no warning)."""
+    finite = np.isfinite(v)
+    return _np_ratio(np.where(finite, v, 0.0).sum(axis=-1), finite.sum(axis=-1).astype(np.float64))
+
+
+def _column(each: Statistic, i: int) -> Statistic:
+    """Column ``i`` of a statistic with one value per class or output, ``(R, K) -> (R,)``."""
+
+    def picked(total: np.ndarray) -> np.ndarray:
+        out: np.ndarray = each(total)[:, i]
+        return out
+
+    return picked
+
+
+def _averaged(each: Statistic) -> Statistic:
+    """The mean over the defined classes or outputs of a statistic with one value per class or output."""
+
+    def mean(total: np.ndarray) -> np.ndarray:
+        return _nanmean_last(each(total))
+
+    return mean
+
+
+def _iou_each(c: np.ndarray) -> np.ndarray:  # (R, K, K) -> (R, K)
+    tp = np.diagonal(c, axis1=1, axis2=2)
+    return _np_ratio(tp, c.sum(axis=1) + c.sum(axis=2) - tp)
+
+
+def _f1_each(c: np.ndarray) -> np.ndarray:  # (R, K, K) -> (R, K)
+    return _np_ratio(2 * np.diagonal(c, axis1=1, axis2=2), c.sum(axis=1) + c.sum(axis=2))
+
+
+def _accuracy(c: np.ndarray) -> np.ndarray:  # (R, K, K) -> (R,)
+    return _np_ratio(np.trace(c, axis1=1, axis2=2), c.sum(axis=(1, 2)))
+
+
+def segmentation_window_scores(
+    confusions: np.ndarray, class_names: Sequence[str] | None = None
+) -> dict[str, WindowScores]:
+    """:func:`segmentation_scores` as per-image accumulators (:mod:`sciadapt.metrics.bootstrap`).
+
+    Args:
+        confusions: ``(N, K, K)`` confusion matrix of every test image, in test order
+            (:func:`confusion_per_sample`).
+        class_names: As :func:`segmentation_scores`.
+
+    Returns:
+        ``{"miou", "mean_f1", "accuracy", "iou/<name>", "f1/<name>"}``: each recomputed from the summed
+        matrices of any set of images, so a bootstrap replicate scores its images as the test scores all.
+    """
+    k = confusions.shape[-1]
+    names = [str(i) for i in range(k)] if class_names is None else [str(n) for n in class_names]
+    sums = np.asarray(confusions, dtype=np.float64)
+    out = {
+        "miou": WindowScores(sums, _averaged(_iou_each)),
+        "mean_f1": WindowScores(sums, _averaged(_f1_each)),
+        "accuracy": WindowScores(sums, _accuracy),
+    }
+    for i, name in enumerate(names):
+        out[f"iou/{name}"] = WindowScores(sums, _column(_iou_each, i))
+        out[f"f1/{name}"] = WindowScores(sums, _column(_f1_each, i))
+    return out
+
+
+def _rmse_each(s: np.ndarray) -> np.ndarray:  # (R, C, 5) -> (R, C)
+    out: np.ndarray = np.sqrt(_np_ratio(s[..., 1], s[..., 0]))
+    return out
+
+
+def _mae_each(s: np.ndarray) -> np.ndarray:
+    return _np_ratio(s[..., 2], s[..., 0])
+
+
+def _r2_each(s: np.ndarray) -> np.ndarray:
+    n, sse, sy, sy2 = s[..., 0], s[..., 1], s[..., 3], s[..., 4]
+    sst = sy2 - sy**2 / np.maximum(n, 1)
+    out: np.ndarray = np.where((n > 0) & (sst > 0), 1 - sse / np.where(sst > 0, sst, 1.0), np.nan)
+    return out
+
+
+def _rmse_pooled(s: np.ndarray) -> np.ndarray:  # (R, C, 5) -> (R,): every output's pixels together
+    out: np.ndarray = np.sqrt(_np_ratio(s[..., 1].sum(-1), s[..., 0].sum(-1)))
+    return out
+
+
+def _mae_pooled(s: np.ndarray) -> np.ndarray:
+    return _np_ratio(s[..., 2].sum(-1), s[..., 0].sum(-1))
+
+
+def regression_window_scores(sums: np.ndarray, output_names: Sequence[str] | None = None) -> dict[str, WindowScores]:
+    """:func:`regression_scores` as per-image accumulators (:mod:`sciadapt.metrics.bootstrap`).
+
+    Args:
+        sums: ``(N, C, 5)`` :func:`regression_sums` of every test image (``per_sample=True``), in test order.
+        output_names: As :func:`regression_scores`.
+
+    Returns:
+        ``{"rmse", "mae", "r2"}`` (and per output ``rmse/<name>``, ``mae/<name>``, ``r2/<name>`` with
+        several outputs), recomputed from the summed accumulators of any set of images.
+    """
+    c = sums.shape[1]
+    acc = np.asarray(sums, dtype=np.float64)
+    out = {
+        "rmse": WindowScores(acc, _rmse_pooled),
+        "mae": WindowScores(acc, _mae_pooled),
+        "r2": WindowScores(acc, _averaged(_r2_each)),
+    }
+    if c > 1:
+        names = [str(i) for i in range(c)] if output_names is None else [str(x) for x in output_names]
+        for i, name in enumerate(names):
+            out[f"rmse/{name}"] = WindowScores(acc, _column(_rmse_each, i))
+            out[f"mae/{name}"] = WindowScores(acc, _column(_mae_each, i))
+            out[f"r2/{name}"] = WindowScores(acc, _column(_r2_each, i))
     return out

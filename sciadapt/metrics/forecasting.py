@@ -21,6 +21,7 @@ from gluonts.ev.metrics import MAE, MASE, MSE, SMAPE, Coverage, MeanWeightedSumQ
 from gluonts.ev.ts_stats import seasonal_error
 
 from sciadapt.errors import ShapeError
+from sciadapt.metrics.bootstrap import WindowScores, column_scores
 
 _POINT = "mean"  # the gluonts forecast_type under which the point forecast is stored
 _SERIES_AXIS = 1  # mean over time: one value per (window, channel) series
@@ -172,3 +173,39 @@ def seasonal_naive(past: np.ndarray, horizon: int, season: int) -> np.ndarray:
         season = 1
     last_season = past[:, -season:, :]  # (N, season, C)
     return last_season[:, np.arange(horizon) % season, :]  # (N, L, C)
+
+
+def forecast_window_scores(
+    y_true: np.ndarray, y_pred: np.ndarray, past: np.ndarray, seasonality: int, mask: np.ndarray | None = None
+) -> dict[str, WindowScores]:
+    """Per-window accumulators of MSE, MAE, MASE and sMAPE as :func:`forecast_metrics` defines them,
+    for the comparison's bootstrap intervals (:mod:`sciadapt.metrics.bootstrap`).
+
+    Each metric keeps one value and one weight per window, in window (time) order: MSE and MAE the
+    window's mean over its observed entries, weighted by their number; MASE and sMAPE the mean of the
+    window's defined per-series values, weighted by their number. The weighted mean over all windows is
+    :func:`forecast_metrics`' value. Arguments as there (already checked by it).
+    """
+    label, point, context = _as_float(y_true), _as_float(y_pred), _as_float(past)  # (N, L, C), (N, T, C)
+    n = label.shape[0]
+    observed = np.ones(label.shape, dtype=bool) if mask is None else np.asarray(mask) > 0  # (N, L, C)
+    err = np.where(observed, point - label, 0.0)
+    count = observed.sum(axis=(1, 2))  # (N,)
+    lag = seasonality if seasonality < context.shape[1] else 1
+    series = {
+        "label": label if observed.all() else np.where(observed, label, np.nan),
+        "seasonal_error": seasonal_error(context, lag, time_axis=1),
+        _POINT: point,
+    }
+    scores = {}
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for name, per_entry in (("mse", err**2), ("mae", np.abs(err))):
+            scores[name] = column_scores(per_entry.sum(axis=(1, 2)) / count, count)
+        for name, metric in (("mase", MASE), ("smape", SMAPE)):
+            per_series = np.asarray(metric(forecast_type=_POINT)(axis=_SERIES_AXIS).update(series).get())
+            per_series = per_series.astype(np.float64).reshape(n, -1)  # (N, C)
+            defined = np.isfinite(per_series)
+            n_defined = defined.sum(axis=1)
+            scores[name] = column_scores(np.where(defined, per_series, 0.0).sum(axis=1) / n_defined, n_defined)
+    return scores

@@ -22,6 +22,9 @@ closely away from the poles. Entries with ``mask == 0`` (missing truth) leave bo
 denominator of the spatial means; an (initial time, lead, channel) with no observed point is left
 out of the time mean.
 
+The per-time values behind all three come from one pass (:func:`per_time_scores`); the comparison's
+bootstrap over initial times resamples them (:func:`window_scores`).
+
 Results are nested dicts ``{variable: {lead_hours: value}}``; :func:`persistence_forecast` and
 :func:`climatology_forecast` build the baselines as forecast arrays, scored by the same functions.
 """
@@ -35,6 +38,7 @@ import numpy as np
 import torch
 
 from sciadapt.errors import ShapeError
+from sciadapt.metrics.bootstrap import WindowScores, column_scores
 
 LAYOUT = "(N_init, n_lead, C, H, W)"
 
@@ -221,6 +225,14 @@ def acc(
         ``{variable: {lead: value}}``; a field whose anomaly is zero everywhere gives NaN.
     """
     f, t, w, m = _prepare(forecast, truth, weights, variables, mask)
+    per_time = _per_time_acc(f, t, climatology, w, m, centered)
+    return _as_dict(_time_mean(per_time), variables, _lead_keys(f.shape[1], lead_hours))
+
+
+def _per_time_acc(
+    f: np.ndarray, t: np.ndarray, climatology: Any, w: np.ndarray, m: np.ndarray | None, centered: bool = False
+) -> np.ndarray:
+    """The anomaly correlation of every (initial time, lead, channel): ``(N, L, C)``."""
     c = _np(climatology, "climatology")
     try:
         c = np.broadcast_to(c, f.shape)
@@ -233,8 +245,62 @@ def acc(
         fa = fa - _spatial_mean(fa, w, m)[..., None, None]
         ta = ta - _spatial_mean(ta, w, m)[..., None, None]
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_time = _spatial_mean(fa * ta, w, m) / np.sqrt(_spatial_mean(fa**2, w, m) * _spatial_mean(ta**2, w, m))
-    return _as_dict(_time_mean(per_time), variables, _lead_keys(f.shape[1], lead_hours))
+        per_time: np.ndarray = _spatial_mean(fa * ta, w, m) / np.sqrt(
+            _spatial_mean(fa**2, w, m) * _spatial_mean(ta**2, w, m)
+        )
+    return per_time
+
+
+def per_time_scores(
+    forecast: Any,
+    truth: Any,
+    weights: Any,
+    variables: Sequence[str],
+    climatology: Any | None = None,
+    mask: Any | None = None,
+) -> dict[str, np.ndarray]:
+    """The per-initial-time values every score here averages over time, in one pass over the grid.
+
+    Args:
+        forecast / truth / weights / variables / mask: As :func:`mse`.
+        climatology: As :func:`acc`; without it there is no ``"acc"``.
+
+    Returns:
+        ``{"mse": ..., "bias": ..., "acc": ...}``, each ``(N_init, n_lead, C)`` (NaN where nothing is
+        observed): the weighted spatial MSE, the spatial mean of ``forecast - truth`` and the ACC of
+        every initial time. :func:`time_means` turns them into the tables of :func:`gridded_scores`;
+        they are also what a bootstrap over initial times resamples.
+    """
+    f, t, w, m = _prepare(forecast, truth, weights, variables, mask)
+    out = {"mse": _spatial_mean((f - t) ** 2, w, m), "bias": _spatial_mean(f - t, w, m)}
+    if climatology is not None:
+        out["acc"] = _per_time_acc(f, t, climatology, w, m)
+    return out
+
+
+def time_means(
+    per_time: dict[str, np.ndarray], variables: Sequence[str], lead_hours: Sequence[float] | None = None
+) -> dict[str, dict[str, dict[Any, float]]]:
+    """``{"rmse", "bias", "acc"}: {variable: {lead: value}}`` from :func:`per_time_scores` (RMSE the
+    root of the time-mean MSE), as :func:`gridded_scores` gives them."""
+    leads = _lead_keys(per_time["mse"].shape[1], lead_hours)
+    out = {"rmse": _as_dict(np.sqrt(_time_mean(per_time["mse"])), variables, leads)}
+    for name in ("bias", "acc"):
+        if name in per_time:
+            out[name] = _as_dict(_time_mean(per_time[name]), variables, leads)
+    return out
+
+
+def window_scores(per_time: dict[str, np.ndarray]) -> dict[str, WindowScores]:
+    """The headline scores (``rmse``, ``bias``, ``acc``: means over variables and leads of the
+    time-mean tables) as per-initial-time accumulators for the comparison's bootstrap intervals
+    (:mod:`sciadapt.metrics.bootstrap`): each (lead, variable) is a column, RMSE the mean of the
+    columns' roots of their time-mean MSE; an unobserved (initial time, lead, variable) weighs nothing."""
+    out = {"rmse": column_scores(per_time["mse"], root=True)}
+    for name in ("bias", "acc"):
+        if name in per_time:
+            out[name] = column_scores(per_time[name])
+    return out
 
 
 def gridded_scores(

@@ -2,12 +2,19 @@
 
 The comparison scores every chosen stage's final weights and every baseline of the task on one
 test split (the last stage's data, with ``evaluation.data`` overrides), so the rows compare.
+
+Every row after the first also gets, per metric, its difference to the first row (the first
+baseline) with a 95 % interval: a paired moving-block bootstrap over the test windows (initial
+times of a rollout, images of a dense task) that recomputes both rows' metric from the same
+resampled windows (:mod:`sciadapt.metrics.bootstrap`), seeded by the pipeline's seed. The windows
+come from the task's ``test_window_scores``; a task that keeps none gets no intervals.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +22,7 @@ import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.callbacks import Callback
 
+from sciadapt.metrics.bootstrap import WindowScores, default_block, metric_interval
 from sciadapt.runs import atomic_write_bytes, load_into, load_weights, read_csv_rows
 from sciadapt.stages.plan import evaluation_data
 from sciadapt.stages.preempt import enter_phase, fault_point
@@ -27,6 +35,18 @@ if TYPE_CHECKING:
 
 #: metrics where a higher value is better (the table marks the best row of each column)
 HIGHER_IS_BETTER = {"miou", "iou", "f1", "mean_f1", "accuracy", "r2", "acc"}
+
+#: the comparison's intervals: coverage, bootstrap replicates, method
+INTERVAL_LEVEL = 0.95
+INTERVAL_RESAMPLES = 2000
+INTERVAL_METHOD = "paired moving-block bootstrap"
+#: the marker of a cell whose interval covers 0 (no clear difference to the reference row)
+COVERS_ZERO = "≈"
+
+# The per-window scores of each stage's own test, by the datamodule they were scored on (the runner
+# keeps one per data config): compare() reuses a stage's test row, and takes its windows from here.
+# A run resumed in another process has none, so compare() scores those stages again for them.
+_STAGE_WINDOWS: weakref.WeakKeyDictionary[Any, dict[str, dict[str, WindowScores]]] = weakref.WeakKeyDictionary()
 
 
 def eval_trainer(accelerator: str, root: Path, callbacks: list[Callback] | None = None) -> pl.Trainer:
@@ -46,7 +66,20 @@ def eval_trainer(accelerator: str, root: Path, callbacks: list[Callback] | None 
 def score(task: Task, dm: Any, trainer: pl.Trainer) -> dict[str, Any]:
     """The task's test metrics on ``dm``'s test split."""
     trainer.test(task, datamodule=dm, verbose=False)  # type: ignore[arg-type]
+    stage = getattr(task.stage, "name", "")
+    if stage and task.test_window_scores:
+        try:
+            _STAGE_WINDOWS.setdefault(dm, {})[stage] = dict(task.test_window_scores)
+        except TypeError:  # a datamodule without weak references: compare() scores the stage again
+            pass
     return dict(task.test_results)
+
+
+def _kept_windows(dm: Any, stage: str) -> dict[str, WindowScores] | None:
+    try:
+        return _STAGE_WINDOWS.get(dm, {}).get(stage)
+    except TypeError:
+        return None
 
 
 def compare(runner: PipelineRunner, dm: Any) -> dict[str, Any]:
@@ -60,30 +93,92 @@ def compare(runner: PipelineRunner, dm: Any) -> dict[str, Any]:
     order = [p.name for p in runner.plans]
     names = ev.stages or order
     labels = ev.labels or {}
-    rows = []
+    rows: list[dict[str, Any]] = []
+    windows: list[dict[str, WindowScores]] = []  # per row: its per-window scores (for the intervals)
     enter_phase("compare", "")
     fault_point("compare")
     for b in ev.baselines:
+        runner.task.test_window_scores = {}
         rows.append({"model": b.replace("_", "-"), **runner.task.baseline(b, dm)})
+        windows.append(dict(runner.task.test_window_scores))
         runner.check("compare")
     last_data = evaluation_data(spec)
     for name in names:
         plan = runner.plans[order.index(name)]
         done = runner.summary["stages"].get(name, {}).get("test")
-        if done is not None and plan.data == last_data:
+        if done is not None and plan.data != last_data:
+            done = None  # scored on other data: score again on this split
+        kept = _kept_windows(dm, name) if done is not None else None
+        if done is not None and (kept is not None or not ev.baselines or not windows[0]):
             # the stage was already scored with these final weights on this very test split
             rows.append({"model": labels.get(name, name), "stage": name, **done})
+            windows.append(kept or {})
             continue
         runner.fresh_task(plan.index)
         ckpt = runner.out.final_ckpt(name)
         load_into(runner.task, load_weights(ckpt), ckpt)
-        rows.append(
-            {"model": labels.get(name, name), "stage": name, **runner.test(None, dm, phase="compare", stage=name)}
-        )
+        scored = runner.test(None, dm, phase="compare", stage=name)
+        # a stage scored before (its windows only needed again) keeps the row its test gave
+        rows.append({"model": labels.get(name, name), "stage": name, **(done if done is not None else scored)})
+        windows.append(dict(runner.task.test_window_scores))
         runner.check("compare")
     test_windows = len(dm.test_dataloader().dataset)
     where = f"{Path(str(getattr(dm, 'path', 'data'))).name} test split ({test_windows:,} windows)"
-    return {"data": where, "metrics": list(ev.metrics), "rows": rows}
+    out: dict[str, Any] = {"data": where, "metrics": list(ev.metrics), "rows": rows}
+    if ev.baselines:  # the reference of the intervals is the first baseline
+        unit = getattr(runner.task, "WINDOW_UNIT", "test windows")
+        interval = intervals(rows, windows, list(ev.metrics), spec.seed, unit)
+        if interval is not None:
+            out["interval"] = interval
+    return out
+
+
+def intervals(
+    rows: list[dict[str, Any]],
+    windows: list[dict[str, WindowScores]],
+    metrics: list[str],
+    seed: int,
+    unit: str = "test windows",
+    *,
+    level: float = INTERVAL_LEVEL,
+    resamples: int = INTERVAL_RESAMPLES,
+) -> dict[str, Any] | None:
+    """Each row's difference to the first row, per metric, with its bootstrap interval.
+
+    Adds ``row["intervals"] = {metric: {"diff", "low", "high", "covers_zero"}}`` to every row after
+    the first that has per-window scores of a metric the first row has too, and returns what the
+    table's footnote says of them (``None`` when the first row has no per-window scores):
+    ``{"method", "reference", "level", "resamples", "block", "windows", "unit", "seed", "metrics",
+    "without"}`` (``without``: the metrics of the table that have no interval).
+    """
+    if len(rows) < 2 or not windows or not windows[0]:
+        return None
+    ref = windows[0]
+    n = next(iter(ref.values())).n
+    with_interval: set[str] = set()
+    for row, scores in zip(rows[1:], windows[1:], strict=True):
+        found = {}
+        for m in metrics:
+            if m not in ref or m not in scores or scores[m].sums.shape != ref[m].sums.shape:
+                continue
+            iv = metric_interval(scores[m], ref[m], level=level, replicates=resamples, seed=seed)
+            if math.isfinite(iv.diff) and math.isfinite(iv.low) and math.isfinite(iv.high):
+                found[m] = {"diff": iv.diff, "low": iv.low, "high": iv.high, "covers_zero": iv.covers_zero}
+                with_interval.add(m)
+        if found:
+            row["intervals"] = found
+    return {
+        "method": INTERVAL_METHOD,
+        "reference": rows[0]["model"],
+        "level": level,
+        "resamples": resamples,
+        "block": default_block(n) if n else 0,
+        "windows": n,
+        "unit": unit,
+        "seed": seed,
+        "metrics": [m for m in metrics if m in with_interval],
+        "without": [m for m in metrics if m not in with_interval],
+    }
 
 
 def plot_losses(run_dir: Path, pipeline: str) -> None:
@@ -116,7 +211,9 @@ def plot_losses(run_dir: Path, pipeline: str) -> None:
 
 
 def print_comparison(summary: dict[str, Any], console: Console) -> None:
-    """The comparison of a finished run as one table, the best value of each column in bold."""
+    """The comparison of a finished run as one table, the best value of each column in bold; under
+    each value of a row after the first, its difference to the first row with its interval (runs
+    written before intervals existed print without them)."""
     from rich.table import Table
 
     ev = summary.get("evaluation") or {}
@@ -125,9 +222,10 @@ def print_comparison(summary: dict[str, Any], console: Console) -> None:
     metrics = ev["metrics"]
     where = str(ev.get("data", ""))
     table = Table(title=f"{summary['pipeline']}: {where if 'test' in where else 'test split of ' + where}")
-    table.add_column("model")
+    # the row names stay whole; the Δ lines under the values wrap first in a narrow console
+    table.add_column("model", min_width=min(30, max(len(str(r["model"])) for r in ev["rows"])))
     for m in metrics:
-        table.add_column({"smape": "sMAPE"}.get(m, m.upper()), justify="right")
+        table.add_column(_header(m), justify="right")
 
     def finite(v: Any) -> bool:
         return isinstance(v, int | float) and math.isfinite(v)
@@ -139,11 +237,48 @@ def print_comparison(summary: dict[str, Any], console: Console) -> None:
             # scores (IoU, F1, accuracy, R^2, ACC) are best high, errors best low; bias best near 0
             pick = max if m.split("/")[0] in HIGHER_IS_BETTER else min
             best[m] = pick(values, key=abs) if m == "bias" else pick(values)
+    iv = ev.get("interval") or {}
     for r in ev["rows"]:
         cells = []
         for m in metrics:
             v = r.get(m)
             text = "-" if v is None else f"{v:.4f}"
-            cells.append(f"[bold green]{text}[/]" if finite(v) and v == best.get(m) else text)
+            cell = f"[bold green]{text}[/]" if finite(v) and v == best.get(m) else text
+            ci = (r.get("intervals") or {}).get(m)
+            if ci:
+                cell += "\n" + _delta_text(ci)
+            cells.append(cell)
         table.add_row(r["model"], *cells)
     console.print(table)
+    if iv.get("metrics"):
+        console.print(_interval_footnote(iv, metrics), style="dim", highlight=False)
+
+
+def _delta_text(ci: dict[str, Any]) -> str:
+    """``Δ -0.0312`` over ``[-0.0401, -0.0223]`` (two lines, so four metrics fit 80 columns), the
+    marker in front where the interval covers 0."""
+    from rich.markup import escape
+
+    mark = f"[yellow]{COVERS_ZERO}[/] " if ci.get("covers_zero") else ""
+    bounds = escape(f"[{ci['low']:.3g}, {ci['high']:.3g}]")
+    return f"{mark}[dim]Δ {ci['diff']:+.3g}\n{bounds}[/]"
+
+
+def _interval_footnote(iv: dict[str, Any], metrics: list[str]) -> str:
+    from rich.markup import escape
+
+    ref = iv.get("reference", "the first row")
+    lines = [
+        f"Δ: difference to {ref} [{100 * float(iv.get('level', INTERVAL_LEVEL)):g} % interval: "
+        f"{iv.get('method', INTERVAL_METHOD)} over the {int(iv.get('windows', 0)):,} {iv.get('unit', 'test windows')}, "
+        f"blocks of {iv.get('block', '?')}, {int(iv.get('resamples', 0)):,} resamples, seed {iv.get('seed', '?')}]; "
+        f"{COVERS_ZERO}: the interval covers 0, no clear difference to {ref}."
+    ]
+    without = [_header(m) for m in iv.get("without", []) if m in metrics]
+    if without:
+        lines.append(f"No interval for {', '.join(without)}: the task keeps no per-window scores of it for both rows.")
+    return escape("\n".join(lines))
+
+
+def _header(metric: str) -> str:
+    return {"smape": "sMAPE"}.get(metric, metric.upper())

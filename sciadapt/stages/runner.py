@@ -40,6 +40,7 @@ from sciadapt.spec import PipelineSpec
 from sciadapt.stages import evaluate
 from sciadapt.stages.plan import StagePlan, evaluation_data, trainable_patterns
 from sciadapt.stages.preempt import SignalPoints, SignalWatch, enter_phase, fault_point, save_checkpoint
+from sciadapt.stages.tracking import Tracker, check_available
 from sciadapt.stages.trainer import build_trainer, stage_callbacks
 from sciadapt.stages.weights import apply_trainable, check_signature
 from sciadapt.tasks.base import Task
@@ -69,6 +70,7 @@ class PipelineRunner:
         self._dms: dict[str, DataModule] = {}
         self._weights_stage: str | None = None
         self._watch: SignalWatch | None = None  # installed by fit() (or run()) for the whole run
+        self.tracker = Tracker(run)  # trainer.logger's tracker run, opened by run()
 
     @property
     def run_dir(self) -> Path:
@@ -109,6 +111,7 @@ class PipelineRunner:
 
     def preflight(self) -> None:
         self.out.preflight()  # trainer settings on this machine, the run folder's place, start/resume checkpoints
+        check_available(self.spec.trainer.logger)  # the tracker's package
         pl.seed_everything(self.spec.seed, workers=True, verbose=False)
         for plan in self.plans:
             dm = self.datamodule(plan)
@@ -267,6 +270,7 @@ class PipelineRunner:
         if self.task is None:  # resumed: nothing is written until the checks pass, so a signal stops at once
             with self._watch.at_once():
                 self.preflight()
+        self.tracker = Tracker.open(self.out, self.state, self.summary)
         pl.seed_everything(self.spec.seed, workers=True, verbose=False)
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*ended before the epoch ended.*")
@@ -327,6 +331,7 @@ class PipelineRunner:
             stage_summary["test"] = self.test(trainer if trainer.world_size == 1 else None, dm, stage=name)
         self.check("test", name)  # under DDP the ranks agree here on a signal that came during the test
         self.summary["stages"][name] = stage_summary
+        self.tracker.stage_done(name, stage_summary)
         self._write_json(self.out.summary_path, self.summary)
         # the stage is complete only once its final weights and summary are on disk
         self.state["completed"].append(name)
@@ -349,7 +354,7 @@ class PipelineRunner:
         ckpt_cb, callbacks = stage_callbacks(
             plan.spec, self.out.stage_dir(name), self.run_dir, self._watch, resume_from, dm
         )
-        trainer = build_trainer(self.spec.trainer, plan.spec, callbacks, self.run_dir)
+        trainer = build_trainer(self.spec.trainer, plan.spec, callbacks, self.run_dir, self.tracker.stage_logger(plan))
         self.state["current"] = name
         self._write_json(self.out.state_path, self.state)
         t0 = time.perf_counter()
@@ -443,6 +448,7 @@ class PipelineRunner:
         self._write_json(self.out.summary_path, self.summary)
         if is_writer():
             evaluate.plot_losses(self.run_dir, self.spec.name)
+        self.tracker.run_done(self.summary, self.run_dir / "plots")
         self.state["status"] = "done"
         self._write_json(self.out.state_path, self.state)
         return self.summary

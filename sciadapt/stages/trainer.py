@@ -7,11 +7,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from sciadapt.spec import StageSpec, TrainerSpec
 from sciadapt.stages.callbacks import EpochEndCheckpoint, MetricsCSV
 from sciadapt.stages.preempt import PreemptionCheckpoint, SignalPoints, SignalWatch
+from sciadapt.stages.progress import EpochLines, is_terminal
 from sciadapt.types import DataModule
 
 
@@ -39,12 +41,19 @@ def stage_callbacks(
     return ckpt_cb, callbacks
 
 
-def build_trainer(t: TrainerSpec, st: StageSpec, callbacks: list[Callback], root: Path) -> pl.Trainer:
-    """The trainer of one stage: the pipeline's ``trainer:`` settings, the stage's length and clipping."""
-    if t.enable_progress_bar:
+def build_trainer(
+    t: TrainerSpec, st: StageSpec, callbacks: list[Callback], root: Path, logger: Logger | None = None
+) -> pl.Trainer:
+    """The trainer of one stage: the pipeline's ``trainer:`` settings, the stage's length and clipping;
+    ``logger``: the run's tracker (:meth:`sciadapt.stages.tracking.Tracker.stage_logger`), if any."""
+    bar = t.enable_progress_bar and is_terminal()
+    if bar:
         # Lightning's default rich bar redraws every step: 10-20x slower than the model
         # itself for small CPU models. TQDM at a few redraws per second costs nothing.
         callbacks = [*callbacks, TQDMProgressBar(refresh_rate=t.progress_refresh_steps)]
+    elif t.enable_progress_bar:
+        # in a file (a SLURM log) every redraw of a bar is a line: one line per epoch instead
+        callbacks = [*callbacks, EpochLines(st.name)]
     plugins: list[Any] = []
     if SLURMEnvironment.detect():
         # the runner's own preemption handling checkpoints and requeues (sciadapt.stages.preempt)
@@ -65,10 +74,10 @@ def build_trainer(t: TrainerSpec, st: StageSpec, callbacks: list[Callback], root
         val_check_interval=t.val_check_interval,
         num_sanity_val_steps=t.num_sanity_val_steps,
         log_every_n_steps=t.log_every_n_steps,
-        enable_progress_bar=t.enable_progress_bar,
+        enable_progress_bar=bar,
         deterministic=t.deterministic,
         callbacks=callbacks,
-        logger=False,
+        logger=logger if logger is not None else False,
         enable_model_summary=False,
         default_root_dir=str(root),
     )

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from sciadapt.errors import ConfigError
+from sciadapt.metrics.bootstrap import WindowScores
 from sciadapt.spec import ScheduleSpec, StageSpec
 from sciadapt.types import MODEL_INPUTS, Backbone, Batch
 
@@ -27,6 +28,8 @@ class Task(pl.LightningModule):
 
     #: the baselines ``evaluation.baselines`` may name for this task (see :meth:`baseline`)
     BASELINES: ClassVar[tuple[str, ...]] = ()
+    #: what the comparison's bootstrap resamples (the units of ``test_window_scores``), for its footnote
+    WINDOW_UNIT: ClassVar[str] = "test windows"
 
     def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
         super().__init__()
@@ -39,6 +42,10 @@ class Task(pl.LightningModule):
         self.data_signature: dict[str, Any] = {}
         self._test_outputs: list[dict[str, torch.Tensor]] = []
         self.test_results: dict[str, Any] = {}
+        # per-window accumulators of the table metrics from the last test or baseline scoring, in
+        # window (time) order: what the comparison's bootstrap intervals resample. Filled by the
+        # task's evaluate_outputs and baseline; empty when a task keeps none (rows without intervals).
+        self.test_window_scores: dict[str, WindowScores] = {}
         # Optional batch entries a backbone declares in its forward_features signature (x_mask,
         # future_exog, ...): passed when the batch has them, so one loop serves every backbone.
         forward_features: Any = backbone.forward_features
@@ -94,13 +101,15 @@ class Task(pl.LightningModule):
 
     def baseline(self, name: str, dm: Any) -> dict[str, Any]:
         """Score baseline ``name`` (one of ``BASELINES``) on ``dm``'s test split, with the metrics
-        the task's own test reports."""
+        the task's own test reports (and their per-window accumulators in ``test_window_scores``,
+        as the test keeps them)."""
         raise ConfigError(
             f"task {type(self).__name__} has no baseline {name!r}; its baselines: {', '.join(self.BASELINES) or 'none'}"
         )
 
     def on_test_epoch_start(self) -> None:
         self._test_outputs = []
+        self.test_window_scores = {}
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         loss, pred = self._loss(batch)

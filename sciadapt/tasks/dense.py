@@ -5,6 +5,10 @@ confusion matrix (segmentation) or per-output sums (regression) batch by batch, 
 exact over the whole split (not means of per-batch scores) at a memory cost independent of its
 size. Score definitions are in :mod:`sciadapt.metrics.dense`; in particular a class absent from
 both truth and prediction has NaN IoU/F1 and is left out of ``miou`` and ``mean_f1``.
+
+The test (and every baseline) also keeps each image's own accumulator (``K * K`` integers or
+``C * 5`` floats per image, in test order) in ``test_window_scores``: the comparison's bootstrap
+over test images rescores resampled sets of images from them.
 """
 
 from __future__ import annotations
@@ -18,14 +22,18 @@ from torch import Tensor, nn
 from sciadapt.errors import ConfigError, DataError
 from sciadapt.heads.regress import RegressionHead, as_maps
 from sciadapt.heads.segment import SegmentationHead
+from sciadapt.metrics.bootstrap import WindowScores
 from sciadapt.metrics.dense import (
     confusion_matrix,
-    index_threshold_confusion,
+    confusion_per_sample,
+    index_threshold_labels,
     iou_per_class,
     pixel_accuracy,
     regression_scores,
     regression_sums,
+    regression_window_scores,
     segmentation_scores,
+    segmentation_window_scores,
 )
 from sciadapt.registry import TASKS
 from sciadapt.spec import FromData
@@ -40,11 +48,22 @@ class DenseTask(Task):
     :meth:`epoch_scores` (summed accumulator -> the scalars logged as ``val/<name>``).
     """
 
+    WINDOW_UNIT: ClassVar[str] = "test images"
+
     def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
         super().__init__(backbone, head)
         self._val_acc: Tensor | None = None
+        self._test_images: list[Tensor] = []
 
     def accumulate(self, pred: Tensor, batch: Mapping[str, Any]) -> Tensor:
+        raise NotImplementedError
+
+    def accumulate_per_image(self, pred: Tensor, batch: Mapping[str, Any]) -> Tensor:
+        """One accumulator per image of the batch, ``(B, *acc)``; their sum is :meth:`accumulate`'s."""
+        raise NotImplementedError
+
+    def window_scores(self, images: Tensor) -> dict[str, WindowScores]:
+        """The table metrics as per-image accumulators of ``images`` ``(N, *acc)`` (test order)."""
         raise NotImplementedError
 
     def epoch_scores(self, acc: Tensor) -> dict[str, float]:
@@ -69,8 +88,20 @@ class DenseTask(Task):
         for name, value in self.epoch_scores(acc.cpu()).items():
             self.log(f"val/{name}", value, sync_dist=False)
 
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self._test_images = []
+
     def collect_test_outputs(self, pred: Tensor, batch: Batch) -> dict[str, Tensor]:
-        return {"acc": self.accumulate(pred.detach(), batch).cpu().unsqueeze(0)}
+        images = self.accumulate_per_image(pred.detach(), batch).cpu()
+        self._test_images.append(images)  # for the comparison's intervals (see the module docstring)
+        return {"acc": images.sum(0, keepdim=True)}
+
+    def on_test_epoch_end(self) -> None:
+        images, self._test_images = self._test_images, []
+        super().on_test_epoch_end()
+        if images:
+            self.test_window_scores = self.window_scores(torch.cat(images))
 
 
 class SegmentationTask(DenseTask):
@@ -107,6 +138,21 @@ class SegmentationTask(DenseTask):
     def accumulate(self, pred: Tensor, batch: Mapping[str, Any]) -> Tensor:
         return self._confusion(self.point(pred), batch)  # (K, K)
 
+    def accumulate_per_image(self, pred: Tensor, batch: Mapping[str, Any]) -> Tensor:
+        return self._confusions(self.point(pred), batch)  # (B, K, K)
+
+    def _confusions(self, labels_pred: Tensor, batch: Mapping[str, Any]) -> Tensor:
+        return confusion_per_sample(labels_pred, batch["y"], self.n_classes, self.ignore_index, batch.get("mask"))
+
+    def window_scores(self, images: Tensor) -> dict[str, WindowScores]:
+        return segmentation_window_scores(images.numpy(), self.class_names)
+
+    def _scored(self, images: list[Tensor]) -> dict[str, Any]:
+        """Scores of per-image confusion matrices, keeping them for the comparison's intervals."""
+        stacked = torch.cat(images) if images else torch.zeros(0, self.n_classes, self.n_classes, dtype=torch.long)
+        self.test_window_scores = self.window_scores(stacked)
+        return segmentation_scores(stacked.sum(0), self.class_names)
+
     def epoch_scores(self, acc: Tensor) -> dict[str, float]:
         iou = iou_per_class(acc)
         present = ~torch.isnan(iou)
@@ -130,10 +176,8 @@ class SegmentationTask(DenseTask):
 
     def score_constant(self, dm: Any, label: int) -> dict[str, Any]:
         """Scores of predicting ``label`` at every pixel of the test split."""
-        acc = torch.zeros(self.n_classes, self.n_classes, dtype=torch.long)
-        for batch in dm.test_dataloader():
-            acc += self._confusion(torch.full_like(batch["y"], label), batch).cpu()
-        return segmentation_scores(acc, self.class_names)
+        images = [self._confusions(torch.full_like(batch["y"], label), batch).cpu() for batch in dm.test_dataloader()]
+        return self._scored(images)
 
     def score_index_baseline(
         self,
@@ -152,19 +196,11 @@ class SegmentationTask(DenseTask):
             positive_class: Label above the threshold.
             negative_class: Label at or below it (NaN scores included).
         """
-        acc = torch.zeros(self.n_classes, self.n_classes, dtype=torch.long)
+        images = []
         for batch in dm.test_dataloader():
-            acc += index_threshold_confusion(
-                score_fn(batch),
-                batch["y"],
-                threshold,
-                self.n_classes,
-                positive_class,
-                negative_class,
-                self.ignore_index,
-                batch.get("mask"),
-            ).cpu()
-        return segmentation_scores(acc, self.class_names)
+            pred = index_threshold_labels(score_fn(batch), batch["y"], threshold, positive_class, negative_class)
+            images.append(self._confusions(pred, batch).cpu())
+        return self._scored(images)
 
     def baseline(self, name: str, dm: Any) -> dict[str, Any]:
         """``majority``: the most frequent class of the training labels, predicted everywhere;
@@ -208,6 +244,15 @@ class PixelRegressionTask(DenseTask):
         y, mask = as_maps(p, batch["y"], batch.get("mask"))
         return regression_sums(p, y.to(p.device), None if mask is None else mask.to(p.device))  # (C, 5)
 
+    def accumulate_per_image(self, pred: Tensor, batch: Mapping[str, Any]) -> Tensor:
+        p = self.point(pred)
+        y, mask = as_maps(p, batch["y"], batch.get("mask"))
+        m = None if mask is None else mask.to(p.device)
+        return regression_sums(p, y.to(p.device), m, per_sample=True)  # (B, C, 5)
+
+    def window_scores(self, images: Tensor) -> dict[str, WindowScores]:
+        return regression_window_scores(images.numpy(), self.output_names)
+
     def epoch_scores(self, acc: Tensor) -> dict[str, float]:
         scores = regression_scores(acc)
         return {"rmse": scores["rmse"], "mae": scores["mae"]}
@@ -233,17 +278,18 @@ class PixelRegressionTask(DenseTask):
         if train is None or bool((train[:, 0] == 0).any()):
             raise DataError("mean baseline: the training split has an output without observed pixels")
         mean = (train[:, 3] / train[:, 0]).float()  # (C,)
-        acc: Tensor | None = None
+        images = []
         for batch in dm.test_dataloader():
             y = batch["y"]
             shape = (y.shape[0], mean.numel(), *y.shape[-2:])
             pred = mean.view(1, -1, 1, 1).expand(shape)
             y, mask = as_maps(pred, y, batch.get("mask"))
-            s = regression_sums(pred, y, mask)
-            acc = s if acc is None else acc + s
-        if acc is None:
+            images.append(regression_sums(pred, y, mask, per_sample=True))
+        if not images:
             raise DataError("mean baseline: the test split is empty")
-        return regression_scores(acc, self.output_names)
+        stacked = torch.cat(images)  # (N, C, 5)
+        self.test_window_scores = self.window_scores(stacked)
+        return regression_scores(stacked.sum(0), self.output_names)
 
 
 def _train_batches(dm: Any) -> Iterable[Mapping[str, Any]]:

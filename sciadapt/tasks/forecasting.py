@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from sciadapt.errors import ConfigError, ShapeError
-from sciadapt.metrics.forecasting import forecast_metrics, seasonal_naive
+from sciadapt.metrics.forecasting import forecast_metrics, forecast_window_scores, seasonal_naive
+from sciadapt.metrics.least_squares import LeastSquaresForecaster
 from sciadapt.registry import TASKS
 from sciadapt.spec import FromData
 from sciadapt.tasks.base import Task
@@ -32,8 +33,9 @@ class ForecastingTask(Task):
             backbone and undo it on the forecast (RevIN without affine parameters).
     """
 
-    #: ``seasonal_naive`` repeats the last season (``dm.seasonality``), ``naive`` the last value
-    BASELINES: ClassVar[tuple[str, ...]] = ("seasonal_naive", "naive")
+    #: ``seasonal_naive`` repeats the last season (``dm.seasonality``), ``naive`` the last value,
+    #: ``least_squares`` is one linear map from context to horizon fitted in closed form on the train split
+    BASELINES: ClassVar[tuple[str, ...]] = ("seasonal_naive", "naive", "least_squares")
 
     def __init__(
         self,
@@ -98,9 +100,25 @@ class ForecastingTask(Task):
             out["quantiles"] = pred.detach().float().cpu()
         return out
 
+    def scored_metrics(
+        self,
+        y_true: np.ndarray,
+        y_pred: np.ndarray,
+        past: np.ndarray,
+        seasonality: int,
+        quantile_pred: np.ndarray | None = None,
+        quantiles: list[float] | None = None,
+        mask: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """:func:`forecast_metrics`, keeping the per-window scores in ``test_window_scores`` (what the
+        comparison's intervals resample)."""
+        result = forecast_metrics(y_true, y_pred, past, seasonality, quantile_pred, quantiles, mask)
+        self.test_window_scores = forecast_window_scores(y_true, y_pred, past, seasonality, mask)
+        return result
+
     def evaluate_outputs(self, outs: dict[str, torch.Tensor]) -> dict[str, Any]:
         quantiles: list[float] | None = self.head.quantiles  # every forecast head declares it
-        return forecast_metrics(
+        return self.scored_metrics(
             outs["y"].numpy(),
             outs["point"].numpy(),
             outs["past"].numpy(),
@@ -111,8 +129,9 @@ class ForecastingTask(Task):
         )
 
     def baseline(self, name: str, dm: Any) -> dict[str, Any]:
-        """``seasonal_naive`` (the last ``dm.seasonality`` steps repeated) or ``naive`` (the last
-        value repeated), scored on ``dm``'s test split like the model.
+        """``seasonal_naive`` (the last ``dm.seasonality`` steps repeated), ``naive`` (the last
+        value repeated) or ``least_squares`` (:class:`~sciadapt.metrics.least_squares.LeastSquaresForecaster`
+        fitted on ``dm``'s train windows), scored on ``dm``'s test split like the model.
 
         Raises:
             ConfigError: For another name.
@@ -131,21 +150,33 @@ class ForecastingTask(Task):
             )
         season = seasonality if name == "seasonal_naive" else 1
         n_targets, horizon = int(facts["n_targets"]), int(facts["horizon"])
+        fitted = LeastSquaresForecaster(n_targets).fit(_train_batches(dm)) if name == "least_squares" else None
         ys, ps, pasts, masks = [], [], [], []
         for batch in dm.test_dataloader():
             past = batch["x"][..., :n_targets].numpy()  # (B, T, C_targets)
             ys.append(batch["y"].numpy())
             pasts.append(past)
-            ps.append(seasonal_naive(past, horizon, season))
+            ps.append(fitted.predict(past) if fitted is not None else seasonal_naive(past, horizon, season))
             if batch.get("mask") is not None:
                 masks.append(batch["mask"].numpy())
-        return forecast_metrics(
+        return self.scored_metrics(
             np.concatenate(ys),
             np.concatenate(ps),
             np.concatenate(pasts),
             seasonality=seasonality,
             mask=np.concatenate(masks) if masks else None,
         )
+
+
+def _train_batches(dm: Any) -> Any:
+    """The train windows in order, unshuffled (the sum the least-squares fit needs does not depend on
+    the order, and the training sampler's resume state is left alone)."""
+    dataset = getattr(dm, "dataset", None)
+    if callable(dataset):
+        from torch.utils.data import DataLoader
+
+        return DataLoader(dataset("train"), batch_size=int(getattr(dm, "eval_batch_size", 512)), shuffle=False)
+    return dm.train_dataloader()
 
 
 # the class is its own builder: its __init__ is the config schema of `task: {name: forecasting}`

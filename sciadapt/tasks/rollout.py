@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from sciadapt.errors import ConfigError, ShapeError
+from sciadapt.metrics.bootstrap import WindowScores
 from sciadapt.registry import TASKS
 from sciadapt.spec import FromData, RolloutSpec
 from sciadapt.tasks.base import Task
@@ -56,6 +57,7 @@ class RolloutTask(Task):
 
     #: the initial state held at every lead, or the datamodule's climatology
     BASELINES: ClassVar[tuple[str, ...]] = ("persistence", "climatology")
+    WINDOW_UNIT: ClassVar[str] = "initial times"
 
     tendency_scale_t: Tensor
     area_w: Tensor
@@ -186,7 +188,11 @@ class RolloutTask(Task):
         return out
 
     def evaluate_outputs(self, outs: dict[str, Tensor]) -> dict[str, Any]:
-        return score_rollout(outs["pred"].numpy(), outs, self._datamodule(), self.variables, self.time_step_hours)
+        dm = self._datamodule()
+        results, self.test_window_scores = score_rollout(
+            outs["pred"].numpy(), outs, dm, self.variables, self.time_step_hours
+        )
+        return results
 
     def baseline(self, name: str, dm: Any) -> dict[str, Any]:
         """Persistence (the initial state at every lead) or climatology, scored like the model."""
@@ -205,16 +211,19 @@ class RolloutTask(Task):
             pred = np.broadcast_to(clim, y.shape).copy()
         else:
             raise ConfigError(f"evaluation.baselines: {name!r} is not a gridded baseline (persistence, climatology)")
-        return score_rollout(pred, cat, dm, self.variables, self.time_step_hours)
+        results, self.test_window_scores = score_rollout(pred, cat, dm, self.variables, self.time_step_hours)
+        return results
 
 
 def score_rollout(
     pred: np.ndarray, outs: dict[str, Tensor], dm: Any, variables: list[str], time_step_hours: float
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, WindowScores]]:
     """WeatherBench-2 scores of normalised ``pred`` ``(N, L, C, H, W)`` against ``outs["y"]``, in physical units.
 
     Returns the overall means (``rmse``, ``acc``, ``bias``; averaged over variables and leads) plus
-    ``by_variable``: ``{var: {"rmse": {lead_h: v}, "acc": ..., "bias": ...}}``.
+    ``by_variable``: ``{var: {"rmse": {lead_h: v}, "acc": ..., "bias": ...}}``; and the same overall
+    means as per-initial-time accumulators (:func:`sciadapt.metrics.gridded.window_scores`), for the
+    comparison's intervals.
     """
     from sciadapt.metrics import gridded as gm
 
@@ -227,20 +236,12 @@ def score_rollout(
     else:  # unit use without a datamodule: normalised units, flat weights
         clim, weights = None, np.ones(pred.shape[-2])
     leads = [time_step_hours * (k + 1) for k in range(pred.shape[1])]
-    by_var: dict[str, dict[str, dict[float, float]]] = {}
-    rmse = gm.rmse(pred, truth, weights, variables, leads, mask=mask)
-    bias = gm.bias(pred, truth, weights, variables, leads, mask=mask)
-    acc = gm.acc(pred, truth, clim, weights, variables, leads, mask=mask) if clim is not None else None
-    for v in variables:
-        by_var[v] = {"rmse": rmse[v], "bias": bias[v]}
-        if acc is not None:
-            by_var[v]["acc"] = acc[v]
-    flat = {
-        m: [x for v in variables for x in by_var[v][m].values()]
-        for m in ("rmse", "bias", "acc")
-        if m in by_var[variables[0]]
-    }
-    return {**{m: float(np.mean(xs)) for m, xs in flat.items()}, "by_variable": by_var}
+    per_time = gm.per_time_scores(pred, truth, weights, variables, climatology=clim, mask=mask)  # (N, L, C) each
+    tables = gm.time_means(per_time, variables, leads)
+    by_var: dict[str, dict[str, dict[Any, float]]] = {v: {m: tables[m][v] for m in tables} for v in variables}
+    flat = {m: [x for v in variables for x in by_var[v][m].values()] for m in tables}
+    results = {**{m: float(np.mean(xs)) for m, xs in flat.items()}, "by_variable": by_var}
+    return results, gm.window_scores(per_time)
 
 
 def _as_list(values: Any) -> list[float]:

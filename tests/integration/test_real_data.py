@@ -30,6 +30,7 @@ def test_nhits_ltsf_on_etth1_beats_seasonal_naive(tmp_path: Path, monkeypatch: p
     assert code == 0
     (summary,) = tmp_path.glob("runs/nhits_ltsf/*/summary.json")
     s = json.loads(summary.read_text())
-    naive, model = s["evaluation"]["rows"]
-    assert model["mse"] < naive["mse"]
+    naive, least_squares, model = s["evaluation"]["rows"]
+    assert (naive["model"], least_squares["model"], model["model"]) == ("seasonal-naive", "least-squares", "N-HiTS")
+    assert model["mse"] < naive["mse"] and least_squares["mse"] < naive["mse"]
     assert s["stages"]["train"]["test"]["mse"] < 0.5  # published N-HiTS: 0.378 at horizon 96

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sciadapt.errors import ShapeError
-from sciadapt.metrics.bootstrap import block_means, default_block, paired_interval
+from sciadapt.metrics.bootstrap import block_means, default_block, draw_starts, paired_interval, resample_sums
 
 
 def test_a_constant_difference_has_a_zero_width_interval() -> None:
@@ -25,6 +25,16 @@ def test_block_means_equal_a_direct_resample() -> None:
     starts = np.random.default_rng(11).integers(0, len(d) - block + 1, size=(reps, -(-len(d) // block)))
     slow = [np.concatenate([d[s : s + block] for s in row])[: len(d)].mean() for row in starts]
     np.testing.assert_allclose(fast, slow, rtol=1e-12)
+
+
+def test_resampled_sums_of_several_columns_equal_a_direct_resample() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((50, 3))
+    block = 6
+    starts = draw_starts(len(x), block, 20, np.random.default_rng(9))
+    fast = resample_sums(x, block, starts)
+    slow = [np.concatenate([x[s : s + block] for s in row])[: len(x)].sum(axis=0) for row in starts]
+    np.testing.assert_allclose(fast, slow, rtol=1e-12, atol=1e-12)
 
 
 def test_iid_differences_give_the_normal_interval() -> None:
