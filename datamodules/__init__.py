@@ -1,6 +1,5 @@
-"""Datamodules, one file (or package) per data kind; importable as ``sciadapt.datamodules``."""
+"""Datamodules, one file (or package) per data kind; importable as ``sciadapt.datamodules``.
 
-from sciadapt.registry import load_package
-
-# every public module registers itself on import: a new file needs no edit here
-load_package(__name__, __path__)
+A new file needs no edit here: :mod:`sciadapt.index` finds its ``register`` lines, and the registry
+imports the file when a datamodule of it is built (importing this package imports no module of it).
+"""

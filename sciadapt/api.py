@@ -1,26 +1,33 @@
-"""The library calls behind each CLI verb (usable from Python as well)."""
+"""The library calls behind each CLI verb (usable from Python as well).
+
+``validate``, ``show``, ``list_components`` and ``schema`` read configs and builder signatures only:
+this module imports torch and Lightning (through runs, stages, predict) inside the verbs that train
+or load models, so those stay fast (:mod:`sciadapt.index`).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from sciadapt.config import bundled_pipelines, load_config, to_yaml
-from sciadapt.errors import ConfigError, UnknownComponentError
+from sciadapt.config import bundled_pipelines, group_blocks, load_config, to_yaml
+from sciadapt.errors import ConfigError, OutputError, UnknownComponentError
 from sciadapt.registry import KINDS, suggest
-from sciadapt.runs import open_run
 from sciadapt.spec import PipelineSpec
-from sciadapt.stages.evaluate import print_comparison
 
 
 def fit(
     pipeline: str | None, overrides: list[str], resume: str | None = None, console: Console | None = None
 ) -> dict[str, Any]:
     """Validate a pipeline (nothing is written if invalid), run its stages, print the comparison."""
-    from sciadapt.runs import is_writer
+    from sciadapt.runs import is_writer, open_run
+    from sciadapt.stages.evaluate import print_comparison
     from sciadapt.stages.runner import fit as run_fit
 
     console = console or Console()
@@ -89,6 +96,7 @@ def test(run: str, data: str | None = None, console: Console | None = None) -> d
 
 def predict(run: str, data: str | None, out: str, console: Console | None = None) -> Path:
     from sciadapt.predict.forecast import predict_run
+    from sciadapt.runs import open_run
 
     console = console or Console()
     path = predict_run(Path(open_run(run)), data, Path(out))
@@ -107,6 +115,7 @@ def predict_rollout(
 ) -> Path:
     """Rollout forecast from a gridded run: CF netCDF/zarr with a ``lead_time`` dimension + a PNG map."""
     from sciadapt.predict.rollout import predict_rollout_run
+    from sciadapt.runs import open_run
 
     console = console or Console()
     path = predict_rollout_run(Path(open_run(run)), init_times, Path(out), n_lead, data, variable)
@@ -117,6 +126,7 @@ def predict_rollout(
 def predict_scene(run: str, scenes: list[str], out: str, overlap: int = 32, console: Console | None = None) -> Path:
     """Scene-scale tiled prediction of a dense run, written as a Cloud-Optimized GeoTIFF."""
     from sciadapt.predict.scene import predict_scene_run
+    from sciadapt.runs import open_run
 
     console = console or Console()
     predict_scene_run(Path(open_run(run)), scenes, Path(out), overlap=overlap)
@@ -243,13 +253,12 @@ def summarize(path: str, console: Console | None = None) -> dict[str, Any]:
 
 
 def list_components(kind: str | None, console: Console | None = None) -> dict[str, list[str]]:
+    """Print (and return) the registered components, the bundled pipelines and cluster profiles."""
     console = console or Console()
-    from sciadapt.hpc.cluster import bundled_clusters
-
     kinds = {
         **{k: r.list() for k, r in KINDS.items()},
         "pipelines": bundled_pipelines(),
-        "clusters": bundled_clusters(),
+        "clusters": group_blocks("cluster"),
     }
     if kind is not None:
         if kind not in kinds:
@@ -258,3 +267,32 @@ def list_components(kind: str | None, console: Console | None = None) -> dict[st
     for k, names in kinds.items():
         console.print(f"[bold]{k}[/bold]: {', '.join(names) if names else '(none yet)'}")
     return kinds
+
+
+def schema(pipeline: str | None = None, out: str | None = None, console: Console | None = None) -> dict[str, Any]:
+    """The JSON Schema of a pipeline YAML (:func:`sciadapt.schema.pipeline_schema`), written to ``out``
+    (atomically) or printed; with ``pipeline``, narrowed to the components that pipeline uses."""
+    from sciadapt.schema import pipeline_schema
+
+    doc = pipeline_schema(pipeline)
+    text = json.dumps(doc, indent=2) + "\n"
+    if out is None:
+        print(text, end="")
+        return doc
+    path = Path(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise OutputError(
+            f"cannot write the schema to {out}: {e.strerror or e}. Fix: give --out a writable path"
+        ) from None
+    (console or Console()).print(f"schema written to {path}", markup=False, highlight=False)
+    return doc

@@ -7,25 +7,54 @@ import logging
 import os
 import sys
 import warnings
+from typing import Any
 
 from sciadapt.errors import EXIT_INTERRUPTED, EXIT_PREEMPTED, ConfigError, Interrupted, Preempted, SciadaptError
 
+# verbs that read configs and builder signatures only (sciadapt.index): they import no torch or Lightning
+CONFIG_VERBS = frozenset({"validate", "list", "schema"})
+STAMP = "runs/quickstart/<stamp>"
+
+
+def _examples(*lines: str) -> dict[str, Any]:
+    """The ``epilog`` (an "examples:" block, kept as written) of a parser."""
+    text = "examples:\n" + "\n".join(f"  {line}" for line in lines)
+    return {"epilog": text, "formatter_class": argparse.RawDescriptionHelpFormatter}
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sciadapt", description="Adapt pretrained scientific and time-series models.")
+    p = argparse.ArgumentParser(
+        prog="sciadapt",
+        description="Adapt pretrained scientific and time-series models.",
+        **_examples("sciadapt fit quickstart", "sciadapt validate nhits_ltsf data.path=ETTh1.csv --show"),
+    )
     sub = p.add_subparsers(dest="verb", required=True)
 
-    f = sub.add_parser("fit", help="run a multi-stage pipeline")
+    f = sub.add_parser(
+        "fit",
+        help="run a multi-stage pipeline",
+        **_examples(
+            "sciadapt fit nhits_ltsf data.path=ETTh1.csv stages.*.max_epochs=1", f"sciadapt fit --resume {STAMP}"
+        ),
+    )
     f.add_argument("pipeline", nargs="?", help="a pipeline .yaml or a bundled name (sciadapt list pipelines)")
     f.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.path=ETTh1.csv stages.*.max_epochs=1")
     f.add_argument("--resume", metavar="RUN", help="continue a killed run at the stage and epoch where it stopped")
 
-    v = sub.add_parser("validate", help="check a pipeline config (no data, no training)")
+    v = sub.add_parser(
+        "validate",
+        help="check a pipeline config (no data, no training)",
+        **_examples("sciadapt validate quickstart", "sciadapt validate my_pipeline.yaml stages.*.optim.lr=1e-4 --show"),
+    )
     v.add_argument("pipeline", help="a pipeline .yaml or a bundled name (sciadapt list pipelines)")
     v.add_argument("overrides", nargs="*", help="key=value overrides, checked as `fit` would apply them")
     v.add_argument("--show", action="store_true", help="print the resolved config")
 
-    t = sub.add_parser("test", help="score a run's final weights on the test split")
+    t = sub.add_parser(
+        "test",
+        help="score a run's final weights on the test split",
+        **_examples(f"sciadapt test --run {STAMP}", f"sciadapt test --run {STAMP} --data other_site.csv"),
+    )
     t.add_argument("--run", required=True, help="a finished run directory (runs/<pipeline>/<stamp>)")
     t.add_argument(
         "--data", help="score another file with the run's columns (default: the run's own data); its test split"
@@ -35,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
         "predict",
         help="forecast with a trained run, or zero-shot from pretrained weights",
         description="Either --run RUN, or --backbone NAME --weights DIR|hf://org/repo@rev --data FILE (zero-shot).",
+        **_examples(
+            f"sciadapt predict --run {STAMP} --data new.csv --out forecast.csv",
+            "sciadapt predict --backbone ttm --weights hf://ibm-granite/granite-timeseries-ttm-r2 --data ETTh1.csv "
+            "--out forecast.csv",
+        ),
     )
     pr.add_argument("--run", help="a finished run directory (runs/<pipeline>/<stamp>)")
     pr.add_argument("--data", help="CSV/parquet whose last rows are the context (default: the run's data)")
@@ -51,10 +85,16 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--scene", action="append", help="dense runs: GeoTIFF scene(s) to predict tile by tile")
     pr.add_argument("--overlap", type=int, default=32, help="dense runs: tile overlap in pixels (default 32)")
 
-    d = sub.add_parser("data", help="data tools: `data prepare` converts netCDF/GRIB to a chunked zarr store")
+    prepare = _examples(
+        "sciadapt data prepare era5_2020.nc era5_2021.nc era5.zarr --variables t2m,z --levels 500,850",
+        "sciadapt data prepare forecast.grib store.zarr --scheduler local",
+    )
+    d = sub.add_parser(
+        "data", help="data tools: `data prepare` converts netCDF/GRIB to a chunked zarr store", **prepare
+    )
     dsub = d.add_subparsers(dest="data_verb", required=True)
     dp = dsub.add_parser(
-        "prepare", help="netCDF/GRIB -> chunked zarr (one time step per chunk) + normalisation statistics"
+        "prepare", help="netCDF/GRIB -> chunked zarr (one time step per chunk) + normalisation statistics", **prepare
     )
     dp.add_argument(
         "inputs", nargs="+", help="input files, then the output .zarr store (inputs: netCDF .nc or GRIB .grib)"
@@ -72,6 +112,10 @@ def _parser() -> argparse.ArgumentParser:
     sb = sub.add_parser(
         "submit",
         help="submit a pipeline (or a --sweep of it) to a cluster (--cluster), or run a sweep here in turn",
+        **_examples(
+            "sciadapt submit quickstart --sweep stages.*.optim.lr=1e-4,3e-4",
+            "sciadapt submit ttm_lora --cluster slurm --cluster-set partition=gpu --dry-run",
+        ),
     )
     sb.add_argument("pipeline", nargs="?", help="a .yaml path or a bundled name")
     sb.add_argument("overrides", nargs="*", help="key=value overrides shared by every run")
@@ -85,11 +129,29 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--dry-run", action="store_true", help="print the sbatch script, submit nothing")
     sb.add_argument("--wait", action="store_true", help="wait for the jobs to finish")
 
-    sm = sub.add_parser("summarize", help="one table over the finished runs below a folder (e.g. a sweep)")
+    sm = sub.add_parser(
+        "summarize",
+        help="one table over the finished runs below a folder (e.g. a sweep)",
+        **_examples("sciadapt summarize runs/quickstart-sweep-<stamp>", "sciadapt summarize runs/"),
+    )
     sm.add_argument("path", help="a folder of runs: a sweep folder, runs/<pipeline>, or runs/")
 
-    ls = sub.add_parser("list", help="list registered components")
+    ls = sub.add_parser(
+        "list", help="list registered components", **_examples("sciadapt list", "sciadapt list backbones")
+    )
     ls.add_argument("kind", nargs="?", help="backbones | heads | peft | tasks | datamodules | pipelines | clusters")
+
+    sc = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of pipeline files (for editors: completion and checking)",
+        **_examples(
+            "sciadapt schema --out pipeline.schema.json", "sciadapt schema quickstart --out quickstart.schema.json"
+        ),
+    )
+    sc.add_argument(
+        "pipeline", nargs="?", help="narrow the component sections to those of this pipeline (.yaml or bundled name)"
+    )
+    sc.add_argument("--out", metavar="FILE", help="write the schema to FILE (atomically) instead of printing it")
     return p
 
 
@@ -101,11 +163,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     debug = os.environ.get("SCIADAPT_DEBUG") == "1"
     if not debug:
-        import lightning.pytorch  # noqa: F401  (sets its own log level on import; override it after)
+        if args.verb not in CONFIG_VERBS:  # importing Lightning costs seconds: only where it runs
+            import lightning.pytorch  # noqa: F401  (sets its own log level on import; override it after)
 
-        # Lightning's banners ("GPU available: ...") and tips drown the table users came for
-        for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            # Lightning's banners ("GPU available: ...") and tips drown the table users came for
+            for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+                logging.getLogger(name).setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
         warnings.filterwarnings("ignore", category=FutureWarning)
     from rich.console import Console
@@ -179,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             api.summarize(args.path, console=console)
         elif args.verb == "list":
             api.list_components(args.kind, console=console)
+        elif args.verb == "schema":
+            api.schema(args.pipeline, args.out, console=console)
     except SciadaptError as e:
         if debug:
             raise

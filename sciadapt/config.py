@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import functools
 import inspect
+import json
 import re
 import types
 import typing
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sciadapt.errors import ConfigError, UnknownComponentError
+from sciadapt.index import INJECTED, BuilderInfo, builder_info
 from sciadapt.registry import BACKBONES, DATAMODULES, HEADS, PEFT_METHODS, TASKS, Registry, suggest
 from sciadapt.spec import (
     COMPONENT_SECTIONS,
@@ -51,8 +53,6 @@ COMPONENTS: dict[str, Registry[Any]] = {
     "head": HEADS,
     "task": TASKS,
 }
-# builder parameters the runner passes objects into; never config keys
-INJECTED = {"backbone", "head"}
 # top-level keys of a pipeline YAML (the fields of PipelineSpec)
 TOP_LEVEL = tuple(f.name for f in dataclasses.fields(PipelineSpec))
 
@@ -98,6 +98,12 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def group_blocks(group: str) -> list[str]:
+    """The building blocks of a configs/ group (``backbone``, ``data``, ... or ``cluster``)."""
+    group_dir = resource_dir("configs") / group
+    return sorted(p.stem for p in group_dir.glob("*.yaml")) if group_dir.is_dir() else []
+
+
 def config_groups() -> list[str]:
     """The building-block groups under configs/ (backbone, data, trainer, ...); ``cluster`` holds
     submission profiles (``sciadapt submit --cluster``), not pipeline blocks."""
@@ -131,7 +137,7 @@ def _compose(path: Path, seen: tuple[Path, ...] = (), choices: dict[str, str] | 
         candidates = [path.parent / str(choice), group_dir / f"{choice}.yaml"]
         block = next((c for c in candidates if c.is_file() and c.suffix in (".yaml", ".yml")), None)
         if block is None:
-            available = sorted(p.stem for p in group_dir.glob("*.yaml")) if group_dir.is_dir() else []
+            available = group_blocks(str(group))
             if not group_dir.is_dir():
                 groups = sorted(p.name for p in resource_dir("configs").iterdir() if p.is_dir())
                 problems.append(f"defaults: unknown group {group!r}.{suggest(str(group), groups)} Groups: {groups}")
@@ -200,6 +206,11 @@ def _set_path(node: dict[str, Any], parts: list[str], value: Any) -> None:
             node[p] = {}
         node = node[p]
     node[parts[-1]] = value
+
+
+def compose_pipeline(ref: str) -> dict[str, Any]:
+    """A pipeline's mapping with its ``defaults:`` merged in: not overridden, resolved or validated."""
+    return _compose(resolve_pipeline(ref))
 
 
 def load_config(ref: str, overrides: list[str] | None = None) -> PipelineSpec:
@@ -371,31 +382,23 @@ def _dataclass_schema(cls: type) -> dict[str, tuple[Any, Any]]:
     return out
 
 
-def _callable_hints(fn: Callable[..., Any]) -> dict[str, Any]:
-    """Type hints (with ``Annotated`` extras) of a builder function or of a class's ``__init__``."""
-    target = fn.__init__ if isinstance(fn, type) else fn  # type: ignore[misc]
-    return typing.get_type_hints(target, include_extras=True)
-
-
-def builder_schema(fn: Callable[..., Any]) -> dict[str, tuple[Any, Any]]:
-    """Parameter name -> (type, default) of a registered builder (a function or a class): its
-    signature is the schema."""
-    hints = _callable_hints(fn)
+def builder_schema(fn: Callable[..., Any] | BuilderInfo) -> dict[str, tuple[Any, Any]]:
+    """Parameter name -> (type, default) of a registered builder (a function or a class, or its
+    :class:`~sciadapt.index.BuilderInfo` from ``Registry.describe``): its signature is the schema."""
     out = {}
-    for name, p in inspect.signature(fn).parameters.items():
+    for name, p in builder_info(fn).signature.parameters.items():
         if name in INJECTED or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
         default = _REQUIRED if p.default is inspect.Parameter.empty else p.default
-        out[name] = (hints.get(name, Any), default)
+        out[name] = (Any if p.annotation is p.empty else p.annotation, default)
     return out
 
 
-def from_data_params(fn: Callable[..., Any]) -> set[str]:
+def from_data_params(fn: Callable[..., Any] | BuilderInfo) -> set[str]:
     """The parameters of a builder marked ``Annotated[..., FromData]``: filled from the data (or the
     backbone) at build time, optional in a config."""
-    hints = _callable_hints(fn)
     out: set[str] = set()
-    for name, tp in hints.items():
+    for name, tp in builder_info(fn).hints.items():
         if typing.get_origin(tp) is typing.Annotated and any(isinstance(m, _FromData) for m in typing.get_args(tp)[1:]):
             out.add(name)
     return out
@@ -416,7 +419,8 @@ def _check_fields(
             continue
         if key not in schema:
             problems.append(
-                f"{path}.{key}: unknown key.{suggest(key, schema)}{_belongs(key, path)} Valid keys: {', '.join(schema)}"
+                f"{path}.{key}: unknown key.{suggest(key, schema)}{_belongs(key, path, value)} Valid keys: "
+                f"{', '.join(schema)}"
             )
             continue
         out[key] = _check_type(value, schema[key][0], f"{path}.{key}", problems)
@@ -455,28 +459,54 @@ def _homes() -> dict[str, list[str]]:
     add("evaluation.", [f.name for f in dataclasses.fields(EvaluationSpec)])
     add(f"{stage}peft.", PEFT_COMMON)
     for name in PEFT_METHODS.list():
-        add(f"{stage}peft.", builder_schema(PEFT_METHODS.get(name)))
+        add(f"{stage}peft.", builder_schema(PEFT_METHODS.describe(name)))
     for section, registry in COMPONENTS.items():
         for name in registry.list():
-            add(f"{section}.", [k for k in builder_schema(registry.get(name)) if k not in INJECTED])
+            add(f"{section}.", [k for k in builder_schema(registry.describe(name)) if k not in INJECTED])
     add("", TOP_LEVEL)
     return homes
 
 
-def _belongs(key: str, path: str) -> str:
-    """Where a key written in the wrong section belongs (`` `lr` belongs in stages.x.optim.lr.``), or ""."""
-    stage = "*"
+def _belongs(key: str, path: str, value: Any) -> str:
+    """Where a key written in the wrong section belongs, as the override that puts ``value`` there
+    (`` `lr` is a stage key: set stages.*.optim.lr=0.01 (every stage) or ...``), or ""."""
+    stage = None
     if path.startswith("stages["):
-        name = path.split("(", 1)[1].split(")", 1)[0] if "(" in path else path[7 : path.index("]")]
-        stage = name
+        stage = path.split("(", 1)[1].split(")", 1)[0] if "(" in path else path[7 : path.index("]")]
     here = path.split(" ", 1)[0].replace("[", ".").replace("]", "")
-    places = [h.format(stage=stage) for h in _homes().get(key, [])]
+    places = [h.format(stage=stage or "*") for h in _homes().get(key, [])]
     places = [p for p in places if p.rsplit(".", 1)[0] != here and p != key][:3]
-    return f" `{key}` belongs in {' or '.join(places)}." if places else ""
+    if not places:
+        return ""
+    sets = " or ".join(" ".join(f"{p}{leaf}={_override_text(v)}" for leaf, v in _leaves(value)) for p in places)
+    if stage is None and all(p.startswith("stages.*.") for p in places):
+        if len(places) == 1:
+            one = " ".join(f"stages.<name>.{places[0][9:]}{leaf}={_override_text(v)}" for leaf, v in _leaves(value))
+            return f" `{key}` is a stage key: set {sets} (every stage) or {one} (one stage)."
+        return f" `{key}` is a stage key: set {sets} (every stage; a stage's name or index in place of * for one)."
+    parents = list(dict.fromkeys(p.rsplit(".", 1)[0] for p in places))
+    return f" `{key}` belongs in {' or '.join(parents)}: set {sets}."
 
 
-def _component_builder(section: str, value: Any, path: str, problems: list[str]) -> tuple[Any, Any] | None:
-    """(name, builder) of a component mapping, or None after recording the problem."""
+def _leaves(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(".sub.key", value) of each leaf of a mapping written in the wrong place; ("", value) of a value."""
+    if not isinstance(value, dict) or not value:
+        return [(prefix, value)]
+    return [leaf for k, v in value.items() for leaf in _leaves(v, f"{prefix}.{k}")][:3]
+
+
+def _override_text(value: Any) -> str:
+    """``value`` as the right-hand side of a ``key=value`` override (which reads it as YAML)."""
+    if isinstance(value, str) and _parse_value(value) == value:
+        return value
+    try:
+        return json.dumps(value)  # JSON is YAML: lists, mappings, true, null and quoted strings read back
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _component_builder(section: str, value: Any, path: str, problems: list[str]) -> tuple[Any, BuilderInfo] | None:
+    """(name, builder info) of a component mapping, or None after recording the problem."""
     if not isinstance(value, dict):
         problems.append(f"{path}: expected a mapping with a `name`, got {value!r}")
         return None
@@ -486,7 +516,7 @@ def _component_builder(section: str, value: Any, path: str, problems: list[str])
         problems.append(f"{path}.name: required; one of {kinds}")
         return None
     try:
-        return name, COMPONENTS[section].get(str(name))
+        return name, COMPONENTS[section].describe(str(name))
     except UnknownComponentError as e:
         problems.append(f"{path}.name: {e}")
         return None
@@ -510,7 +540,7 @@ def _check_data_overrides(
     """A stage's (or the evaluation's) ``data:`` keys, checked merged over the pipeline's data."""
     if not isinstance(base, dict) or not isinstance(base.get("name"), str) or base["name"] not in DATAMODULES:
         return
-    fn = DATAMODULES.get(base["name"])
+    fn = DATAMODULES.describe(base["name"])
     merged = {**{k: v for k, v in base.items() if k != "name"}, **overrides}
     merged.pop("name", None)
     _check_fields(builder_schema(fn), merged, path, problems, optional=from_data_params(fn))
@@ -559,7 +589,8 @@ def validate(cfg: Mapping[str, Any], source: str | None = None) -> PipelineSpec:
     for key in cfg:
         if key not in TOP_LEVEL:
             problems.append(
-                f"{key}: unknown top-level key.{suggest(key, TOP_LEVEL)}{_belongs(key, '')} Valid: {', '.join(TOP_LEVEL)}"
+                f"{key}: unknown top-level key.{suggest(key, TOP_LEVEL)}{_belongs(key, '', cfg[key])} Valid: "
+                f"{', '.join(TOP_LEVEL)}"
             )
     out["name"] = _check_type(cfg.get("name", "pipeline"), str, "name", problems)
     out["description"] = _check_type(cfg.get("description") or "", str, "description", problems)
@@ -589,8 +620,7 @@ def validate(cfg: Mapping[str, Any], source: str | None = None) -> PipelineSpec:
     if isinstance(ev, dict) and isinstance(ev.get("data"), dict):
         _check_data_overrides(out.get("data"), ev["data"], "evaluation.data", problems)
     if isinstance(out["evaluation"], EvaluationSpec) and isinstance(out.get("task"), dict):
-        task_cls = task_class(out["task"]["name"])
-        allowed = task_cls.BASELINES
+        allowed = TASKS.describe(out["task"]["name"]).built_attribute("BASELINES")
         for j, b in enumerate(out["evaluation"].baselines):
             if b not in allowed:
                 problems.append(
@@ -600,6 +630,17 @@ def validate(cfg: Mapping[str, Any], source: str | None = None) -> PipelineSpec:
     if problems:
         raise ConfigError(problems, source=source)
     return PipelineSpec(**{**out, "stages": tuple(checked)})
+
+
+# names every Lightning this project supports accepts (tests/unit/test_fast_cli.py checks them
+# against the installed one); any other name is checked against Lightning's registries
+LIGHTNING_NAMES = {
+    "accelerator": frozenset({"auto", "cpu", "gpu", "cuda", "mps"}),
+    "strategy": frozenset({"auto", "ddp", "ddp_spawn", "fsdp"}),
+    "precision": frozenset(
+        {"32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "32", "16", "bf16"}
+    ),
+}
 
 
 def _lightning_choices() -> dict[str, list[str]]:
@@ -663,10 +704,13 @@ def trainer_problems(trainer: TrainerSpec, here: bool = False) -> list[str]:
     login node; ``fit`` checks ``here`` before a run folder exists.
     """
     problems: list[str] = []
-    choices = _lightning_choices()
-    for key in ("accelerator", "strategy", "precision"):
-        value = getattr(trainer, key)
-        valid = choices[key]
+    names = {key: getattr(trainer, key) for key in ("accelerator", "strategy", "precision")}
+    # Lightning's own registries are the authority, but reading them imports torch (seconds): the
+    # names every supported Lightning accepts pass without them
+    known = all(value in LIGHTNING_NAMES[key] for key, value in names.items())
+    choices = {} if known else _lightning_choices()
+    for key, value in names.items():
+        valid = choices.get(key)
         if valid and value not in valid:
             shown = [v for v in valid if "find_unused_parameters" not in v]
             more = " (and the ddp*_find_unused_parameters_true/false variants)" if len(shown) < len(valid) else ""
@@ -727,14 +771,6 @@ def trainer_problems(trainer: TrainerSpec, here: bool = False) -> list[str]:
     return problems
 
 
-def task_class(name: str) -> Any:
-    """The class a registered task builds (a class registered directly, or a builder's return type)."""
-    fn = TASKS.get(name)
-    if isinstance(fn, type):
-        return fn
-    return typing.get_type_hints(fn)["return"]
-
-
 def _check_peft(block: dict[str, Any], path: str, problems: list[str]) -> dict[str, Any]:
     """A stage's ``peft:`` block: the common keys plus the method builder's parameters."""
     block = dict(block)
@@ -743,7 +779,7 @@ def _check_peft(block: dict[str, Any], path: str, problems: list[str]) -> dict[s
         problems.append(f"{path}.method: required; one of {', '.join(PEFT_METHODS.list())}")
         return block
     try:
-        fn = PEFT_METHODS.get(str(method))
+        fn = PEFT_METHODS.describe(str(method))
     except UnknownComponentError as e:
         problems.append(f"{path}.method: {e}")
         return block
@@ -876,7 +912,7 @@ def check_arguments(path: str) -> Callable[[Callable[..., None]], Callable[..., 
 def argument_problems(fn: Callable[..., Any], values: Mapping[str, Any], path: str) -> list[str]:
     """The problems of ``values`` (a builder's keyword arguments, given from Python) against the
     builder's signature; an unknown name is left to Python's own TypeError."""
-    hints = _callable_hints(fn)
+    hints = builder_info(fn).hints
     problems: list[str] = []
     for key, value in values.items():
         if key in hints and key not in INJECTED:

@@ -1,11 +1,12 @@
 """The JSON Schema of a pipeline YAML, from the same signatures and dataclasses the config checks.
 
-``sciadapt schema > pipeline.schema.json`` gives editors (the YAML language server of VS Code,
+``sciadapt schema --out pipeline.schema.json`` gives editors (the YAML language server of VS Code,
 PyCharm, Neovim) completion, hover text and checking of pipeline files, as anemoi and LightningCLI
 configs have. Nothing here is written by hand per component: the components' schemas are their
 registered builders' signatures, the plain sections the frozen dataclasses of :mod:`sciadapt.spec`.
 The schema is a help for editing; :func:`sciadapt.config.load_config` stays the authority (it also
-checks what a schema cannot say, such as ``FromData`` values against the data).
+checks what a schema cannot say, such as ``FromData`` values against the data). The signatures are
+read as ``validate`` reads them (:mod:`sciadapt.index`): building the schema imports no model code.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
-from sciadapt.config import COMPONENTS, INJECTED, _callable_hints, builder_schema
+from sciadapt.config import COMPONENTS, INJECTED, builder_schema, compose_pipeline
+from sciadapt.index import BuilderInfo, builder_info
 from sciadapt.registry import PEFT_METHODS
 from sciadapt.spec import (
+    DEFAULT_COMPONENT,
     Ge,
     Gt,
     Le,
@@ -74,11 +77,10 @@ def _default(value: Any) -> dict[str, Any]:
     return {}
 
 
-def _arg_docs(fn: Callable[..., Any]) -> dict[str, str]:
-    """Parameter descriptions from a Google-style ``Args:`` section (the builder's or its class's)."""
-    doc = inspect.getdoc(fn) or ""
-    if isinstance(fn, type):
-        doc = (inspect.getdoc(fn.__init__) or "") + "\n" + doc  # type: ignore[misc]
+def _arg_docs(info: BuilderInfo) -> dict[str, str]:
+    """Parameter descriptions from a Google-style ``Args:`` section (the builder's, or its class's
+    ``__init__``'s and the class's)."""
+    doc = info.init_doc + "\n" + info.doc if info.is_class else info.doc
     out: dict[str, str] = {}
     in_args, current = False, None
     for line in doc.splitlines():
@@ -114,13 +116,16 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
     return out
 
 
-def builder_object(section: str, name: str, fn: Callable[..., Any], need_name: bool = True) -> dict[str, Any]:
+def builder_object(
+    section: str, name: str, fn: Callable[..., Any] | BuilderInfo, need_name: bool = True
+) -> dict[str, Any]:
     """The mapping a registered builder accepts: ``name`` plus its parameters."""
-    docs = _arg_docs(fn)
-    hints = _callable_hints(fn)
+    info = builder_info(fn)
+    docs = _arg_docs(info)
+    hints = info.hints
     props: dict[str, Any] = {"name": {"const": name}}
     required = ["name"] if need_name else []
-    for param, (tp, default) in builder_schema(fn).items():
+    for param, (tp, default) in builder_schema(info).items():
         if param in INJECTED:
             continue
         entry = {**type_schema(tp), **_default(default)}
@@ -133,7 +138,7 @@ def builder_object(section: str, name: str, fn: Callable[..., Any], need_name: b
         if text:
             entry["description"] = text
         props[param] = entry
-    doc = (inspect.getdoc(fn) or "").split("\n\n")[0]
+    doc = info.doc.split("\n\n")[0]
     return {
         "type": "object",
         "title": f"{section}: {name}",
@@ -144,11 +149,12 @@ def builder_object(section: str, name: str, fn: Callable[..., Any], need_name: b
     }
 
 
-def component_schema(section: str) -> dict[str, Any]:
-    """Any registered component of a section (``data``, ``backbone``, ``head``, ``task``)."""
+def component_schema(section: str, names: list[str] | None = None) -> dict[str, Any]:
+    """Any registered component of a section (``data``, ``backbone``, ``head``, ``task``), or one of
+    ``names``."""
     registry = COMPONENTS[section]
     # `name` may come from a `defaults:` block (or DEFAULT_COMPONENT), so a file need not write it
-    options = [builder_object(section, n, registry.get(n), need_name=False) for n in registry.list()]
+    options = [builder_object(section, n, registry.describe(n), need_name=False) for n in names or registry.list()]
     return {"anyOf": options}
 
 
@@ -157,18 +163,34 @@ def peft_schema() -> dict[str, Any]:
     common = dataclass_schema(PeftCommonSpec)["properties"]
     options = []
     for name in PEFT_METHODS.list():
-        obj = builder_object("peft", name, PEFT_METHODS.get(name), need_name=False)
+        obj = builder_object("peft", name, PEFT_METHODS.describe(name), need_name=False)
         props = {**common, **{k: v for k, v in obj["properties"].items() if k != "name"}, "method": {"const": name}}
         options.append({**obj, "properties": props, "required": ["method"]})
     return {"anyOf": [*options, {"type": "null"}]}
 
 
-def pipeline_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) of a pipeline YAML file."""
+def pipeline_components(pipeline: str) -> dict[str, str]:
+    """Section -> component name of a pipeline (after its ``defaults:``), for the sections it names
+    a registered component in."""
+    cfg = compose_pipeline(pipeline)
+    out = {}
+    for section, registry in COMPONENTS.items():
+        block = cfg.get(section) or {}
+        name = block.get("name", DEFAULT_COMPONENT.get(section)) if isinstance(block, dict) else None
+        if isinstance(name, str) and name in registry:
+            out[section] = name
+    return out
+
+
+def pipeline_schema(pipeline: str | None = None) -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a pipeline YAML file; given a pipeline (a path or a bundled
+    name), its component sections accept the components that pipeline uses (so an editor offers
+    their keys), not every registered one."""
     top = dataclass_schema(PipelineSpec)
     props = top["properties"]
+    chosen = pipeline_components(pipeline) if pipeline is not None else {}
     for section in COMPONENTS:
-        props[section] = component_schema(section)
+        props[section] = component_schema(section, [chosen[section]] if section in chosen else None)
     stage = dataclass_schema(StageSpec)
     stage["properties"]["peft"] = peft_schema()
     # a stage's data / backbone / head are partial: merged over the pipeline's (see the README)

@@ -1,6 +1,5 @@
-"""Backbones: one file per family, each registering its builders in ``BACKBONES``."""
+"""Backbones: one file per family, each registering its builders in ``BACKBONES``.
 
-from sciadapt.registry import load_package
-
-# every public module registers itself on import: a new file needs no edit here
-load_package(__name__, __path__)
+A new file needs no edit here: :mod:`sciadapt.index` finds its ``register`` lines, and the registry
+imports the file when a backbone of it is built (importing this package imports no module of it).
+"""

@@ -18,14 +18,17 @@ Forecasting?", AAAI 2023, https://arxiv.org/abs/2205.13504
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from sciadapt.errors import ConfigError, ShapeError
+from sciadapt.errors import CheckpointError, ConfigError, ShapeError
+from sciadapt.hub import WEIGHT_FILES, describe_mismatch, read_state_dict, resolve_file
 from sciadapt.registry import BACKBONES
 from sciadapt.spec import FromData, Ge
 from sciadapt.types import HORIZON_FEATURES, SERIES, check_shape
@@ -126,6 +129,35 @@ class LinearForecaster(nn.Module):
         """A random ``x`` of this instance's shape: ``(batch, context_length, 1 + n_exog)``."""
         return {"x": torch.randn(batch, self.context_length, 1 + self.n_exog)}
 
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``model.safetensors`` into ``directory``; :meth:`load_pretrained` reads it back strictly."""
+        from sciadapt.backbones._saved import save_state
+
+        return save_state(self.state_dict(), Path(directory), "linear", config=self.config)
+
+    def load_pretrained(self, source: str | os.PathLike[str]) -> None:
+        """Load weights from a local file or folder with ``strict=True``; a Lightning checkpoint's
+        ``backbone.``-prefixed entries are used with the prefix stripped (the one declared filter).
+
+        Raises:
+            CheckpointError: If the file is missing or unreadable, or its keys or shapes do not match;
+                the message names the keys and the settings that set their shapes.
+        """
+        if not Path(source).exists():
+            raise CheckpointError(f"linear checkpoint {str(source)!r} not found (expected a local file or folder)")
+        path = resolve_file(source, WEIGHT_FILES)
+        state = read_state_dict(path)
+        if any(k.startswith("backbone.") for k in state):
+            state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        problems = describe_mismatch(self.state_dict(), state)
+        if problems:
+            raise CheckpointError(
+                f"cannot load {path} into linear(variant={self.variant}, context_length={self.context_length}, "
+                f"horizon={self.horizon}): " + "; ".join(problems) + " (weights are (horizon, context_length); "
+                "a dlinear checkpoint has trend_proj.*, an nlinear one has not: check backbone.variant)"
+            )
+        self.load_state_dict(state, strict=True)
+
 
 @BACKBONES.register("linear")
 def build_linear(
@@ -160,3 +192,20 @@ def build_linear(
     if problems:
         raise ConfigError(problems)
     return LinearForecaster(context_length, horizon, n_exog, variant, moving_avg)
+
+
+@BACKBONES.register("linear_tiny")
+def build_linear_tiny(
+    context_length: Annotated[int, FromData, Ge(1)] = 48,
+    horizon: Annotated[int, FromData, Ge(1)] = 12,
+    n_exog: Annotated[int, FromData, Ge(0)] = 0,
+    variant: Variant = "dlinear",
+    moving_avg: Annotated[int, Ge(1)] = 5,
+) -> LinearForecaster:
+    """DLinear with a 5-step trend window, for tests and smoke runs; the arguments of :func:`build_linear`."""
+    return cast(
+        LinearForecaster,
+        build_linear(
+            context_length=context_length, horizon=horizon, n_exog=n_exog, variant=variant, moving_avg=moving_avg
+        ),
+    )

@@ -10,7 +10,6 @@ another architecture, rollout bounds). The runner executes the plans; ``predict`
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +110,7 @@ def stage_data(spec: PipelineSpec, stage_index: int) -> dict[str, Any]:
         return data
     stage = spec.stages[stage_index]
     data.update(stage.data or {})
-    if stage.rollout is not None and "n_lead" in inspect.signature(DATAMODULES.get(data["name"])).parameters:
+    if stage.rollout is not None and "n_lead" in DATAMODULES.signature(data["name"]).parameters:
         data["n_lead"] = max(int(data.get("n_lead") or 1), stage.rollout.longest)
     return data
 

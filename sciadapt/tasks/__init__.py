@@ -1,6 +1,5 @@
-"""Tasks: LightningModules that own backbone + head + loss + metrics, one file per kind."""
+"""Tasks: LightningModules that own backbone + head + loss + metrics, one file per kind.
 
-from sciadapt.registry import load_package
-
-# every public module registers itself on import: a new file needs no edit here
-load_package(__name__, __path__)
+A new file needs no edit here: :mod:`sciadapt.index` finds its ``register`` lines, and the registry
+imports the file when a task of it is built (importing this package imports no module of it).
+"""

@@ -135,3 +135,37 @@ def test_every_bundled_pipeline_validates(name: str) -> None:
     assert [p.name for p in plans] == [s.name for s in spec.stages]
     # the saved form reads back to the same spec (what --resume, predict and test rely on)
     assert validate(yaml.safe_load(to_yaml(spec))) == spec
+
+
+@pytest.mark.parametrize(
+    ("override", "hint"),
+    [
+        # Lightning habits: max_epochs belongs to a stage (stages differ in length), optim to a stage
+        (
+            "trainer.max_epochs=3",
+            "`max_epochs` is a stage key: set stages.*.max_epochs=3 (every stage) or "
+            "stages.<name>.max_epochs=3 (one stage).",
+        ),
+        (
+            "optim.lr=0.01",
+            "`optim` is a stage key: set stages.*.optim.lr=0.01 (every stage) or "
+            "stages.<name>.optim.lr=0.01 (one stage).",
+        ),
+        ("lr=0.01", "`lr` is a stage key: set stages.*.optim.lr=0.01 (every stage)"),
+        ("stages.probe.lr=0.1", "`lr` belongs in stages.probe.optim: set stages.probe.optim.lr=0.1."),
+        ("data.accelerator=cpu", "`accelerator` belongs in trainer: set trainer.accelerator=cpu."),
+    ],
+)
+def test_a_misplaced_key_names_the_override_that_puts_it_home(
+    override: str, hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["validate", "quickstart", override]) == 2
+    err = capsys.readouterr().err
+    assert hint in err, err
+    assert "Traceback" not in err
+
+
+def test_a_misplaced_section_names_each_of_its_keys() -> None:
+    with pytest.raises(ConfigError) as ei:
+        load_config("quickstart", ["optim={lr: 0.1, name: sgd}"])
+    assert "set stages.*.optim.lr=0.1 stages.*.optim.name=sgd (every stage)" in str(ei.value)

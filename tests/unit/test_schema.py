@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,36 @@ def test_descriptions_come_from_the_builders_docstrings() -> None:
     assert "nan_policy" in ts and "description" in ts["nan_policy"]
     assert ts["nan_policy"]["enum"] == ["error", "mask", "interpolate"]
     assert Path  # keep the import for type-checkers
+
+
+def test_schema_verb_prints_or_writes_the_schema(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sciadapt.cli import main
+
+    assert main(["schema"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(pipeline_schema()))
+    out = tmp_path / "editor" / "pipeline.schema.json"
+    assert main(["schema", "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == printed
+    assert [p.name for p in out.parent.iterdir()] == ["pipeline.schema.json"]  # no temporary file left
+    assert "schema written to" in capsys.readouterr().out
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    assert main(["schema", "--out", str(blocked / "x.json")]) != 0  # a file where a folder is needed
+    err = capsys.readouterr().err
+    assert "cannot write the schema" in err and "Traceback" not in err
+
+
+def test_a_pipelines_schema_offers_its_own_components(validator: Any) -> None:
+    schema = pipeline_schema("quickstart")
+    jsonschema.Draft202012Validator.check_schema(schema)
+    props = schema["properties"]
+    assert [o["title"] for o in props["data"]["anyOf"]] == ["data: timeseries"]
+    assert [o["title"] for o in props["backbone"]["anyOf"]] == ["backbone: nhits"]
+    assert [o["title"] for o in props["task"]["anyOf"]] == ["task: forecasting"]  # the default task
+    narrow = jsonschema.Draft202012Validator(schema)
+    assert _errors(narrow, yaml.safe_load(resolve_pipeline("quickstart").read_text())) == []
+    assert _errors(narrow, _resolved("quickstart")) == []
+    doc = _resolved("quickstart")
+    doc["backbone"]["name"] = "ttm"
+    assert _errors(narrow, doc) and not _errors(validator, {**doc, "backbone": {"name": "ttm"}})
