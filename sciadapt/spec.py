@@ -131,6 +131,19 @@ class RolloutSpec:
 
 
 @dataclass(frozen=True)
+class NewChannelsSpec:
+    """Input channels a stage adds to the model it starts from (a wavelength or band unseen in pre-training).
+
+    ``names`` are appended after the model's channels, in this order (the stage's data lists them last);
+    ``init`` is the rule their weights start from: ``zeros`` (the model first computes what it did),
+    ``mean`` (of the existing channels' weights) or ``copy:<name>`` (an existing channel's weights).
+    """
+
+    names: list[str]
+    init: str
+
+
+@dataclass(frozen=True)
 class StageSpec:
     """One fine-tuning stage. A pipeline runs its stages in order on one task."""
 
@@ -158,6 +171,12 @@ class StageSpec:
     # encoder); without `name`, keys are merged over the model the previous stage used
     backbone: dict[str, Any] | None = None
     head: dict[str, Any] | None = None
+    # {names: [aia1700], init: zeros | mean | copy:<name>}: input channels (a wavelength, a band) this
+    # stage adds to the weights it starts from (pretrained, previous, a stage or a checkpoint), after the
+    # model's own channels; those weights are kept bit for bit, the new channels' start from `init`. The
+    # stage's data lists the model's channels, then the new ones. Backbones with named, growable channels
+    # only (`sciadapt validate` lists them when another is used)
+    new_channels: NewChannelsSpec | None = None
 
 
 @dataclass(frozen=True)

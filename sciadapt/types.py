@@ -6,7 +6,7 @@ D embedding, L horizon, Q quantiles.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypedDict, runtime_checkable
 
@@ -44,14 +44,16 @@ class Batch(TypedDict, total=False):
     forcings: torch.Tensor
     static: torch.Tensor
     temporal_coords: torch.Tensor
+    time_delta_input: torch.Tensor
     location_coords: torch.Tensor
 
 
 #: Optional batch entries a backbone may take: ``x_mask`` (same shape as ``x``; 1 observed,
 #: 0 missing or left-padded), ``future_exog`` (B L C_exog: known-future covariates),
 #: ``temporal_coords`` (B T 2: year, day of year) and ``location_coords`` (B 2: lat, lon) for
-#: image-series backbones with temporal/location encodings (Prithvi-EO v2 TL).
-MODEL_INPUTS = ("x_mask", "future_exog", "temporal_coords", "location_coords")
+#: image-series backbones with temporal/location encodings (Prithvi-EO v2 TL), ``time_delta_input``
+#: (B T: hours before the last input frame; SDO stacks for Surya).
+MODEL_INPUTS = ("x_mask", "future_exog", "temporal_coords", "location_coords", "time_delta_input")
 
 
 def check_shape(t: torch.Tensor, layout: str, name: str = "input", **sizes: int) -> None:
@@ -104,6 +106,31 @@ class FitsWindow(Protocol):
     """A backbone with a fixed context of its own (TTM, MOMENT) that reports how it fits a window."""
 
     def input_policy(self, context_length: int) -> Any: ...
+
+
+@runtime_checkable
+class ExtendsChannels(Protocol):
+    """A backbone whose named input channels can grow after its weights are loaded (a stage's
+    ``new_channels``: a wavelength or band unseen in pre-training, as Solaris adds 1700 Å).
+
+    ``CHANNELS_FACT`` is assigned in the class body (the config check reads it from the source): the
+    builder parameter, a ``FromData`` list and so the datamodule fact of that name, holding the input
+    channels' names; the model's shapes must follow that list alone (no second ``FromData`` count
+    such as ``in_chans``: a stage that adds channels builds the model it starts from with the list less
+    the new names). ``channel_names`` are the model's, in input order. ``extend_input_channels``
+    appends the new channels after them in every layer that has one slice per channel (patch
+    embedding, a forecast decoder's outputs): the existing slices keep their values bit for bit, the
+    new ones start from ``rule`` (``zeros``, ``mean`` or ``copy:<name>``), one log line says so, and
+    ``channel_names``, ``feature_info`` and what ``save_pretrained`` records follow. Helpers:
+    :mod:`sciadapt.backbones._channels`.
+    """
+
+    CHANNELS_FACT: ClassVar[str]
+
+    @property
+    def channel_names(self) -> list[str]: ...
+
+    def extend_input_channels(self, new_channel_names: Sequence[str], rule: str) -> None: ...
 
 
 @runtime_checkable

@@ -43,7 +43,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
 from einops import rearrange
@@ -51,6 +51,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from sciadapt.backbones._bounds import bound_problems
+from sciadapt.backbones._channels import grow_conv_input, log_extension
 from sciadapt.backbones._saved import save_state, saved_metadata
 from sciadapt.errors import CheckpointError, ConfigError, ShapeError
 from sciadapt.hub import WEIGHT_FILES, describe_mismatch, is_hub, read_state_dict, resolve_file
@@ -331,6 +332,8 @@ class PrithviViT(nn.Module):
     """
 
     input_layout = IMAGE_SERIES
+    #: the builder parameter (and datamodule fact) naming the input channels (:class:`~sciadapt.types.ExtendsChannels`)
+    CHANNELS_FACT: ClassVar[str] = "bands"
 
     def __init__(
         self,
@@ -656,6 +659,32 @@ class PrithviViT(nn.Module):
         if sliced:
             logger.info(f"{self.name}: pretrained bands not in the data, sliced out: {', '.join(sliced)}")
         return mapped
+
+    # -- new input channels (sciadapt.types.ExtendsChannels) ------------------------------------
+
+    @property
+    def channel_names(self) -> list[str]:
+        """The input channels (``bands``), in order."""
+        return list(self.bands)
+
+    def extend_input_channels(self, new_channel_names: Sequence[str], rule: str) -> None:
+        """Append input bands to the patch embedding; the existing bands' kernels are kept bit for bit.
+
+        The new bands' kernel slices start from ``rule``: ``zeros``, ``mean`` (of the existing bands'
+        slices) or ``copy:<band>`` (see :mod:`sciadapt.backbones._channels`); the bias and every other
+        weight are unchanged. ``bands`` (and so what :meth:`save_pretrained` records) gains the new
+        names, so a saved or checkpointed extended model reloads into a model built with those bands.
+
+        Raises:
+            ConfigError: If the rule is unknown, ``copy:`` names no band of the model, or a band is
+                already there.
+        """
+        new = [str(n) for n in new_channel_names]
+        old = list(self.bands)
+        grow_conv_input(self.patch_embed.proj, old, new, rule)
+        self.bands = old + new
+        self.in_chans = len(self.bands)
+        log_extension(self.name, old, new, rule, ["patch_embed.proj"])
 
     def _describe(self) -> str:
         tl = ", temporal+location encodings" if self.temporal_embed_enc is not None else ""

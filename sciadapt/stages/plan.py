@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sciadapt import index
+from sciadapt.backbones._channels import channel_key, extension_problems, rule_problems
 from sciadapt.errors import ConfigError
-from sciadapt.registry import DATAMODULES, suggest
+from sciadapt.registry import BACKBONES, DATAMODULES, suggest
 from sciadapt.spec import PEFT_COMMON, PipelineSpec, StageSpec
 
 INIT_WORDS = ("previous", "scratch", "pretrained")
@@ -184,10 +186,116 @@ def _problems(spec: PipelineSpec) -> list[str]:
                     f"{path}.init_from: this stage changes the {' and '.join(changed)}, so it cannot start from "
                     f"{start!r} weights of another architecture; set init_from: scratch (or pretrained, or a checkpoint)"
                 )
+        if st.new_channels is not None:
+            problems += _new_channel_problems(spec, i, path)
     for j, name in enumerate(spec.evaluation.stages or []):
         if name not in names:
             problems.append(f"evaluation.stages[{j}]: no stage {name!r}.{suggest(name, names)}")
+    return problems + _evaluation_channel_problems(spec)
+
+
+# -- new input channels (stages[i].new_channels) ---------------------------------------------------
+def channels_fact(backbone: str) -> str | None:
+    """The builder parameter naming ``backbone``'s input channels when its class can add channels
+    (``CHANNELS_FACT`` of :class:`~sciadapt.types.ExtendsChannels`), else None; read from the source
+    where the index can (no import)."""
+    try:
+        value = BACKBONES.describe(backbone).built_attribute("CHANNELS_FACT")
+    except (AttributeError, KeyError, TypeError, NameError, index.NotStatic):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def channel_backbones() -> list[str]:
+    """The registered backbones whose class declares ``CHANNELS_FACT`` in its source (for messages; no import)."""
+
+    def refuse() -> index.BuilderInfo:
+        raise index.NotStatic("not read without importing")
+
+    found = []
+    for name, entry in index.index().entries.get(BACKBONES.variable or "", {}).items():
+        try:
+            value = index.describe(entry, refuse).built_attribute("CHANNELS_FACT")
+        except (AttributeError, index.NotStatic):
+            continue
+        if isinstance(value, str):
+            found.append(name)
+    return sorted(found)
+
+
+def _new_channel_problems(spec: PipelineSpec, i: int, path: str) -> list[str]:
+    nc = spec.stages[i].new_channels
+    assert nc is not None
+    where = f"{path}.new_channels"
+    problems = rule_problems(nc.names, nc.init, where)
+    backbone = str(model_section(spec, "backbone", i).get("name", ""))
+    if channels_fact(backbone) is None:
+        problems.append(
+            f"{where}: backbone {backbone} cannot add input channels (its channels have no names it can grow); "
+            f"backbones that can: {', '.join(channel_backbones()) or 'none'}"
+        )
+    if effective_init(spec, i) == "scratch":
+        problems.append(
+            f"{where}: the stage starts from scratch, so there are no trained weights to extend: start it from "
+            "pretrained weights (backbone.weights), a previous stage or a checkpoint, or drop new_channels "
+            "(a model built from scratch takes every channel of its data)"
+        )
     return problems
+
+
+def _evaluation_channel_problems(spec: PipelineSpec) -> list[str]:
+    """Stages scored in the comparison (on the last stage's data) must have every channel it has."""
+    names = [s.name for s in spec.stages]
+    adds = [i for i, st in enumerate(spec.stages) if st.new_channels is not None]
+    if not adds:
+        return []
+    last = adds[-1]
+    listed = spec.evaluation.stages if spec.evaluation.stages is not None else names
+    early = [n for n in listed if n in names and names.index(n) < last]
+    if not early:
+        return []
+    added = spec.stages[last].new_channels
+    assert added is not None
+    return [
+        f"evaluation.stages: {', '.join(early)} ran before stage {names[last]!r} adds the input channels "
+        f"{', '.join(added.names)}, so their models cannot be scored on the last stage's data; list the stages "
+        f"from {names[last]!r} on (evaluation.stages: [{', '.join(names[last:])}])"
+    ]
+
+
+def new_channel_problems(plan: StagePlan, data_facts: dict[str, Any]) -> list[str]:
+    """A ``new_channels`` stage against its data (checked in the runner's preflight, once the data is read).
+
+    The data names its channels under the backbone's ``CHANNELS_FACT``, has the new ones, and lists them
+    last in the declared order; ``copy:<name>`` names one of the other (the model's) channels.
+    """
+    nc = plan.spec.new_channels
+    key = channels_fact(str(plan.model["backbone"].get("name", "")))
+    if nc is None or key is None:  # an unsupported backbone was reported by plan()
+        return []
+    where = f"{plan.where}.new_channels"
+    channels = data_facts.get(key)
+    if not isinstance(channels, list | tuple):
+        return [
+            f"{where}: the stage's data does not name its channels (it has no {key!r} fact), so the new channels "
+            f"cannot be found in it; use a datamodule that names its channels ({key})"
+        ]
+    channels = [str(c) for c in channels]
+    keys = [channel_key(c) for c in channels]
+    missing = [n for n in nc.names if channel_key(n) not in keys]
+    if missing:
+        return [
+            f"{where}.names: the stage's data has no channel {', '.join(missing)}; its channels: "
+            f"{', '.join(channels)} (choose them with data.{key})"
+        ]
+    new = [channel_key(n) for n in nc.names]
+    old = [c for c in channels if channel_key(c) not in new]
+    if keys[len(old) :] != new:
+        return [
+            f"{where}: the data must list the new channels last, in the order of new_channels.names: expected "
+            f"data.{key}: [{', '.join([*old, *nc.names])}], got [{', '.join(channels)}]"
+        ]
+    return extension_problems(old, nc.names, nc.init, where)
 
 
 def init_file_problems(spec: PipelineSpec, stages: list[int] | None = None) -> list[str]:

@@ -38,11 +38,17 @@ from sciadapt.runs import (
 )
 from sciadapt.spec import PipelineSpec
 from sciadapt.stages import evaluate
-from sciadapt.stages.plan import StagePlan, evaluation_data, trainable_patterns
+from sciadapt.stages.plan import StagePlan, evaluation_data, new_channel_problems, trainable_patterns
 from sciadapt.stages.preempt import SignalPoints, SignalWatch, enter_phase, fault_point, save_checkpoint
 from sciadapt.stages.tracking import Tracker, check_available
 from sciadapt.stages.trainer import build_trainer, stage_callbacks
-from sciadapt.stages.weights import apply_trainable, check_signature
+from sciadapt.stages.weights import (
+    add_new_channels,
+    apply_trainable,
+    check_signature,
+    grown_channels_key,
+    model_facts,
+)
 from sciadapt.tasks.base import Task
 from sciadapt.types import DataModule, FitsWindow, NamesColumns, ReportsPadding
 
@@ -67,6 +73,7 @@ class PipelineRunner:
         self.task: Task = None  # type: ignore[assignment]  # built by preflight()
         self._model_key = ""
         self.facts: dict[str, Any] = {}
+        self._stage_facts: dict[int, dict[str, Any]] = {}  # each stage's data facts (its model's channels)
         self._dms: dict[str, DataModule] = {}
         self._weights_stage: str | None = None
         self._watch: SignalWatch | None = None  # installed by fit() (or run()) for the whole run
@@ -116,6 +123,9 @@ class PipelineRunner:
         for plan in self.plans:
             dm = self.datamodule(plan)
             self._ensure_task(dm, plan)
+            problems = new_channel_problems(plan, self._stage_facts[plan.index])
+            if problems:
+                raise ConfigError(problems)
             apply_trainable(
                 self.task, self._trainable(plan), plan.spec.frozen, plan.where, adapter_follows=bool(plan.spec.peft)
             )
@@ -152,7 +162,9 @@ class PipelineRunner:
         return dm
 
     def _ensure_task(self, dm: DataModule, plan: StagePlan) -> None:
-        facts = dm.facts()
+        self._stage_facts[plan.index] = dm.facts()
+        # a stage that adds input channels starts from the model without them
+        facts = model_facts(self._stage_facts[plan.index], self.plans, self._stage_facts, plan.index, start=True)
         model_key = json.dumps([plan.model["backbone"], plan.model["head"]], sort_keys=True, default=str)
         if self.task is None or model_key != self._model_key:
             # the first stage, or a stage that brings its own backbone/head
@@ -163,7 +175,9 @@ class PipelineRunner:
             self.task.data_signature = {**facts, **self._columns(dm)}
             return
         # the facts the backbone is built from fix the model's shapes: every stage's data must keep them
-        geometry = from_data_params(BACKBONES.get(plan.model["backbone"]["name"]))
+        geometry = from_data_params(BACKBONES.get(plan.model["backbone"]["name"])) - {
+            grown_channels_key(self.plans, plan.index)  # the model's channels follow new_channels instead
+        }
         diff = {
             k: (self.facts[k], facts[k])
             for k in facts
@@ -188,9 +202,11 @@ class PipelineRunner:
         (default: the same stage; -1 means no adapters)."""
         data_signature = self.task.data_signature
         if model_of is None or model_of == structure_of:
-            self.task = task_for_stage(self.spec, self.plans, self.facts, structure_of)
+            facts = model_facts(self.facts, self.plans, self._stage_facts, structure_of)
+            self.task = task_for_stage(self.spec, self.plans, facts, structure_of)
         else:
-            self.task = build_task(self.plans[model_of].model, self.facts)
+            facts = model_facts(self.facts, self.plans, self._stage_facts, model_of, start=True)
+            self.task = build_task(self.plans[model_of].model, facts)
         self.task.seed = self.spec.seed
         self.task.data_signature = data_signature
 
@@ -292,6 +308,7 @@ class PipelineRunner:
         """Weights, trainable parameters and the stage's adapter; returns (trainable, total, adapter)."""
         self._ensure_task(dm, plan)
         self._init_weights(plan)
+        add_new_channels(self.task.backbone, plan, self._stage_facts[plan.index])
         trainable = self._trainable(plan)
         n_train, n_total = apply_trainable(
             self.task, trainable, plan.spec.frozen, plan.where, adapter_follows=bool(plan.spec.peft)
