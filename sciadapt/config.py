@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import functools
 import inspect
 import json
@@ -86,9 +87,21 @@ def resolve_pipeline(ref: str) -> Path:
     )
 
 
+def _dates_as_text(value: Any) -> Any:
+    """YAML reads an unquoted ``2017-10-01`` as a date object; every config value is plain data, so
+    dates and timestamps become the ISO text the user wrote (datamodules parse them)."""
+    if isinstance(value, dict):
+        return {k: _dates_as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_dates_as_text(v) for v in value]
+    if isinstance(value, datetime.date):  # datetime.datetime too
+        return value.isoformat()
+    return value
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _dates_as_text(yaml.safe_load(path.read_text()))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if data is None:
@@ -159,7 +172,7 @@ def _compose(path: Path, seen: tuple[Path, ...] = (), choices: dict[str, str] | 
 
 def _parse_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return _dates_as_text(yaml.safe_load(text))
     except yaml.YAMLError:
         return text
 
@@ -387,7 +400,10 @@ def builder_schema(fn: Callable[..., Any] | BuilderInfo) -> dict[str, tuple[Any,
     :class:`~sciadapt.index.BuilderInfo` from ``Registry.describe``): its signature is the schema."""
     out = {}
     for name, p in builder_info(fn).signature.parameters.items():
-        if name in INJECTED or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+        # a task builder's backbone and head are objects the runner passes (no default); a backbone's own
+        # `head` setting (surya, swin3d: head=forecast keeps their decoder) is a config key
+        injected = name in INJECTED and p.default is inspect.Parameter.empty
+        if injected or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
         default = _REQUIRED if p.default is inspect.Parameter.empty else p.default
         out[name] = (Any if p.annotation is p.empty else p.annotation, default)

@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     from sciadapt.tasks.base import Task
 
 #: metrics where a higher value is better (the table marks the best row of each column)
-HIGHER_IS_BETTER = {"miou", "iou", "f1", "mean_f1", "accuracy", "r2", "acc"}
+HIGHER_IS_BETTER = {"miou", "iou", "f1", "mean_f1", "accuracy", "r2", "acc", "skill"}
+#: signed errors, best nearest zero
+NEAREST_ZERO = {"bias", "mbe"}
 
 #: the comparison's intervals: coverage, bootstrap replicates, method
 INTERVAL_LEVEL = 0.95
@@ -236,7 +238,7 @@ def print_comparison(summary: dict[str, Any], console: Console) -> None:
         if values:
             # scores (IoU, F1, accuracy, R^2, ACC) are best high, errors best low; bias best near 0
             pick = max if m.split("/")[0] in HIGHER_IS_BETTER else min
-            best[m] = pick(values, key=abs) if m == "bias" else pick(values)
+            best[m] = min(values, key=abs) if m.split("/")[0] in NEAREST_ZERO else pick(values)
     iv = ev.get("interval") or {}
     for r in ev["rows"]:
         cells = []

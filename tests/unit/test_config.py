@@ -169,3 +169,13 @@ def test_a_misplaced_section_names_each_of_its_keys() -> None:
     with pytest.raises(ConfigError) as ei:
         load_config("quickstart", ["optim={lr: 0.1, name: sgd}"])
     assert "set stages.*.optim.lr=0.1 stages.*.optim.name=sgd (every stage)" in str(ei.value)
+
+
+def test_unquoted_dates_stay_text_in_overrides_and_files(tmp_path: Path) -> None:
+    from sciadapt.config import _parse_value, _read_yaml
+
+    assert _parse_value("[2017-10-01, 2017-11-01]") == ["2017-10-01", "2017-11-01"]
+    assert _parse_value("2017-10-01 06:00:00") == "2017-10-01T06:00:00"
+    path = tmp_path / "p.yaml"
+    path.write_text("data: {split_dates: [2017-10-01, 2017-11-01]}\n")
+    assert _read_yaml(path) == {"data": {"split_dates": ["2017-10-01", "2017-11-01"]}}
