@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sciadapt.config import check_arguments
+from sciadapt.datamodules import solar_formats as solar
 from sciadapt.datamodules.sampling import EpochShuffleSampler, apply_resume
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES, suggest
@@ -264,6 +265,21 @@ def _looks_numeric(series: pd.Series) -> bool:
     return bool(parsed.mean() >= 0.5)
 
 
+def _split_date_problems(dates: list[str] | None) -> list[str]:
+    if dates is None or not 2 <= len(dates) <= 3:
+        return [
+            f"data.split_dates: data.split=dates needs [val_start, test_start] or [val_start, test_start, test_end] "
+            f"(quote them in YAML: '2017-10-01'), got {dates}"
+        ]
+    try:
+        stamps = [pd.Timestamp(d) for d in dates]
+    except (ValueError, TypeError) as err:
+        return [f"data.split_dates: {dates} are not dates: {err}"]
+    if any(b <= a for a, b in zip(stamps, stamps[1:], strict=False)):
+        return [f"data.split_dates: must increase, got {dates}"]
+    return []
+
+
 def _freq_of(index: pd.DatetimeIndex) -> str | None:
     if len(index) < 3:
         return None
@@ -290,6 +306,8 @@ class WindowDataset(Dataset):
             and on left padding).
         with_future_exog: Also return ``future_exog`` (the exogenous channels over the horizon),
             for backbones that fuse known-future covariates (TTM's forecast channel mixing).
+        horizon_meta: ``{name: (T, K) array}`` whose horizon rows each item carries in ``meta[name]``
+            (e.g. the clear-sky irradiance a clear-sky-index forecast is scored with).
     """
 
     def __init__(
@@ -302,8 +320,10 @@ class WindowDataset(Dataset):
         n_targets: int,
         with_x_mask: bool = False,
         with_future_exog: bool = False,
+        horizon_meta: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.values = values
+        self.horizon_meta = horizon_meta or {}
         self.observed = observed
         self.starts = starts
         self.context_length = context_length
@@ -322,7 +342,7 @@ class WindowDataset(Dataset):
             "x": torch.from_numpy(self.values[s:mid]),  # (ctx, C_in)
             "y": torch.from_numpy(self.values[mid:end, : self.n_targets]),  # (horizon, C_target)
             "mask": torch.from_numpy(self.observed[mid:end, : self.n_targets]),
-            "meta": {"start": s},
+            "meta": {"start": s, **{k: torch.from_numpy(v[mid:end]) for k, v in self.horizon_meta.items()}},
         }
         if self.with_x_mask:
             item["x_mask"] = torch.from_numpy(self.observed[s:mid])
@@ -356,7 +376,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
         stride: Step between train windows.
         eval_stride: Step between validation/test windows.
         split: ``"ett_hourly"`` (8640/2880/2880 rows), ``"ett_minutely"`` (the same x4), ``"ratio"``
-            (Autoformer rule with ``split_ratios``) or ``"rows"`` (``split_rows`` counts).
+            (Autoformer rule with ``split_ratios``), ``"rows"`` (``split_rows`` counts) or ``"dates"``
+            (``split_dates``).
         split_ratios: ``[train, val, test]`` fractions summing to 1; default ``[0.7, 0.1, 0.2]``.
         split_rows: ``[n_train, n_val, n_test]`` for ``split="rows"``.
         scale: Z-score each channel with train-split mean/std; False keeps raw values.
@@ -381,6 +402,23 @@ class TimeSeriesDataModule(L.LightningDataModule):
         fewshot_location: Which train windows: ``"first"``, ``"last"`` (upstream default) or
             ``"uniform"`` (a random subset drawn with ``fewshot_seed``).
         fewshot_seed: Seed of the ``"uniform"`` draw.
+        split_dates: ``[val_start, test_start]`` (or ``[..., test_end]``) dates for ``split="dates"``: train
+            before the first, validation up to the second, test from it (to the third or the end).
+        format: How to read ``path``: ``"csv"`` (or parquet), or a solar-resource format read by
+            ``pvlib.iotools`` (``psm3``, ``psm4``, ``tmy3``, ``surfrad``, ``midc``, ``srml``), whose metadata
+            gives the site (:mod:`sciadapt.datamodules.solar_formats`).
+        timestamp_parts: Compose the timestamp of a csv from these columns (year, month, day[, hour[, minute
+            [, second]]]), e.g. ``[Year, Month, Day, Hour, Minute]`` of an NSRDB table.
+        latitude: Site latitude in degrees north; supplies or overrides the file's.
+        longitude: Site longitude in degrees east (west negative); supplies or overrides the file's.
+        altitude: Site altitude in metres; default: the file's, else pvlib's altitude map.
+        timezone: The zone of the file's clock (``-07:00``, ``UTC``, ``Etc/GMT+7``); supplies or overrides the
+            file's. Solar physics refuses timestamps without one.
+        time_label: Where a timestamp sits in its averaging interval (``instant``, ``start``, ``end``), for
+            the solar position; default per format (TMY3 ``end``, SRML ``start``, others ``instant``).
+        target_transform: ``"clear_sky_index"``: forecast irradiance targets as ``k = ghi / ghi_clear``
+            (unscaled, observed on daytime steps only), with each window's clear-sky and measured irradiance
+            over the horizon in ``meta`` (for scoring in W/m^2).
     """
 
     # set by @check_arguments on every instance before __init__ runs
@@ -400,7 +438,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
         horizon: Annotated[int, Ge(1), FromData] = 24,
         stride: Annotated[int, Ge(1)] = 1,
         eval_stride: Annotated[int, Ge(1)] = 1,
-        split: Literal["ett_hourly", "ett_minutely", "ratio", "rows"] = "ratio",
+        split: Literal["ett_hourly", "ett_minutely", "ratio", "rows", "dates"] = "ratio",
         split_ratios: list[float] | None = None,
         split_rows: list[int] | None = None,
         scale: bool = True,
@@ -416,6 +454,15 @@ class TimeSeriesDataModule(L.LightningDataModule):
         fewshot_fraction: Annotated[float, Gt(0), Le(1)] = 1.0,
         fewshot_location: Literal["first", "last", "uniform"] = "last",
         fewshot_seed: int = 0,
+        split_dates: list[str] | None = None,
+        format: Literal["csv", "psm3", "psm4", "tmy3", "surfrad", "midc", "srml"] = "csv",
+        timestamp_parts: list[str] | None = None,
+        latitude: float | None = None,
+        longitude: float | None = None,
+        altitude: float | None = None,
+        timezone: str | None = None,
+        time_label: Literal["instant", "start", "end"] | None = None,
+        target_transform: Literal["none", "clear_sky_index"] = "none",
     ) -> None:
         super().__init__()
         self.path = str(path)
@@ -446,6 +493,11 @@ class TimeSeriesDataModule(L.LightningDataModule):
         self.fewshot_location = fewshot_location
         self.fewshot_seed = int(fewshot_seed)
         self.dropped_duplicates = 0
+        self.split_dates = [str(d) for d in split_dates] if split_dates is not None else None
+        self.solar = solar.SolarOptions(
+            format, timestamp_parts, latitude, longitude, altitude, timezone, time_label, target_transform
+        )
+        self.site: solar.Site | None = None  # the site of the last file read with solar physics
         self._validate(split_ratios_given=split_ratios is not None)
 
         # Filled by _load() (training file) or load_scaler_state() (a stored run).
@@ -502,6 +554,9 @@ class TimeSeriesDataModule(L.LightningDataModule):
                     f"data.split_rows: data.split=rows needs three positive row counts [n_train, n_val, "
                     f"n_test], got {rows}"
                 )
+        if self.split == "dates":
+            problems.extend(_split_date_problems(self.split_dates))
+        problems.extend(self.solar.problems())
         if problems:
             raise ConfigError(problems)
 
@@ -513,6 +568,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
             "n_exog": self.n_exog,
             "n_targets": self.n_targets,
             "seasonality": self.seasonality,
+            # only with a transform, so the facts (and checkpoints' data signatures) of other data stay as they were
+            **({"target_transform": self.solar.target_transform} if self.solar.target_transform != "none" else {}),
         }
 
     def describe(self) -> str:
@@ -530,6 +587,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
             extra += f"; {padded:,} windows left-padded (min_context {self.min_context})"
         if self.dropped_duplicates:
             extra += f"; {self.dropped_duplicates} duplicate timestamps dropped ({self.duplicate_timestamps})"
+        if self.site is not None and self.site.latitude is not None:
+            extra += f"; {self.site.describe()}"
         return (
             f"{name} ({self.split} split; {self.n_targets} targets, {self.n_exog} exog; "
             f"windows train {n['train']:,} / val {n['val']:,} / test {n['test']:,}; "
@@ -549,7 +608,19 @@ class TimeSeriesDataModule(L.LightningDataModule):
         """
         file = resolve_path(path)
         source = _describe(path)
-        raw = read_table(file, self.encoding, self.skiprows, label=source, na_values=self.na_values)
+        requested = [*(targets or []), *exog]
+        if self.solar.reads_itself(requested):
+            raw, self.site = solar.read_solar_table(
+                file,
+                source,
+                self.solar,
+                self.timestamp_column,
+                requested,
+                self.horizon,
+                lambda: read_table(file, self.encoding, self.skiprows, label=source, na_values=self.na_values),
+            )
+        else:
+            raw = read_table(file, self.encoding, self.skiprows, label=source, na_values=self.na_values)
         available = list(raw.columns)
         is_csv = file.suffix.lower() not in (".parquet", ".pq")
 
@@ -744,6 +815,8 @@ class TimeSeriesDataModule(L.LightningDataModule):
             r = self.split_ratios
             n_train, n_test = int(n * r[0]), int(n * r[2])
             n_val = n - n_train - n_test
+        elif self.split == "dates":
+            n_train, n_val, n_test = self._date_rows(n)
         else:
             assert self.split_rows is not None
             n_train, n_val, n_test = self.split_rows
@@ -781,6 +854,38 @@ class TimeSeriesDataModule(L.LightningDataModule):
                     f"split more rows (data.split / data.split_ratios / data.split_rows){pad_hint}"
                 )
         return bounds
+
+    def _date_rows(self, n: int) -> tuple[int, int, int]:
+        """Rows before ``split_dates[0]`` (train), up to ``split_dates[1]`` (val), then to the end or
+        ``split_dates[2]`` (test), in the zone of the timestamps."""
+        assert self.split_dates is not None
+        index = pd.DatetimeIndex(self._load().index)
+        cuts = []
+        for d in self.split_dates:
+            t = pd.Timestamp(d)
+            if index.tz is not None and t.tz is None:
+                t = t.tz_localize(index.tz)
+            elif index.tz is None and t.tz is not None:
+                raise DataError(
+                    f"{self.source}: data.split_dates {d!r} has a time zone but the timestamps have none. "
+                    "Fix: give the dates without a zone"
+                )
+            cuts.append(int(index.searchsorted(t)))
+        end = cuts[2] if len(cuts) > 2 else n
+        n_train, n_val, n_test = cuts[0], cuts[1] - cuts[0], end - cuts[1]
+        if min(n_train, n_val, n_test) < 1:
+            raise DataError(
+                f"{self.source}: data.split_dates {self.split_dates} leave {n_train} train, {n_val} validation and "
+                f"{n_test} test rows; the file runs from {index[0]} to {index[-1]}. Fix: choose dates inside it"
+            )
+        return n_train, n_val, n_test
+
+    def _clear_sky_index(self, frame: pd.DataFrame) -> solar.ClearSkyIndex | None:
+        """``data.target_transform=clear_sky_index``: the targets of ``frame`` as clear-sky index."""
+        if self.solar.target_transform == "none":
+            return None
+        assert self.site is not None  # the read that produced frame set it
+        return solar.clear_sky_index(frame, self.target_columns, self.site, self.source)
 
     @property
     def pad_rows(self) -> int:
@@ -890,13 +995,24 @@ class TimeSeriesDataModule(L.LightningDataModule):
         if self._datasets is not None:
             return
         frame = self._handle_nans(self._load(), self.source)
+        csi = self._clear_sky_index(frame)
+        if csi is not None:
+            frame = csi.frame
         if self._mean is None:
             self._fit_scaler(frame)
+            if csi is not None:  # the clear-sky index is dimensionless: kept as it is, so scores read it directly
+                assert self._mean is not None and self._std is not None
+                self._mean[: self.n_targets], self._std[: self.n_targets] = 0.0, 1.0
         values, observed = self._scaled(frame)
+        meta: dict[str, np.ndarray] = {}
+        if csi is not None:
+            observed[:, : self.n_targets] *= csi.observed  # night and missing steps are not scored
+            meta = {"clear_sky": csi.clear_sky, "irradiance": csi.irradiance}
         if self.pad_rows:
             # (pad + T, C_in): zeros the model sees as "not observed" through x_mask
             values = np.concatenate([np.zeros((self.pad_rows, values.shape[1]), np.float32), values])
             observed = np.concatenate([np.zeros((self.pad_rows, observed.shape[1]), np.float32), observed])
+            meta = {k: np.concatenate([np.zeros((self.pad_rows, v.shape[1]), np.float32), v]) for k, v in meta.items()}
         self._datasets = {
             name: WindowDataset(
                 values,
@@ -907,6 +1023,7 @@ class TimeSeriesDataModule(L.LightningDataModule):
                 len(self.target_columns),
                 with_x_mask=True,
                 with_future_exog=True,
+                horizon_meta=meta,
             )
             for name in ("train", "val", "test")
         }
@@ -1056,6 +1173,12 @@ class TimeSeriesDataModule(L.LightningDataModule):
             DataError: Missing columns, bad timestamps or NaNs (per ``nan_policy``), fewer rows than
                 ``context_length``, or a frequency that cannot be inferred.
         """
+        if self.solar.target_transform != "none":
+            raise ConfigError(
+                "sciadapt predict --data: this run forecasts the clear-sky index (data.target_transform="
+                "clear_sky_index), which predict does not yet turn back into W/m^2. Fix: score it with "
+                "`sciadapt test --run RUN` (W/m^2 metrics), or plot forecasts with benchmarks/solar_psm3.py"
+            )
         if self._mean is None and not self.scale:
             # nothing to fit (zero-shot from pretrained weights): identity scaling, no split needed
             self._load()
