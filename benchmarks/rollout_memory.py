@@ -6,7 +6,7 @@ a fresh subprocess (``ru_maxrss`` is a per-process high-water mark); the peak is
 RSS right after the model and batch are built, so it counts activations, gradients and optimiser state.
 With ``rollout.checkpoint`` every step is recomputed in backward, so only the per-step input states
 are kept: the target is 12 steps <= 1.2x the 1-step peak with no environment variable set (sciadapt
-fixes glibc's mmap threshold at import, see sciadapt/_process.py; ``SCIADAPT_MALLOC=default`` turns
+fixes glibc's mmap threshold when a rollout task is built, see sciadapt/_process.py; ``SCIADAPT_MALLOC=default`` turns
 that off for a comparison). Without checkpointing, activations grow with ``k``.
 
     python benchmarks/rollout_memory.py                      # global 3-degree grid, graphcast_small-like

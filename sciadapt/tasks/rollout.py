@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from sciadapt._process import tune_allocator
 from sciadapt.errors import ConfigError, ShapeError
 from sciadapt.metrics.bootstrap import WindowScores
 from sciadapt.registry import TASKS
@@ -75,6 +76,9 @@ class RolloutTask(Task):
         time_step_hours: float = 1.0,
     ) -> None:
         super().__init__(backbone, head)
+        # checkpointed rollouts recompute each step in backward: a fixed mmap threshold keeps their
+        # peak flat on glibc (sciadapt._process; the user's MALLOC_MMAP_THRESHOLD_ wins)
+        tune_allocator()
         self.variables = list(variables)
         self.n_input = int(n_input)
         self.time_step_hours = float(time_step_hours)
