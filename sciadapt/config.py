@@ -557,9 +557,11 @@ def _check_data_overrides(
     if not isinstance(base, dict) or not isinstance(base.get("name"), str) or base["name"] not in DATAMODULES:
         return
     fn = DATAMODULES.describe(base["name"])
-    merged = {**{k: v for k, v in base.items() if k != "name"}, **overrides}
+    # a value the pipeline's data leaves to the user (`path: ???`) is reported there, once
+    open_keys = {k for k, v in base.items() if v == "???" and k not in overrides}
+    merged = {**{k: v for k, v in base.items() if k != "name" and k not in open_keys}, **overrides}
     merged.pop("name", None)
-    _check_fields(builder_schema(fn), merged, path, problems, optional=from_data_params(fn))
+    _check_fields(builder_schema(fn), merged, path, problems, optional=from_data_params(fn) | open_keys)
 
 
 def _check_stage(

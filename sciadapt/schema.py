@@ -19,7 +19,7 @@ import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
-from sciadapt.config import COMPONENTS, INJECTED, builder_schema, compose_pipeline
+from sciadapt.config import COMPONENTS, builder_schema, compose_pipeline
 from sciadapt.index import BuilderInfo, builder_info
 from sciadapt.registry import PEFT_METHODS
 from sciadapt.spec import (
@@ -125,9 +125,7 @@ def builder_object(
     hints = info.hints
     props: dict[str, Any] = {"name": {"const": name}}
     required = ["name"] if need_name else []
-    for param, (tp, default) in builder_schema(info).items():
-        if param in INJECTED:
-            continue
+    for param, (tp, default) in builder_schema(info).items():  # injected objects are not in it
         entry = {**type_schema(tp), **_default(default)}
         from_data = any(isinstance(m, _FromData) for m in typing.get_args(hints.get(param, tp))[1:])
         text = docs.get(param, "")

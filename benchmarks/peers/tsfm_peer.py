@@ -20,7 +20,7 @@ For every model, with upstream's own loader and forward:
   (B, C, P, D) averaged over the patches, i.e. per-channel embeddings (B, C, D).
 
 Measured: inference windows/s (eval, ``no_grad``, one warm-up batch, then ``repeats`` passes over all
-batches, the fastest pass counts); fine-tune step seconds (train mode, Adam, MSE to ``y``, zero_grad +
+batches, the fastest pass counts) and process CPU seconds per window; fine-tune step seconds (and CPU seconds) (train mode, Adam, MSE to ``y``, zero_grad +
 forward + backward + step on the first batch, one warm-up step, the median of ``finetune_steps``) for
 ``full`` (every parameter) and ``head`` (TTM: backbone frozen, as granite-tsfm's few-shot recipe; MOMENT:
 patch embedding and encoder frozen, as momentfm's linear probing). For parity it also writes the
@@ -101,12 +101,13 @@ def run_model(
     with torch.no_grad():
         for i, x in enumerate(xs):
             tensors[f"{name}.out.{i}"] = fwd(kind, model, x).detach().contiguous()
-        best = float("inf")
+        best = best_cpu = float("inf")
         for _ in range(int(job.get("repeats", 3))):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             for x in xs:
                 fwd(kind, model, x)
             best = min(best, time.perf_counter() - start)
+            best_cpu = min(best_cpu, time.process_time() - cpu)
     windows = sum(x.shape[0] for x in xs)
     result: dict[str, Any] = {
         "name": name,
@@ -116,11 +117,16 @@ def run_model(
         "batch": batch,
         "windows": windows,
         "windows_per_s": windows / best,
+        # process CPU seconds (all threads) per window: steadier than wall time on a shared machine
+        "cpu_seconds_per_window": best_cpu / windows,
     }
     if kind == "moment_embed":
         return result, tensors
 
-    # gradients of one MSE backward pass, eval mode (dropout off), for parity
+    # gradients of one MSE backward pass, eval mode (dropout off), for parity; every parameter
+    # trainable (momentfm freezes its encoder and patch embedding by default)
+    for p in model.parameters():
+        p.requires_grad_(True)
     model.zero_grad(set_to_none=True)
     loss = torch.nn.functional.mse_loss(fwd(kind, model, xs[0]), ys[0])
     loss.backward()
@@ -141,18 +147,20 @@ def run_model(
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=float(job.get("lr", 1e-4)))
         model.train()
-        times = []
+        times, cpus = [], []
         for step in range(steps + 1):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             opt.zero_grad(set_to_none=True)
             loss = torch.nn.functional.mse_loss(fwd(kind, model, xs[0]), ys[0])
             loss.backward()
             opt.step()
             if step:  # the first step is a warm-up (allocations, Adam state)
                 times.append(time.perf_counter() - start)
+                cpus.append(time.process_time() - cpu)
         result["finetune"][mode] = {
             "trainable": sum(p.numel() for p in params),
             "step_seconds": statistics.median(times),
+            "step_cpu_seconds": statistics.median(cpus),
             "steps": steps,
         }
         for p in model.parameters():

@@ -1,4 +1,4 @@
-"""New input channels for a pretrained model (a stage's ``new_channels``): the shared weight rule, Prithvi
+"""New input channels for a pretrained model (a stage's ``new_channels``): the shared weight rule, Prithvi, Surya
 and Swin3D, the config and preflight checks, and pipelines on generated rasters that add a band, are
 stopped, and resume."""
 
@@ -15,7 +15,7 @@ import yaml
 from sciadapt.backbones._channels import extend_channels, grow_linear_input
 from sciadapt.cli import main
 from sciadapt.config import validate
-from sciadapt.errors import EXIT_PREEMPTED, ConfigError
+from sciadapt.errors import EXIT_PREEMPTED, CheckpointError, ConfigError
 from sciadapt.registry import BACKBONES
 from sciadapt.runs import Run
 from sciadapt.stages import preempt
@@ -306,3 +306,108 @@ def test_a_pretrained_swin3d_gains_a_band_in_its_first_stage_and_resumes_inside_
     assert main(["fit", "--resume", str(run)]) == 0
     final = _state(run, "adapt")["backbone.patch_embed.proj.weight"]
     assert final.shape == (16, 4, 1, 4, 4)
+
+
+# ------------------------------------------------------------------------------- Surya
+SDO_OLD = ["aia171", "aia193", "hmi_m"]
+
+
+def _surya(**kwargs: Any) -> Any:
+    torch.manual_seed(0)
+    return BACKBONES.build("surya_tiny", channel_names=list(SDO_OLD), img_size=16, head="forecast", **kwargs).eval()
+
+
+def test_surya_grows_its_patch_planes_and_decoder_keeping_every_weight(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Surya's patch embedding reads C x T planes channel-major and its decoder writes C x p x p maps:
+    both grow by one channel (all its frames, all its pixels); with zeros the model computes what it did."""
+    model = _surya()
+    assert isinstance(model, ExtendsChannels) and type(model).CHANNELS_FACT == "channel_names"
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs = model.example_inputs(2)
+    with torch.no_grad():
+        out_old = model.forward_features(**inputs)
+    with caplog.at_level(logging.INFO):
+        model.extend_input_channels(["aia304"], "zeros")
+    (line,) = _lines(caplog)
+    assert "aia304" in line and "embedding.patch_embed.proj" in line and "unembed.unembed.0" in line
+    assert model.channel_names == [*SDO_OLD, "aia304"] and model.in_chans == 4
+    assert model.feature_info[-1] == {"layout": "B C H W", "channels": 4, "reduction": 1, "kind": "forecast"}
+    after = model.state_dict()
+    assert set(after) == set(before)
+    for key, old in before.items():
+        if after[key].shape == old.shape:
+            assert torch.equal(after[key], old), key
+    d, p, t = 32, 4, 2
+    kernel = after["embedding.patch_embed.proj.weight"].view(d, 4, t, p, p)
+    assert torch.equal(kernel[:, :3], before["embedding.patch_embed.proj.weight"].view(d, 3, t, p, p))
+    assert not kernel[:, 3].any()
+    rows = after["unembed.unembed.0.weight"].view(4, p * p, d, 1, 1)
+    assert torch.equal(rows[:3], before["unembed.unembed.0.weight"].view(3, p * p, d, 1, 1))
+    bias = after["unembed.unembed.0.bias"].view(4, p * p)
+    assert torch.equal(bias[:3], before["unembed.unembed.0.bias"].view(3, p * p))
+    assert not rows[3].any() and not bias[3].any()
+    # zeros: the tokens and the old channels' forecast are the pretrained model's; the new channel's is 0
+    x_new = torch.cat([inputs["x"], torch.randn_like(inputs["x"][:, :1])], dim=1)
+    with torch.no_grad():
+        out_new = model.forward_features(x_new, time_delta_input=inputs["time_delta_input"])
+    for a, b in zip(out_old[:-1], out_new[:-1], strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(out_new[-1][:, :3], out_old[-1])
+    assert not out_new[-1][:, 3].any()
+    # the extended model saves its names and reloads into a model built for them, and only those
+    saved = model.save_pretrained(tmp_path / "saved")
+    torch.manual_seed(3)
+    other = BACKBONES.build("surya_tiny", channel_names=[*SDO_OLD, "aia304"], img_size=16, head="forecast").eval()
+    other.load_pretrained(str(saved))
+    with torch.no_grad():
+        again = other.forward_features(x_new, time_delta_input=inputs["time_delta_input"])
+    for a, b in zip(out_new, again, strict=True):
+        torch.testing.assert_close(a, b)
+    shuffled = BACKBONES.build("surya_tiny", channel_names=["aia193", "aia171", "hmi_m", "aia304"], img_size=16)
+    with pytest.raises(CheckpointError, match=r"the file's channels are aia171, aia193, hmi_m, aia304"):
+        shuffled.load_pretrained(str(saved))
+
+
+@pytest.mark.parametrize("rule", ["mean", "copy:AIA193"])
+def test_surya_new_slices_follow_the_rule(rule: str) -> None:
+    model = _surya()
+    d, p, t = 32, 4, 2
+    kernel = model.embedding.patch_embed.proj.weight.detach().clone().view(d, 3, t, p, p)
+    rows = model.unembed.unembed[0].weight.detach().clone().view(3, p * p, d, 1, 1)
+    bias = model.unembed.unembed[0].bias.detach().clone().view(3, p * p)
+    model.extend_input_channels(["aia304", "aia1600"], rule)
+    kernel2 = model.embedding.patch_embed.proj.weight.detach().view(d, 5, t, p, p)
+    rows2 = model.unembed.unembed[0].weight.detach().view(5, p * p, d, 1, 1)
+    bias2 = model.unembed.unembed[0].bias.detach().view(5, p * p)
+    assert model.embedding.patch_embed.proj.in_channels == 10 and model.unembed.unembed[0].out_channels == 5 * p * p
+    for k in (3, 4):
+        if rule == "mean":
+            assert torch.equal(kernel2[:, k], kernel.mean(1)) and torch.equal(rows2[k], rows.mean(0))
+            assert torch.equal(bias2[k], bias.mean(0))
+        else:  # the slices of aia193, every frame of it
+            assert torch.equal(kernel2[:, k], kernel[:, 1]) and torch.equal(rows2[k], rows[1])
+            assert torch.equal(bias2[k], bias[1])
+    with torch.no_grad():
+        out = model.forward_features(**model.example_inputs(1))[-1]
+    assert out.shape == (1, 5, 16, 16)
+
+
+def test_surya_channels_follow_the_names_and_a_count_must_agree() -> None:
+    from sciadapt.backbones.surya import SDO_CHANNELS
+    from sciadapt.config import from_data_params
+
+    # the names are the one fact the model's channels follow: a stage that adds channels changes no other
+    assert from_data_params(BACKBONES.get("surya")) == {"channel_names", "num_frames", "img_size"}
+    assert BACKBONES.build("surya_tiny").channel_names == list(SDO_CHANNELS[:3])
+    with torch.device("meta"):
+        assert BACKBONES.build("surya").channel_names == list(SDO_CHANNELS)
+    assert BACKBONES.build("surya_tiny", in_chans=5).channel_names == list(SDO_CHANNELS[:5])
+    with pytest.raises(ConfigError) as err:
+        BACKBONES.build("surya_tiny", channel_names=["a", "A", "b"], in_chans=2)
+    text = str(err.value)
+    assert "names repeat (case-insensitive): A, a" in text
+    assert "in_chans=2 but channel_names has 3 names (a, A, b): drop in_chans" in text
+    with pytest.raises(ConfigError, match=r"in_chans=14: more channels than Surya-1.0's 13 .*backbone.channel_names"):
+        BACKBONES.build("surya_tiny", in_chans=14)
