@@ -902,7 +902,8 @@ class SdoDataModule(L.LightningDataModule):
 
     def statistics(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and standard deviation of the scaled values (``x = (scaled - mean) / std``)."""
-        self.setup()
+        if self._mean is None:  # loaded statistics (a run's) need no train split
+            self.setup()
         assert self._mean is not None and self._std is not None
         return [float(v) for v in self._mean], [float(v) for v in self._std]
 
@@ -952,18 +953,20 @@ class SdoDataModule(L.LightningDataModule):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.setup()
-        assert self._mean is not None and self._std is not None
-        spec = SampleSpec(
+        return SdoDataset(self._index(), self._slot_ms, self._samples()[split], self._spec(), self._reader_of())
+
+    def _spec(self) -> SampleSpec:
+        mean, std = self.statistics()
+        return SampleSpec(
             channels=tuple(self.channel_names),
             time_steps=tuple(self.time_steps),
             lead=self.lead,
             limb=self.limb,
             scaling=self.scaling,
-            mean=self._mean.copy(),
-            std=self._std.copy(),
+            mean=np.asarray(mean),
+            std=np.asarray(std),
             cadence_s=self.cadence_minutes * 60.0,
         )
-        return SdoDataset(self._index(), self._slot_ms, self._samples()[split], spec, self._reader_of())
 
     def _loader(self, split: str, batch_size: int) -> DataLoader:
         ds = self.dataset(split)
@@ -1007,6 +1010,44 @@ class SdoDataModule(L.LightningDataModule):
         if self.scaling == "asinh":
             return torch.sinh(v)
         return v
+
+    def input_times(self) -> np.ndarray:
+        """Grid times (int64 ms since 1970, UTC) whose input frames (``time_steps``) are all present: the
+        times a forecast can start from (the time of the last input frame), in order."""
+        self._index()
+        have = set(self._frames.tolist())
+        slots = [s for s in self._frames.tolist() if all(s + k in have for k in self.time_steps)]
+        return np.asarray(slots, np.int64) * round(self.cadence_minutes * 60_000)
+
+    def forecast_inputs(self, time_ms: int) -> dict[str, Any]:
+        """The model input of a forecast from grid time ``time_ms`` (one of :meth:`input_times`).
+
+        Returns:
+            ``{"x": (1, C, T, H, W), "time_delta_input": (1, T)}`` as in training, ``"last"`` ``(C, H, W)``
+            the last input frame and ``"truth"`` the frame ``lead`` steps later (None when the data
+            has none) in the files' units (after exposure normalisation), NaN where not valid,
+            ``"files"`` the last input's file of each channel and ``"valid_time"`` the forecast's time (ms).
+        """
+        cad = round(self.cadence_minutes * 60_000)
+        slot = int(time_ms) // cad
+        table = self._index()
+        ds = SdoDataset(table, self._slot_ms, np.asarray([slot], np.int64), self._spec(), self._reader_of())
+        frames = [ds._frame(slot + k)[0] for k in self.time_steps]
+        last, valid = ds._frame(slot)
+        deltas = [(self._slot_ms[slot] - self._slot_ms[slot + k]) / _MS_PER_HOUR for k in self.time_steps]
+        truth = None
+        if slot + self.lead in self._slot_ms:
+            y, ok = ds._frame(slot + self.lead)
+            truth = np.where(ok, self.physical(torch.from_numpy(y)).numpy(), np.nan)
+        return {
+            "x": torch.from_numpy(np.stack(frames, axis=1)).unsqueeze(0),  # (1, C, T, H, W)
+            "time_delta_input": torch.tensor([deltas], dtype=torch.float32),  # (1, T)
+            "last": np.where(valid, self.physical(torch.from_numpy(last)).numpy(), np.nan),  # (C, H, W)
+            "valid": valid,
+            "truth": truth,
+            "files": [table[c][slot] for c in self.channel_names],
+            "valid_time": (slot + self.lead) * cad,
+        }
 
     def scaler_state(self) -> dict[str, Any]:
         """Channels, scaling and statistics a trained model depends on (JSON-serialisable)."""

@@ -695,6 +695,15 @@ def check_transform_targets(targets: list[str], source: str) -> list[str]:
     return [c for c in comps if c is not None]
 
 
+def clear_sky_of(stamps: pd.DatetimeIndex, targets: list[str], site: Site) -> np.ndarray:
+    """The clear-sky irradiance ``(T, C)`` W/m^2 of each irradiance target at ``stamps`` (tz-aware, at least
+    two, regularly spaced: each is placed in its interval by ``site.time_label`` as the data's are), e.g.
+    future timestamps a clear-sky-index forecast is turned back into irradiance at."""
+    comps = check_transform_targets(targets, "the forecast")
+    physics = solar_physics(stamps, site)
+    return np.stack([physics[f"{comp}_clear"] for comp in comps], axis=1)
+
+
 def clear_sky_index(frame: pd.DataFrame, targets: list[str], site: Site, source: str) -> ClearSkyIndex:
     """The clear-sky index of the ``targets`` of ``frame`` (indexed by tz-aware timestamps)."""
     comps = check_transform_targets(targets, source)

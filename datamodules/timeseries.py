@@ -1167,18 +1167,15 @@ class TimeSeriesDataModule(L.LightningDataModule):
         Returns:
             ``{"x": (1, ctx, C_in) float32 scaled, "history": last ctx target rows in original
             units indexed by timestamp, "future_index": the next horizon timestamps}``, plus
-            ``"x_mask"`` (1, ctx, C_in; 0 on missing and left-padded rows) and ``"padded_rows"``.
+            ``"x_mask"`` (1, ctx, C_in; 0 on missing and left-padded rows) and ``"padded_rows"``. With
+            ``target_transform=clear_sky_index`` the targets in ``x`` are the clear-sky index (as in
+            training) and ``"clear_sky"`` ``(L, C)`` holds each target's clear-sky irradiance (W/m^2) at
+            the forecast timestamps, which turns the forecast back into irradiance.
 
         Raises:
             DataError: Missing columns, bad timestamps or NaNs (per ``nan_policy``), fewer rows than
                 ``context_length``, or a frequency that cannot be inferred.
         """
-        if self.solar.target_transform != "none":
-            raise ConfigError(
-                "sciadapt predict --data: this run forecasts the clear-sky index (data.target_transform="
-                "clear_sky_index), which predict does not yet turn back into W/m^2. Fix: score it with "
-                "`sciadapt test --run RUN` (W/m^2 metrics), or plot forecasts with benchmarks/solar_psm3.py"
-            )
         if self._mean is None and not self.scale:
             # nothing to fit (zero-shot from pretrained weights): identity scaling, no split needed
             self._load()
@@ -1203,7 +1200,10 @@ class TimeSeriesDataModule(L.LightningDataModule):
             tail = self._handle_nans(frame, source).iloc[-ctx:]
         else:
             tail = self._handle_nans(frame.iloc[-ctx:], source)
-        values, observed = self._scaled(tail)
+        csi = self._clear_sky_index(tail)  # a clear-sky-index run sees k, masked at night, as in training
+        values, observed = self._scaled(tail if csi is None else csi.frame)
+        if csi is not None:
+            observed[:, : self.n_targets] *= csi.observed
         short = ctx - len(tail)
         if short > 0:
             values = np.concatenate([np.zeros((short, values.shape[1]), np.float32), values])
@@ -1233,6 +1233,11 @@ class TimeSeriesDataModule(L.LightningDataModule):
             "x_mask": torch.from_numpy(observed).unsqueeze(0),  # (1, ctx, C_in)
             "padded_rows": max(short, 0),
         }
+        if csi is not None:
+            assert self.site is not None
+            # the last known stamp leads the future ones, so the interval step is known for any horizon
+            clear = solar.clear_sky_of(index[-1:].append(future), self.target_columns, self.site)
+            out["clear_sky"] = clear[1:]  # (L, C) W/m^2 at the forecast timestamps
         return out
 
 

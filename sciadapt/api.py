@@ -99,8 +99,27 @@ def predict(run: str, data: str | None, out: str, console: Console | None = None
     from sciadapt.runs import open_run
 
     console = console or Console()
+    if _image_forecast(run):
+        return predict_image(run, None, out, data, console)
     path = predict_run(Path(open_run(run)), data, Path(out))
     console.print(f"forecast written to {path} (plot: {path.with_suffix('.png')})")
+    return path
+
+
+def _image_forecast(run: str) -> bool:
+    from sciadapt.predict.image import is_image_forecast_run
+    from sciadapt.runs import open_run
+
+    return is_image_forecast_run(Path(open_run(run)))
+
+
+def predict_image(run: str, init: list[str] | None, out: str, data: str | None, console: Console) -> Path:
+    """Next-frame forecast of an image-forecast run (FITS or netCDF in the data's units) + a PNG per channel."""
+    from sciadapt.predict.image import predict_image_run
+    from sciadapt.runs import open_run
+
+    path = predict_image_run(Path(open_run(run)), init, Path(out), data)
+    console.print(f"image forecast written to {path} (plots: {path.with_name(path.stem)}_<channel>.png)")
     return path
 
 
@@ -118,6 +137,8 @@ def predict_rollout(
     from sciadapt.runs import open_run
 
     console = console or Console()
+    if _image_forecast(run):
+        return predict_image(run, init_times, out, data, console)
     path = predict_rollout_run(Path(open_run(run)), init_times, Path(out), n_lead, data, variable)
     console.print(f"rollout forecast written to {path} (map: {path.with_suffix('.png')})")
     return path

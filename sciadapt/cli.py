@@ -72,14 +72,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("--run", help="a finished run directory (runs/<pipeline>/<stamp>)")
     pr.add_argument("--data", help="CSV/parquet whose last rows are the context (default: the run's data)")
-    pr.add_argument("--out", required=True, help="output CSV (a PNG plot is written beside it)")
+    pr.add_argument(
+        "--out",
+        required=True,
+        help="output: CSV (series), .nc/.zarr (rollout), .fits/.nc (image forecast), .tif (scene); PNG(s) beside it",
+    )
     pr.add_argument("--backbone", help="zero-shot: a backbone that forecasts itself (ttm, moment)")
     pr.add_argument("--weights", help="zero-shot: a local folder or hf://org/repo@revision")
     pr.add_argument("--horizon", type=int, help="zero-shot: forecast length (default: the checkpoint's)")
     pr.add_argument("--context-length", type=int, help="zero-shot: context length (default: the checkpoint's)")
     pr.add_argument("--target-columns", help="zero-shot: comma-separated columns (default: every numeric one)")
     pr.add_argument("--timestamp-column", default="date", help="zero-shot: timestamp column (default: date)")
-    pr.add_argument("--init", action="append", help="rollout runs: initial time(s) in the data (ISO), repeatable")
+    pr.add_argument(
+        "--init",
+        action="append",
+        help="rollout runs: initial time(s) in the data (ISO), repeatable; image-forecast runs: the last input's time",
+    )
     pr.add_argument("--lead", type=int, help="rollout runs: steps to roll out (default: the run's evaluation)")
     pr.add_argument("--variable", help="rollout runs: variable of the PNG map (default: the first)")
     pr.add_argument("--scene", action="append", help="dense runs: GeoTIFF scene(s) to predict tile by tile")

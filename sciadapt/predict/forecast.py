@@ -6,12 +6,15 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
 from sciadapt.config import build_datamodule, validate
+from sciadapt.datamodules.solar_formats import K_MAX
 from sciadapt.datamodules.timeseries import TimeSeriesDataModule
 from sciadapt.errors import CheckpointError, ConfigError
+from sciadapt.metrics.solar import to_irradiance
 from sciadapt.predict.verbs import RUN_FLAGS, ZERO_SHOT_FLAGS, verb_keys
 from sciadapt.runs import atomic_write_bytes, atomic_write_text
 
@@ -20,7 +23,11 @@ def predict_run(run_dir: Path, data: str | None, out: Path) -> Path:
     """Forecast the ``horizon`` steps after the last row of ``data`` with the run's final weights.
 
     Writes ``out`` (CSV: timestamp, one column per target, ``<target>_q<level>`` per quantile
-    for probabilistic heads) and ``out`` with a ``.png`` suffix (history and forecast).
+    for probabilistic heads) and ``out`` with a ``.png`` suffix (history and forecast). A run that
+    forecasts the clear-sky index (``data.target_transform=clear_sky_index``) writes irradiance in
+    W/m^2: ``k`` times the clear-sky irradiance of the run's site at each forecast timestamp (never
+    negative, zero with the sun below the horizon), with ``<target>_clear_sky_index`` and
+    ``<target>_clear`` beside it; timestamps are on the file's clock.
     """
     from sciadapt.runs import Run, check_output_location
 
@@ -156,17 +163,23 @@ def _forecast_to_csv(task: Any, dm: Any, inputs: dict[str, Any], out: Path) -> P
     quantiles = getattr(task.head, "quantiles", None)
     targets = list(dm.target_columns)
     frame = pd.DataFrame(index=pd.Index(inputs["future_index"], name="timestamp"))
+    clear = inputs.get("clear_sky")  # (L, C) W/m^2: the run forecasts the clear-sky index k
     if quantiles:
         point = dm.inverse_transform(task.head.point(torch.from_numpy(pred)[None])[0].numpy())
         qs = dm.inverse_transform(pred, quantile_axis=True)
-        for c, col in enumerate(targets):
-            frame[col] = point[:, c]
-            for j, q in enumerate(quantiles):
-                frame[f"{col}_q{q:g}"] = qs[:, c, j]
+        if clear is not None:
+            qs = to_irradiance(qs, np.repeat(clear[:, :, None], qs.shape[-1], axis=2), K_MAX)
     else:
         point = dm.inverse_transform(pred)
-        for c, col in enumerate(targets):
-            frame[col] = point[:, c]
+    if clear is not None:
+        k, point = point, to_irradiance(point, clear, K_MAX)  # the task's rule: k * clear sky, 0 at night
+    for c, col in enumerate(targets):
+        frame[col] = point[:, c]
+        for j, q in enumerate(quantiles or []):
+            frame[f"{col}_q{q:g}"] = qs[:, c, j]
+        if clear is not None:
+            frame[f"{col}_clear_sky_index"] = k[:, c]
+            frame[f"{col}_clear"] = clear[:, c]
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, frame.to_csv())
     try:

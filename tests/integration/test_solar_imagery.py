@@ -144,3 +144,50 @@ def test_a_pretrained_forecaster_gains_a_wavelength_and_is_compared_with_scratch
     assert rows[adapted]["rmse"] < rows[scratch]["rmse"]
     if backbone == "surya_tiny":  # Surya forecasts the image itself (no persistence inside): a clear gap
         assert rows[adapted]["rmse/aia193"] < rows[scratch]["rmse/aia193"]
+
+
+def test_predict_writes_the_next_frame_in_the_data_units(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``sciadapt predict`` of a Surya run: FITS (one HDU per channel) or netCDF in DN/s and gauss, a PNG per
+    channel, from the latest inputs or ``--init``; a time without inputs names the range there is."""
+    import numpy as np
+    import xarray as xr
+    from astropy.io import fits
+
+    files = make.write_series(tmp_path / "sdo", n_frames=20, size=32, seed=0)
+    stages = [f"stages.{s}.max_epochs=1" for s in ("frozen_encoder", "lora")]
+    fit = ["fit", "surya_forecast", *FAST, "backbone=surya_tiny", f"data.path={tmp_path / 'sdo'}", *stages]
+    assert main([*fit, f"run_dir={tmp_path / 'runs'}", "evaluation.baselines=[]"]) == 0
+    (run,) = (tmp_path / "runs" / "surya_forecast").iterdir()
+    out = tmp_path / "next.fits"
+    assert main(["predict", "--run", str(run), "--out", str(out)]) == 0
+    with fits.open(out) as hdul:
+        assert [h.name for h in hdul[1:]] == ["AIA171", "HMI", "AIA193"]
+        first = hdul["AIA171"].header
+        assert first["DATE-OBS"].startswith("2011-02-15T20:00")  # the 20th hour: after the last frame (19:00)
+        assert first["INITTIME"].startswith("2011-02-15T19:00")
+        assert (first["BUNIT"], first["WAVELNTH"], first["CTYPE1"]) == ("DN/s", 171.0, "HPLN-TAN")
+        assert hdul["HMI"].header["BUNIT"] == "Gauss"  # HMI as stored (no exposure)
+        for hdu in hdul[1:]:
+            image = np.asarray(hdu.data)
+            assert image.shape == (32, 32) and np.isfinite(image).any() and np.isnan(image).any()  # off-disk NaN
+    for name in ("aia171", "hmi", "aia193"):
+        assert (tmp_path / f"next_{name}.png").stat().st_size > 0
+    # the inverse of the run's scaling: the last input comes back as the file's DN / EXPTIME on the disk
+    r = Run.open(run)
+    dm = r.datamodule(-1)
+    dm.load_scaler_state(r.scaler())
+    inputs = dm.forecast_inputs(int(np.datetime64("2011-02-15T19:00", "ms").astype(np.int64)))
+    raw = fits.getdata(files["aia171"][-1]) / fits.getheader(files["aia171"][-1])["EXPTIME"]
+    on_disk = np.isfinite(inputs["last"][0])
+    np.testing.assert_allclose(inputs["last"][0][on_disk], raw[on_disk], rtol=1e-4)
+    assert inputs["truth"] is None  # the future: no observed frame yet
+
+    nc = tmp_path / "mid.nc"
+    assert main(["predict", "--run", str(run), "--init", "2011-02-15T10:00", "--out", str(nc)]) == 0
+    with xr.open_dataset(nc, engine="h5netcdf") as ds:
+        assert set(ds.data_vars) == {"aia171", "hmi", "aia193"} and ds["aia171"].attrs["units"] == "DN/s"
+        assert ds.attrs["valid_time"].startswith("2011-02-15T11:00")
+    capsys.readouterr()
+    assert main(["predict", "--run", str(run), "--init", "2011-03-01T00:00", "--out", str(nc)]) == 2
+    text = " ".join(capsys.readouterr().err.split())
+    assert "2011-02-15T01:00 .. 2011-02-15T19:00 UTC" in text, text
