@@ -261,8 +261,10 @@ def _keep_best(best: dict[str, Any], res: dict[str, Any]) -> None:
         best.update(json.loads(json.dumps(res)))
         return
     best["windows_per_s"] = max(best["windows_per_s"], res["windows_per_s"])
+    best["cpu_seconds_per_window"] = min(best["cpu_seconds_per_window"], res["cpu_seconds_per_window"])
     for mode, ft in res.get("finetune", {}).items():
-        best["finetune"][mode]["step_seconds"] = min(best["finetune"][mode]["step_seconds"], ft["step_seconds"])
+        for key in ("step_seconds", "step_cpu_seconds"):
+            best["finetune"][mode][key] = min(best["finetune"][mode][key], ft[key])
 
 
 def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: str) -> tuple[float, float, int, list]:
@@ -276,6 +278,17 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], prefix: st
         diff = max(diff, float((a[k].double() - b[k].double()).abs().max()))
         scale = max(scale, float(b[k].abs().max()))
     return diff, scale, len(ka & kb), sorted(ka ^ kb)
+
+
+def _allocator() -> str:
+    """What sciadapt did to glibc malloc in this process (see sciadapt._process)."""
+    from sciadapt import _process
+
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        return f"MALLOC_MMAP_THRESHOLD_={os.environ['MALLOC_MMAP_THRESHOLD_']} (user)"
+    if _process._done == "set":
+        return "mmap threshold 128 KiB (--rollout-allocator: what a rollout task sets)"
+    return "glibc default (sciadapt sets its 128 KiB mmap threshold only for rollout tasks)"
 
 
 def peer_table(
@@ -322,6 +335,7 @@ def peer_table(
 
     import sciadapt
 
+    allocator = _allocator()
     v = peer_info["versions"]
     windows = sum(x.shape[0] for x in xs)
     lines = [
@@ -329,7 +343,7 @@ def peer_table(
         f"(granite-tsfm {v['granite-tsfm']}, momentfm {v['momentfm']}, transformers {v['transformers']}, "
         f"torch {v['torch']}, side venv)",
         f"same {len(xs)} batches of 64 ETTh1 test windows (context 512, horizon 96, 7 channels, {windows} windows); "
-        f"CPU, {threads} threads both sides; best of {rounds} alternating rounds",
+        f"CPU, {threads} threads both sides; best of {rounds} alternating rounds; ours' allocator: {allocator}",
         "weights: golden fixtures (seeded, official file layouts): TTM r2 512-96 = the official geometry "
         "(805,280 params); MOMENT = momentfm's layout with a tiny T5 (d_model 64, 2 layers)",
         "",
@@ -361,22 +375,36 @@ def peer_table(
         "speed: inference = windows/s (eval, no_grad; ratio ours/theirs, > 1 = ours faster); fine-tune = seconds "
         "per Adam step on one batch, MSE (ratio ours/theirs, < 1 = ours faster); full = every parameter, head = "
         "TTM backbone / MOMENT encoder + patch embedding frozen",
-        f"{'model':28} {'what':14} {'trainable':>10} {'ours':>9} {'theirs':>9} {'ours/theirs':>11}",
+        "(cpu = the same ratio on process CPU seconds, all threads: steadier when other jobs share the cores; "
+        "< 1 = ours cheaper)",
+        f"{'model':28} {'what':14} {'trainable':>10} {'ours':>9} {'theirs':>9} {'ours/theirs':>11} {'cpu':>6}",
     ]
     speed: list[dict[str, Any]] = []
     for name, _kind, _path, modes, label in PEER_MODELS:
         o, t = ours_best[name], theirs_best[name]
         ratio = o["windows_per_s"] / t["windows_per_s"]
+        cpu = o["cpu_seconds_per_window"] / t["cpu_seconds_per_window"]
         lines.append(
-            f"{label:28} {'inference w/s':14} {'':>10} {o['windows_per_s']:9.1f} {t['windows_per_s']:9.1f} {ratio:11.2f}"
+            f"{label:28} {'inference w/s':14} {'':>10} {o['windows_per_s']:9.1f} {t['windows_per_s']:9.1f} "
+            f"{ratio:11.2f} {cpu:6.2f}"
         )
         speed.append(
-            {"model": name, "what": "inference_windows_per_s", "ours": o["windows_per_s"], "theirs": t["windows_per_s"]}
+            {
+                "model": name,
+                "what": "inference_windows_per_s",
+                "ours": o["windows_per_s"],
+                "theirs": t["windows_per_s"],
+                "ratio": ratio,
+                "cpu_ratio": cpu,
+            }
         )
         for mode in modes:
             os_, ts = o["finetune"][mode]["step_seconds"], t["finetune"][mode]["step_seconds"]
+            cpu = o["finetune"][mode]["step_cpu_seconds"] / t["finetune"][mode]["step_cpu_seconds"]
             tr = o["finetune"][mode]["trainable"]
-            lines.append(f"{label:28} {'fine-tune ' + mode:14} {tr:10,} {os_:9.3f} {ts:9.3f} {os_ / ts:11.2f}")
+            lines.append(
+                f"{label:28} {'fine-tune ' + mode:14} {tr:10,} {os_:9.3f} {ts:9.3f} {os_ / ts:11.2f} {cpu:6.2f}"
+            )
             speed.append(
                 {
                     "model": name,
@@ -385,6 +413,8 @@ def peer_table(
                     "trainable_theirs": t["finetune"][mode]["trainable"],
                     "ours": os_,
                     "theirs": ts,
+                    "ratio": os_ / ts,
+                    "cpu_ratio": cpu,
                 }
             )
     lines.append(f"total {seconds:.0f} s (incl. {rounds} peer start-ups)")
@@ -400,6 +430,7 @@ def peer_table(
             "finetune_steps": steps,
             "lr": lr,
             "ours_torch": torch.__version__,
+            "ours_allocator": allocator,
             "peer_versions": v,
             "peer_env": describe("tsfm"),
             "seconds": round(seconds, 1),
@@ -424,14 +455,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers", action="store_true", help="upstream TTM/MOMENT beside ours (side venv); see above")
     p.add_argument("--peer-batches", type=int, default=4, help="batches of 64 windows for --peers")
     p.add_argument("--rounds", type=int, default=2, help="alternating ours/theirs timing rounds for --peers")
-    p.add_argument("--finetune-steps", type=int, default=5, help="timed fine-tune steps per mode for --peers")
+    p.add_argument("--finetune-steps", type=int, default=3, help="timed fine-tune steps per mode for --peers")
     p.add_argument(
         "--match-torch",
         action="store_true",
         help="build the peer venv with this interpreter's torch release instead of the pinned CPU build",
     )
+    p.add_argument(
+        "--rollout-allocator",
+        action="store_true",
+        help="run ours with the 128 KiB mmap threshold a rollout task sets (sciadapt._process), to see what "
+        "that setting costs these models (benchmarks/results/ltsf_tsfm_peers.mmap128k.txt)",
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.rollout_allocator:
+        from sciadapt._process import tune_allocator
+
+        tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
