@@ -195,8 +195,11 @@ def prepare_data(
     overwrite: bool = False,
     progress: bool = True,
     console: Console | None = None,
+    format: str | None = None,
+    crs: str | None = None,
 ) -> Path:
-    """``sciadapt data prepare``: netCDF/GRIB files -> one chunked zarr store with statistics."""
+    """``sciadapt data prepare``: netCDF/GRIB files or radar frames (``format``: a pysteps importer)
+    -> one chunked zarr store with statistics; ``crs`` places a projected grid that declares none."""
     from sciadapt.datamodules.gridded import prepare_store
 
     console = console or Console()
@@ -212,6 +215,8 @@ def prepare_data(
         scheduler=scheduler,
         engine=engine,
         overwrite=overwrite,
+        format=format,
+        crs=crs,
     )
     console.print(f"zarr store written to {path} (statistics included)")
     return Path(path)

@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     prepare = _examples(
         "sciadapt data prepare era5_2020.nc era5_2021.nc era5.zarr --variables t2m,z --levels 500,850",
         "sciadapt data prepare forecast.grib store.zarr --scheduler local",
+        "sciadapt data prepare --format knmi_hdf5 'RAD_NL25_RAP_5min_*.h5' radar.zarr",
     )
     d = sub.add_parser(
         "data", help="data tools: `data prepare` converts netCDF/GRIB to a chunked zarr store", **prepare
@@ -105,7 +106,9 @@ def _parser() -> argparse.ArgumentParser:
         "prepare", help="netCDF/GRIB -> chunked zarr (one time step per chunk) + normalisation statistics", **prepare
     )
     dp.add_argument(
-        "inputs", nargs="+", help="input files, then the output .zarr store (inputs: netCDF .nc or GRIB .grib)"
+        "inputs",
+        nargs="+",
+        help="input files or globs (sorted by time), then the output .zarr store (netCDF, GRIB, or radar with --format)",
     )
     dp.add_argument("--variables", help="comma-separated variables to keep (default: all)")
     dp.add_argument("--levels", help="comma-separated pressure levels to keep (default: all)")
@@ -114,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
         "--scheduler", help="dask.distributed scheduler address (tcp://host:8786), or `local` to start a LocalCluster"
     )
     dp.add_argument("--engine", help="xarray engine (default: from the file suffix; cfgrib for GRIB)")
+    dp.add_argument(
+        "--format",
+        help="netcdf, zarr or grib (default: from the suffix), or a pysteps radar importer "
+        "(knmi_hdf5, odim_hdf5, bom_rf3, mch_gif, fmi_pgm, ...; pip install 'sciadapt[nowcast]')",
+    )
+    dp.add_argument("--crs", help="CRS of a projected grid whose files declare none, e.g. EPSG:3035 or a proj4 string")
     dp.add_argument("--overwrite", action="store_true", help="replace the store if it exists")
     dp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -233,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                 overwrite=args.overwrite,
                 progress=not args.no_progress,
                 console=console,
+                format=args.format,
+                crs=args.crs,
             )
         elif args.verb == "submit":
             api.submit(

@@ -30,13 +30,18 @@ sample, no dask graph) in DataLoader worker processes, each with its own store h
 GRIB files go through xarray's lazy backends, or are held in memory per worker when small. Dask is
 used only out of core, once: for the normalisation statistics and by :func:`prepare_store`.
 
-Modules: :mod:`.store` (opening, layout, time axis, channels), :mod:`.reader` (block reads),
+Grids may be regular lat-lon, projected ``y``/``x`` with a CRS, or curvilinear with 2-D latitude and
+longitude (:mod:`.grids`); ``facts()["grid_kind"]`` says which, and ``area_weights`` follow the grid.
+
+Modules: :mod:`.store` (opening, layout, time axis, channels), :mod:`.grids` (grid kinds, CRS, area
+weights), :mod:`.radar` (radar frames through pysteps), :mod:`.reader` (block reads),
 :mod:`.features` (forcings, static fields), :mod:`.loader` (batches, buffers, DataLoader),
 :mod:`.stats` (statistics and their cache), :mod:`.datamodule`, :mod:`.prepare`.
 """
 
 from sciadapt.datamodules.gridded.datamodule import GriddedDataModule
 from sciadapt.datamodules.gridded.features import FORCING_NAMES, latitude_area_weights, time_forcings
+from sciadapt.datamodules.gridded.grids import Grid, curvilinear_area_weights, detect_grid, projected_area_weights
 from sciadapt.datamodules.gridded.loader import GriddedDataset, GriddedLoader, collate_gridded, compact_to_device
 from sciadapt.datamodules.gridded.prepare import prepare_store
 from sciadapt.datamodules.gridded.reader import StoreReader
@@ -67,6 +72,7 @@ __all__ = [
     "GriddedDataModule",
     "GriddedDataset",
     "GriddedLoader",
+    "Grid",
     "ShardedEpochSampler",
     "StatsLocation",
     "StoreInfo",
@@ -77,12 +83,15 @@ __all__ = [
     "collate_gridded",
     "compact_to_device",
     "compute_statistics",
+    "curvilinear_area_weights",
     "default_stats_location",
+    "detect_grid",
     "inspect_store",
     "is_writable",
     "latitude_area_weights",
     "open_xarray",
     "prepare_store",
+    "projected_area_weights",
     "select_channels",
     "shard_indices",
     "stats_key",

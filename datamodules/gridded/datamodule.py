@@ -16,6 +16,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch.utils.data import DataLoader
 
 from sciadapt.datamodules.gridded.features import FORCING_NAMES, latitude_area_weights
+from sciadapt.datamodules.gridded.grids import curvilinear_area_weights, projected_area_weights
 from sciadapt.datamodules.gridded.loader import GriddedDataset, GriddedLoader, collate_gridded, compact_to_device
 from sciadapt.datamodules.gridded.reader import StoreReader
 from sciadapt.datamodules.gridded.stats import (
@@ -91,6 +92,9 @@ class GriddedDataModule(L.LightningDataModule):
             ``/gridded_stats/<name>-<hash of path, mtime, size>.json``).
         engine: xarray engine (zarr, h5netcdf, netcdf4, scipy, cfgrib); None: from the path.
         member: Ensemble member to use when the store has a member dimension (number/member/realization).
+        crs: The CRS of a projected (``y``/``x``) grid whose file does not declare one, any string
+            pyproj reads (``EPSG:3035``, proj4, WKT); it wins over the file's. None: the file's
+            (CF ``grid_mapping`` variable or ``crs_wkt``/``proj4`` attribute).
         shuffle_seed: Seed of the per-epoch train order (the stage runner sets it per stage).
     """
 
@@ -116,6 +120,7 @@ class GriddedDataModule(L.LightningDataModule):
         stats_path: str | None = None,
         engine: Engine | None = None,
         member: Annotated[int, Ge(0)] = 0,
+        crs: str | None = None,
         shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
@@ -139,6 +144,7 @@ class GriddedDataModule(L.LightningDataModule):
         self.stats_path = stats_path
         self.engine = engine
         self.member = int(member)
+        self.crs = crs
         self.shuffle_seed = int(shuffle_seed)  # the stage runner sets it per stage
         # (epoch, batches done) of a run preempted mid-epoch, for the next train sampler
         self.train_resume: tuple[int, int] | None = None
@@ -207,14 +213,14 @@ class GriddedDataModule(L.LightningDataModule):
             kind = self.kind
             ds = open_xarray(self.path, kind, self.engine, chunks=None)
             try:
-                info = inspect_store(ds, self.path, kind, self.engine)
+                info = inspect_store(ds, self.path, kind, self.engine, crs=self.crs)
                 static = {n: self._read_static_raw(ds, info, n) for n in self._static_candidates(info)}
             finally:
                 ds.close()
             self._native_step = check_regular_times(info.times, self.path)
             if info.lat.ndim != 1 or info.lon.ndim != 1:
                 raise DataError(f"{self.path}: latitude/longitude must be 1-D coordinates of a regular grid")
-            for name, coord in (("latitude", info.lat), ("longitude", info.lon)):
+            for name, coord in ((info.lat_dim, info.lat), (info.lon_dim, info.lon)):
                 if len(coord) > 1 and not (np.all(np.diff(coord) > 0) or np.all(np.diff(coord) < 0)):
                     raise DataError(
                         f"{self.path}: {name} values are not sorted; Fix: ds.sortby('{name}') and re-create the store"
@@ -263,26 +269,73 @@ class GriddedDataModule(L.LightningDataModule):
         return len(self.variables)
 
     @property
+    def grid_kind(self) -> str:
+        """``"latlon"`` (1-D latitude/longitude), ``"projected"`` (y/x with a CRS) or ``"curvilinear"``
+        (2-D latitude/longitude only)."""
+        kind: str = self.info.grid_kind
+        return kind
+
+    @property
+    def crs_wkt(self) -> str | None:
+        """The projection of a projected grid as WKT, else None."""
+        grid = self.info.grid
+        return None if grid is None else grid.crs_wkt
+
+    @property
     def flip_lat(self) -> bool:
-        lat = self.info.lat
+        """Whether rows are reversed on read: latitude (or projected y) ascending in the store, or
+        a curvilinear grid whose first row lies south of its last (rows come north to south)."""
+        info = self.info
+        if info.grid_kind == "curvilinear":
+            assert info.grid is not None and info.grid.lat2d is not None
+            lat2d = info.grid.lat2d
+            return lat2d.shape[0] > 1 and bool(np.nanmean(lat2d[0]) < np.nanmean(lat2d[-1]))
+        lat = info.lat
         return len(lat) > 1 and bool(lat[1] > lat[0])
 
     @property
     def flip_lon(self) -> bool:
-        lon = self.info.lon
+        """Whether columns are reversed on read (longitude or projected x descending in the store)."""
+        info = self.info
+        if info.grid_kind == "curvilinear":
+            return False
+        lon = info.lon
         return len(lon) > 1 and bool(lon[1] < lon[0])
+
+    def _oriented(self, field: np.ndarray) -> np.ndarray:
+        field = field[::-1] if self.flip_lat else field
+        return (field[:, ::-1] if self.flip_lon else field).copy()
 
     @property
     def lat(self) -> np.ndarray:
-        """Latitudes ``(H,)`` in degrees, north to south."""
+        """Latitudes in degrees, north to south: ``(H,)`` on a lat-lon grid, else ``(H, W)``."""
+        grid = self.info.grid
+        if grid is not None and grid.lat2d is not None and grid.kind != "latlon":
+            return self._oriented(grid.lat2d)
         lat: np.ndarray = self.info.lat
         return lat[::-1].copy() if self.flip_lat else lat.copy()
 
     @property
     def lon(self) -> np.ndarray:
-        """Longitudes ``(W,)`` in degrees, ascending, in the store's convention (0..360 or -180..180)."""
+        """Longitudes in degrees: ``(W,)`` ascending on a lat-lon grid, in the store's convention
+        (0..360 or -180..180), else ``(H, W)``."""
+        grid = self.info.grid
+        if grid is not None and grid.lon2d is not None and grid.kind != "latlon":
+            return self._oriented(grid.lon2d)
         lon: np.ndarray = self.info.lon
         return lon[::-1].copy() if self.flip_lon else lon.copy()
+
+    @property
+    def y(self) -> np.ndarray:
+        """Row coordinate ``(H,)`` in output order (projected y, latitude, or positions)."""
+        y: np.ndarray = self.info.lat
+        return y[::-1].copy() if self.flip_lat else y.copy()
+
+    @property
+    def x(self) -> np.ndarray:
+        """Column coordinate ``(W,)`` in output order (projected x, longitude, or positions)."""
+        x: np.ndarray = self.info.lon
+        return x[::-1].copy() if self.flip_lon else x.copy()
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -291,8 +344,18 @@ class GriddedDataModule(L.LightningDataModule):
 
     @property
     def area_weights(self) -> np.ndarray:
-        """``cos(lat)`` normalised to mean 1, ``(H,)``, in output (north to south) order."""
-        weights: np.ndarray = latitude_area_weights(self.lat)
+        """Cell-area weights normalised to mean 1, in output order: ``cos(lat)`` ``(H,)`` on a lat-lon
+        grid; ``(H, W)`` true cell areas on a projected grid (plane area over the projection's areal
+        scale factor) or a curvilinear one (spherical areas from the 2-D latitude/longitude)."""
+        kind = self.grid_kind
+        weights: np.ndarray
+        if kind == "projected":
+            assert self.crs_wkt is not None
+            weights = projected_area_weights(self.crs_wkt, self.x, self.y, self.lat, self.lon)
+        elif kind == "curvilinear":
+            weights = curvilinear_area_weights(self.lat, self.lon)
+        else:
+            weights = latitude_area_weights(self.lat)
         return weights
 
     @property
@@ -380,8 +443,10 @@ class GriddedDataModule(L.LightningDataModule):
                     field = (field - field.mean()) / (std if std > 0 else 1.0)
                     names.append("orography")
                 fields.append(field)
-            lat = np.deg2rad(self.lat)[:, None] * np.ones((1, w))
-            lon = np.ones((h, 1)) * np.deg2rad(self.lon)[None, :]
+            lat2 = self.lat if self.lat.ndim == 2 else self.lat[:, None]
+            lon2 = self.lon if self.lon.ndim == 2 else self.lon[None, :]
+            lat = np.broadcast_to(np.deg2rad(lat2), (h, w))
+            lon = np.broadcast_to(np.deg2rad(lon2), (h, w))
             for name, field in (
                 ("sin_lat", np.sin(lat)),
                 ("cos_lat", np.cos(lat)),
@@ -741,8 +806,8 @@ class GriddedDataModule(L.LightningDataModule):
         """What a model trained on this data depends on (store in checkpoints; see :meth:`check_signature`)."""
         return {
             "variables": self.variables,
-            "lat": [float(v) for v in self.lat],
-            "lon": [float(v) for v in self.lon],
+            "lat": np.asarray(self.lat, dtype=np.float64).tolist(),
+            "lon": np.asarray(self.lon, dtype=np.float64).tolist(),
             "time_step_hours": self.time_step_hours,
             "static_names": self.static_names,
             "forcing_names": self.forcing_names,
@@ -792,17 +857,25 @@ class GriddedDataModule(L.LightningDataModule):
         }
 
     def facts(self) -> dict[str, Any]:
-        """What the model and task follow (the config layer fills builder parameters of these names)."""
+        """What the model and task follow (the config layer fills builder parameters of these names).
+
+        ``grid_kind`` is ``"latlon"``, ``"projected"`` or ``"curvilinear"``; ``lat``/``lon`` are
+        ``(H,)``/``(W,)`` lists on a lat-lon grid and ``(H, W)`` nested lists otherwise, as is
+        ``area_weights`` (``(H,)`` cos-latitude, else ``(H, W)`` cell areas); ``grid_crs`` is the
+        projection's WKT (None unless projected).
+        """
         return {
-            "lat": [float(v) for v in self.lat],
-            "lon": [float(v) for v in self.lon],
+            "grid_kind": self.grid_kind,
+            "grid_crs": self.crs_wkt,
+            "lat": np.asarray(self.lat, dtype=np.float64).tolist(),
+            "lon": np.asarray(self.lon, dtype=np.float64).tolist(),
             "n_channels": int(self.n_channels),
             "n_forcings": int(self.n_forcings),
             "n_static": int(self.n_static),
             "n_input": int(self.n_input),
             "variables": list(self.variables),
             "tendency_scale": [float(v) for v in np.asarray(self.tendency_scale).reshape(-1)],
-            "area_weights": [float(v) for v in np.asarray(self.area_weights).reshape(-1)],
+            "area_weights": np.asarray(self.area_weights, dtype=np.float64).tolist(),
             "time_step_hours": float(self.time_step_hours),
         }
 
@@ -814,9 +887,15 @@ class GriddedDataModule(L.LightningDataModule):
         h, w = self.grid_shape
         lat, lon = self.lat, self.lon
         chans = ", ".join(self.variables[:6]) + (" ..." if self.n_channels > 6 else "")
+        where = (
+            f"lat {lat[0]:g}..{lat[-1]:g} lon {lon[0]:g}..{lon[-1]:g}"
+            if lat.ndim == 1
+            else f"{self.grid_kind} grid, lat {np.nanmin(lat):.4g}..{np.nanmax(lat):.4g} "
+            f"lon {np.nanmin(lon):.4g}..{np.nanmax(lon):.4g}"
+        )
         text = (
             f"{name} ({self.kind}; {self.n_channels} channels [{chans}] on {h}x{w} "
-            f"lat {lat[0]:g}..{lat[-1]:g} lon {lon[0]:g}..{lon[-1]:g}; step {freq_alias(self.time_step)}; "
+            f"{where}; step {freq_alias(self.time_step)}; "
             f"n_input {self.n_input}, n_lead {self.n_lead}; {self.n_forcings} forcings, "
             f"{self.n_static} static"
         )

@@ -16,18 +16,19 @@ def time_forcings(times: np.ndarray, lon: np.ndarray, n_lat: int, out: np.ndarra
 
     Args:
         times: ``datetime64`` timestamps (UTC) of the states.
-        lon: Longitudes in degrees, ``(W,)``.
+        lon: Longitudes in degrees, ``(W,)``, or ``(H, W)`` on a projected or curvilinear grid.
         n_lat: ``H``.
         out: Array to write into (default: a new one).
     """
     seconds = times.astype("datetime64[s]").astype(np.int64).astype(np.float64)  # (T,)
     day_frac = (seconds % 86400.0) / 86400.0
-    local = 2 * np.pi * (day_frac[:, None] + lon[None, :] / 360.0)  # (T, W)
+    lon_hw = lon[None, :] if lon.ndim == 1 else lon  # (1, W) or (H, W)
+    local = 2 * np.pi * (day_frac[:, None, None] + lon_hw[None] / 360.0)  # (T, 1 or H, W)
     year = 2 * np.pi * ((seconds / _YEAR_SECONDS) % 1.0)  # (T,)
     if out is None:
-        out = np.empty((len(times), 4, n_lat, len(lon)), dtype=np.float32)
-    out[:, 0] = np.cos(local)[:, None, :]
-    out[:, 1] = np.sin(local)[:, None, :]
+        out = np.empty((len(times), 4, n_lat, lon.shape[-1]), dtype=np.float32)
+    out[:, 0] = np.cos(local)
+    out[:, 1] = np.sin(local)
     out[:, 2] = np.cos(year)[:, None, None]
     out[:, 3] = np.sin(year)[:, None, None]
     return out

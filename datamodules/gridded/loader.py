@@ -194,7 +194,7 @@ class GriddedDataset(Dataset):
         static: ``(S, H, W)`` float32, the same for every sample.
         forcings: Add the ``forcings`` entry.
         times: The store's time axis (``datetime64[ns]``).
-        lon: Output longitudes ``(W,)`` (for local time).
+        lon: Output longitudes ``(W,)``, or ``(H, W)`` on a projected or curvilinear grid (for local time).
         channels: Channel names (for messages).
         nan_policy: ``"mask"`` or ``"error"``.
     """
@@ -233,6 +233,7 @@ class GriddedDataset(Dataset):
         self.channels = channels
         self.nan_policy = nan_policy
         self.n_lat = len(reader.info.lat)
+        self.n_lon = len(reader.info.lon)
         self.recycle_slots = 0  # buffers per worker to re-use; GriddedDataModule sets it for its loaders
         self._pools: dict[tuple[int, ...], _SlotPool] = {}
 
@@ -257,7 +258,7 @@ class GriddedDataset(Dataset):
     def read_states(self, t: int) -> np.ndarray:
         """Physical-unit states ``t - (n_input-1)*stride .. t + n_lead*stride`` as (T, C, H, W) float32."""
         s = self.stride
-        block = np.empty((self.n_input + self.n_lead, len(self.channels), self.n_lat, len(self.lon)), np.float32)
+        block = np.empty((self.n_input + self.n_lead, len(self.channels), self.n_lat, self.n_lon), np.float32)
         self._fill(block, t - (self.n_input - 1) * s, t + self.n_lead * s + 1)
         return block
 
@@ -273,7 +274,7 @@ class GriddedDataset(Dataset):
         """
         shared = torch.utils.data.get_worker_info() is not None
         n_b, n_in, n_ld, s = len(positions), self.n_input, self.n_lead, self.stride
-        n_t, c, h, w = n_in + n_ld, len(self.channels), self.n_lat, len(self.lon)
+        n_t, c, h, w = n_in + n_ld, len(self.channels), self.n_lat, self.n_lon
         n_f = len(FORCING_NAMES) if self.forcings else 0
         size = n_b * n_t * (c + n_f) * h * w
         pool, slot = None, None

@@ -1,4 +1,12 @@
-"""``sciadapt data prepare``: netCDF/GRIB archives into one chunked zarr store, out of core."""
+"""``sciadapt data prepare``: netCDF/GRIB archives or radar frames into one chunked zarr store, out of core.
+
+Inputs are many files (a glob or a list; one time step per file is normal), sorted by time: a
+time held by two files is refused naming both, as are files of different grids or projections.
+netCDF, zarr and GRIB go through xarray; radar composites through pysteps' importers
+(:mod:`.radar`, ``format="knmi_hdf5"`` ...). The store keeps the grid: lat-lon as before, or
+``y``/``x`` with a CF ``crs`` grid-mapping variable (``crs_wkt``, ``spatial_ref``, ``proj4``) and 2-D
+``latitude``/``longitude`` for projected grids, and the 2-D latitude/longitude of curvilinear ones.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +22,11 @@ import numpy as np
 import xarray as xr
 
 from sciadapt.datamodules.gridded.datamodule import GriddedDataModule
+from sciadapt.datamodules.gridded.grids import _LAT_NAMES, _LON_NAMES, GRID_MAPPING, crs_attrs, crs_from_dataset
 from sciadapt.datamodules.gridded.store import (
+    _TIME_DIMS,
+    _as_datetimes,
+    _find_dim,
     check_regular_times,
     inspect_store,
     open_xarray,
@@ -52,6 +64,7 @@ def _open_inputs(files: list[str], engine: str | None) -> xr.Dataset:
     if len(files) == 1:
         ds: xr.Dataset = open_xarray(files[0], kind, engine, chunks={})
         return ds
+    files = _check_frames(files, kind, engine)
     if kind == "grib":
         require_cfgrib(files[0])
     kw: dict[str, Any] = {"backend_kwargs": {"indexpath": ""}} if kind == "grib" else {}
@@ -76,6 +89,74 @@ def _open_inputs(files: list[str], engine: str | None) -> xr.Dataset:
         ) from err
 
 
+def _check_frames(files: list[str], kind: str, engine: str | None) -> list[str]:
+    """``files`` sorted by their first time, after checking that they share one grid and projection
+    and that no time is held by two of them (metadata only)."""
+    first: dict[str, Any] = {}
+    seen: dict[Any, str] = {}
+    starts: dict[str, Any] = {}
+    for f in files:
+        ds = open_xarray(f, kind, engine, chunks={})
+        try:
+            # a file of one step may hold its time as a scalar coordinate (GRIB)
+            time_dim = _find_dim(ds, _TIME_DIMS) or next((n for n in _TIME_DIMS if n in ds.coords), None)
+            if time_dim is None:
+                raise DataError(f"data prepare: {f} has no time coordinate (looked for {', '.join(_TIME_DIMS)})")
+            times = _as_datetimes(np.atleast_1d(ds[time_dim].values), f, time_dim)
+            sizes = {str(d): int(n) for d, n in ds.sizes.items() if d != time_dim}
+            crs, _ = crs_from_dataset(ds, f)
+        finally:
+            ds.close()
+        if not first:
+            first = {"file": f, "sizes": sizes, "crs": crs}
+        elif sizes != first["sizes"]:
+            raise DataError(
+                f"data prepare: {f} has the grid {sizes} but {first['file']} has {first['sizes']}; files of one "
+                "store share one grid. Fix: prepare them separately or regrid them first"
+            )
+        elif (crs is None) != (first["crs"] is None) or (crs is not None and not crs == first["crs"]):
+            raise DataError(
+                f"data prepare: {f} and {first['file']} have different projections "
+                f"({'none' if crs is None else crs.name} / {'none' if first['crs'] is None else first['crs'].name}). "
+                "Fix: prepare them separately or reproject them first"
+            )
+        for t in times:
+            if t in seen:
+                raise DataError(
+                    f"data prepare: {seen[t]} and {f} both hold time {np.datetime_as_string(t, 's')}. "
+                    "Fix: give each time once (remove or trim one of them)"
+                )
+            seen[t] = f
+        starts[f] = times.min() if len(times) else np.datetime64("NaT")
+    return sorted(files, key=lambda name: (starts[name], name))
+
+
+def _keep_grid(ds: xr.Dataset, info: Any) -> xr.Dataset:
+    """The store's grid metadata in CF form: a ``crs`` grid-mapping variable named by every field
+    (projected grids) and the 2-D latitude/longitude as coordinates (projected and curvilinear)."""
+    grid = info.grid
+    if grid is None or grid.kind == "latlon":
+        return ds
+    for name in (*_LAT_NAMES, *_LON_NAMES):
+        if name in ds.variables and set(ds[name].dims) == {grid.row_dim, grid.col_dim} and name not in ds.coords:
+            ds = ds.set_coords(name)
+    if grid.kind == "projected":
+        assert grid.crs_wkt is not None
+        if grid.mapping_name is not None and grid.mapping_name in ds.variables:
+            ds = ds.drop_vars(grid.mapping_name)
+        if grid.lat2d is not None and not any(n in ds.coords for n in _LAT_NAMES):
+            dims = (grid.row_dim, grid.col_dim)
+            ds = ds.assign_coords(
+                latitude=(dims, grid.lat2d, {"standard_name": "latitude", "units": "degrees_north"}),
+                longitude=(dims, grid.lon2d, {"standard_name": "longitude", "units": "degrees_east"}),
+            )
+        for name in ds.data_vars:
+            ds[name].attrs["grid_mapping"] = GRID_MAPPING
+            ds[name].encoding.pop("grid_mapping", None)
+        ds[GRID_MAPPING] = xr.DataArray(np.int32(0), attrs=crs_attrs(grid.crs_wkt))
+    return ds
+
+
 def prepare_store(
     inputs: list[str] | str,
     out: str,
@@ -86,8 +167,10 @@ def prepare_store(
     progress: bool = True,
     scheduler: str | None = None,
     overwrite: bool = False,
+    format: str | None = None,
+    crs: str | None = None,
 ) -> Path:
-    """Convert netCDF/GRIB file(s) into a chunked zarr store and compute its statistics.
+    """Convert netCDF/GRIB file(s) or radar frames into a chunked zarr store and compute its statistics.
 
     The data are written with dask (float32, zstd-compressed, one time step per chunk by default)
     to ``<out>.tmp-<pid>`` and renamed to ``out`` only when complete, so an interrupted run never
@@ -96,7 +179,8 @@ def prepare_store(
     written into the store (``.sciadapt_stats.json``); other settings compute theirs on first use.
 
     Args:
-        inputs: A file, a glob pattern, or a list of them (combined along their coordinates).
+        inputs: A file, a glob pattern, or a list of them (combined along their coordinates,
+            sorted by time).
         out: The zarr store to create.
         variables: Variables to keep (time-dependent ones by name; static fields are always kept);
             None: all.
@@ -108,12 +192,19 @@ def prepare_store(
         scheduler: None (dask's threaded scheduler), ``"local"`` (start a ``dask.distributed``
             LocalCluster) or the address of a running dask scheduler (``tcp://host:8786``).
         overwrite: Replace an existing ``out``.
+        format: None (netCDF/zarr/GRIB through xarray, told from ``engine`` or the names) or a
+            pysteps importer for radar composites (``knmi_hdf5``, ``odim_hdf5``, ``bom_rf3`` ...;
+            needs ``pip install 'sciadapt[nowcast]'``).
+        crs: The CRS of a projected grid whose files declare none (or declare a wrong one), any
+            string pyproj reads (``EPSG:3035``, proj4, WKT).
 
     Returns:
         The path of the store.
 
     Raises:
-        DataError: Missing inputs, variables or levels, irregular times, or an existing ``out``.
+        DataError: Missing inputs, variables or levels, irregular or repeated times, files of
+            different grids or projections, a projected grid without a CRS, a radar file whose
+            missing-value code is unknown, or an existing ``out``.
     """
     from sciadapt.runs import check_output_location
 
@@ -125,9 +216,19 @@ def prepare_store(
     # part-way is cleaned up (its temporaries never carry the final name)
     check_output_location(target, "data prepare: the output store", folder=True)
     _clean_leftovers(target)
-    ds = _open_inputs(files, engine)
+    fmt = None if format in (None, "netcdf", "zarr", "grib") else format
+    if fmt is not None:
+        from sciadapt.datamodules.gridded.radar import open_radar
+
+        ds = open_radar(files, fmt, crs)
+    else:
+        if format == "zarr" and engine is None:
+            engine = "zarr"
+        elif format == "grib" and engine is None:
+            engine = "cfgrib"
+        ds = _open_inputs(files, engine)
     source = files[0] if len(files) == 1 else f"{files[0]} (+{len(files) - 1} files)"
-    info = inspect_store(ds, source, "netcdf", engine)
+    info = inspect_store(ds, source, "netcdf", engine, crs=crs)
     check_regular_times(info.times, source)
     keep_static = list(info.static)
     if variables is not None or levels is not None:
@@ -136,8 +237,11 @@ def prepare_store(
         ds = ds[names + [s for s in keep_static if s not in names]]
         if levels is not None and info.level_dim is not None:
             ds = ds.sel({info.level_dim: [v for v in info.levels if any(math.isclose(float(v), lv) for lv in levels)]})  # type: ignore[union-attr]
-    # Scalar and auxiliary coordinates (GRIB's step, surface, valid_time...) are not needed to train.
-    ds = ds.drop_vars([c for c in ds.coords if c not in ds.dims])
+    # Scalar and auxiliary coordinates (GRIB's step, surface, valid_time...) are not needed to train;
+    # a projected or curvilinear grid keeps its 2-D latitude/longitude and its projection.
+    grid_coords = set(_LAT_NAMES + _LON_NAMES) if info.grid_kind != "latlon" else set()
+    ds = ds.drop_vars([c for c in ds.coords if c not in ds.dims and c not in grid_coords])
+    ds = _keep_grid(ds, info)
     sizes = dict(ds.sizes)
     chunk_spec = {d: -1 for d in sizes}
     chunk_spec[info.time_dim] = 1
@@ -150,6 +254,8 @@ def prepare_store(
     encoding: dict[str, dict[str, Any]] = {}
     for name in ds.data_vars:
         var = ds[name]
+        if var.ndim == 0:  # the grid-mapping variable
+            continue
         if np.issubdtype(var.dtype, np.floating) and var.dtype != np.float32:
             ds[name] = var.astype(np.float32)
         ds[name].encoding = {}

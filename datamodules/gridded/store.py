@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from sciadapt.datamodules.gridded.grids import _LAT_NAMES, _LON_NAMES, Grid, detect_grid
 from sciadapt.errors import DataError
 from sciadapt.registry import suggest
 
@@ -55,6 +56,9 @@ class StoreInfo:
         time_chunks: name -> chunk length along time (1 when unchunked).
         bytes_per_step: name -> bytes of one time step (at least float32 per value).
         member_count: Size of the member dimension (0 without one).
+        grid: The horizontal grid (kind, CRS, 2-D latitude/longitude); ``lat_dim``/``lon_dim``
+            name its row/column dimensions (``y``/``x`` on a projected grid) and ``lat``/``lon``
+            hold their 1-D coordinates (``y``/``x`` values, or positions when there are none).
     """
 
     path: str
@@ -75,6 +79,12 @@ class StoreInfo:
     time_chunks: dict[str, int]
     bytes_per_step: dict[str, int]
     member_count: int = 0
+    grid: Grid | None = None
+
+    @property
+    def grid_kind(self) -> str:
+        """``"latlon"``, ``"projected"`` or ``"curvilinear"``."""
+        return "latlon" if self.grid is None else self.grid.kind
 
     @property
     def n_members(self) -> int:
@@ -207,23 +217,39 @@ def _as_datetimes(values: Any, path: str, dim: str) -> np.ndarray:
         ) from err
 
 
-def inspect_store(ds: xr.Dataset, path: str, kind: str, engine: str | None) -> StoreInfo:
-    """Read the layout of an opened store (dims, coordinates, variables); no array data.
+def inspect_store(ds: xr.Dataset, path: str, kind: str, engine: str | None, crs: str | None = None) -> StoreInfo:
+    """Read the layout of an opened store (dims, coordinates, variables, grid); no array data.
+
+    Args:
+        ds: The opened store.
+        path: How messages name it.
+        kind: As returned by :func:`store_kind`.
+        engine: The xarray engine it was opened with.
+        crs: A CRS for a projected grid whose file does not declare one (``data.crs``).
 
     Raises:
-        DataError: If the store lacks a time, latitude or longitude dimension or has no variable on them.
+        DataError: If the store lacks a time dimension or a grid (latitude/longitude, or y/x with
+            a CRS or 2-D latitude/longitude), or has no variable on them.
     """
     dims = list(ds.dims)
-    found = {}
-    for what, cands in (("time", _TIME_DIMS), ("latitude", _LAT_DIMS), ("longitude", _LON_DIMS)):
-        name = _find_dim(ds, cands)
-        if name is None:
-            raise DataError(
-                f"{path}: no {what} dimension (looked for {', '.join(cands)}; the store has "
-                f"{', '.join(map(str, dims)) or 'none'}). Fix: rename it, e.g. ds.rename({{'<name>': '{cands[0]}'}})"
-            )
-        found[what] = name
-    time_dim, lat_dim, lon_dim = found["time"], found["latitude"], found["longitude"]
+    time_dim = _find_dim(ds, _TIME_DIMS)
+    if time_dim is None:
+        raise DataError(
+            f"{path}: no time dimension (looked for {', '.join(_TIME_DIMS)}; the store has "
+            f"{', '.join(map(str, dims)) or 'none'}). Fix: rename it, e.g. ds.rename({{'<name>': 'time'}})"
+        )
+    grid = detect_grid(ds, path, crs)
+    if grid is None:
+        missing = "latitude" if _find_dim(ds, _LAT_DIMS) is None else "longitude"
+        cands = _LAT_DIMS if missing == "latitude" else _LON_DIMS
+        raise DataError(
+            f"{path}: no {missing} dimension (looked for {', '.join(cands)}, or y/x with a CRS; the store has "
+            f"{', '.join(map(str, dims)) or 'none'}). Fix: rename it, e.g. ds.rename({{'<name>': '{cands[0]}'}})"
+        )
+    lat_dim, lon_dim = grid.row_dim, grid.col_dim
+    not_fields = {grid.mapping_name} if grid.mapping_name else set()
+    if grid.kind != "latlon":
+        not_fields |= {n for n in (*_LAT_NAMES, *_LON_NAMES) if n in ds.variables}
     level_dim = _find_dim(ds, _LEVEL_DIMS)
     member_dim = _find_dim(ds, _MEMBER_DIMS)
     allowed_dyn = {time_dim, lat_dim, lon_dim, level_dim, member_dim} - {None}
@@ -232,7 +258,7 @@ def inspect_store(ds: xr.Dataset, path: str, kind: str, engine: str | None) -> S
     for key, var in ds.variables.items():
         vname = str(key)
         vdims = tuple(str(d) for d in var.dims)
-        if vname in ds.dims or lat_dim not in vdims or lon_dim not in vdims:
+        if vname in ds.dims or vname in not_fields or lat_dim not in vdims or lon_dim not in vdims:
             continue
         if time_dim in vdims and set(vdims) <= allowed_dyn:
             dynamic[vname] = vdims
@@ -273,8 +299,8 @@ def inspect_store(ds: xr.Dataset, path: str, kind: str, engine: str | None) -> S
         level_dim=level_dim,
         member_dim=member_dim,
         times=times,
-        lat=np.asarray(ds[lat_dim].values, dtype=np.float64),
-        lon=np.asarray(ds[lon_dim].values, dtype=np.float64),
+        lat=_axis_values(ds, lat_dim),
+        lon=_axis_values(ds, lon_dim),
         levels=None if level_dim is None else np.asarray(ds[level_dim].values),
         dynamic=dynamic,
         static=static,
@@ -282,8 +308,16 @@ def inspect_store(ds: xr.Dataset, path: str, kind: str, engine: str | None) -> S
         time_chunks=time_chunks,
         bytes_per_step=bytes_per_step,
         member_count=0 if member_dim is None else int(ds.sizes[member_dim]),
+        grid=grid,
     )
     return info
+
+
+def _axis_values(ds: xr.Dataset, dim: str) -> np.ndarray:
+    """A grid dimension's 1-D coordinate, or the positions 0..n-1 when it has none (curvilinear)."""
+    if dim in ds.coords:
+        return np.asarray(ds[dim].values, dtype=np.float64)
+    return np.arange(ds.sizes[dim], dtype=np.float64)
 
 
 def check_regular_times(times: np.ndarray, source: str) -> pd.Timedelta:

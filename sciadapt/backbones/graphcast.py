@@ -570,6 +570,7 @@ def build_graphcast(
     grid2mesh_radius_factor: float = 0.6,
     activation_checkpointing: bool = False,
     weights: str | None = None,
+    grid_kind: Annotated[str, FromData] = "latlon",
 ) -> GraphCast:
     """Build a GraphCast-style mesh GNN predicting normalised tendencies on a lat-lon grid.
 
@@ -596,14 +597,21 @@ def build_graphcast(
             holding each grid point.
         activation_checkpointing: Recompute each processor layer in backward (less memory).
         weights: Optional checkpoint loaded with :meth:`GraphCast.load_pretrained`.
+        grid_kind: ``latlon``, ``projected`` or ``curvilinear``; follows the data. The mesh needs
+            ``latlon``; other grids take a grid-native backbone (``unet_grid``, ``swin_grid``).
 
     Returns:
         The model.
 
     Raises:
-        ConfigError: Listing every invalid setting.
+        ConfigError: Listing every invalid setting, or data not on a regular lat-lon grid.
         CheckpointError: If ``weights`` cannot be loaded (including a grid mismatch).
     """
+    if grid_kind != "latlon":
+        raise ConfigError(
+            "backbone: the icosahedral mesh needs a regular latitude-longitude grid; this data is on a "
+            f"{grid_kind} grid: use backbone=unet_grid or swin_grid"
+        )
     _validate(
         lat, lon, n_channels, n_forcings, n_static, n_input, mesh_refinement, latent_size, processor_layers,
         mlp_hidden, grid2mesh_radius_factor,
@@ -644,6 +652,7 @@ def build_graphcast_tiny(
     grid2mesh_radius_factor: float = 0.6,
     activation_checkpointing: bool = False,
     weights: str | None = None,
+    grid_kind: Annotated[str, FromData] = "latlon",
 ) -> GraphCast:
     """A tiny GraphCast (mesh refinement 2, latent 32, 2 processor layers) for tests and smoke runs.
 
@@ -666,5 +675,6 @@ def build_graphcast_tiny(
             grid2mesh_radius_factor=grid2mesh_radius_factor,
             activation_checkpointing=activation_checkpointing,
             weights=weights,
+            grid_kind=grid_kind,
         ),
     )

@@ -85,8 +85,11 @@ def _prepare(
     if t.shape != f.shape:
         raise ShapeError(f"truth: expected the forecast's shape {f.shape} {LAYOUT}, got {t.shape}")
     w = _np(weights, "weights")
-    if w.shape != (f.shape[3],):
-        raise ShapeError(f"weights: expected (H,) = ({f.shape[3]},), got {w.shape}")
+    if w.shape not in ((f.shape[3],), (f.shape[3], f.shape[4])):
+        raise ShapeError(
+            f"weights: expected (H,) = ({f.shape[3]},) latitude weights or (H, W) = {f.shape[3:]} cell areas "
+            f"(projected and curvilinear grids), got {w.shape}"
+        )
     if len(variables) != f.shape[2]:
         raise ShapeError(f"variables: {len(variables)} names for C={f.shape[2]} channels")
     m = None
@@ -98,10 +101,11 @@ def _prepare(
 
 
 def _spatial_mean(x: np.ndarray, w: np.ndarray, m: np.ndarray | None) -> np.ndarray:
-    """Latitude-weighted mean over (H, W) of ``x (N, L, C, H, W)`` -> ``(N, L, C)`` (NaN where nothing observed)."""
-    ww = w[:, None]  # (H, 1), broadcast over W
+    """Area-weighted mean over (H, W) of ``x (N, L, C, H, W)`` -> ``(N, L, C)`` (NaN where nothing observed);
+    ``w`` is ``(H,)`` latitude weights or ``(H, W)`` cell areas."""
+    ww = w[:, None] if w.ndim == 1 else w  # (H, 1) broadcast over W, or (H, W)
     if m is None:
-        mean: np.ndarray = (x * ww).sum(axis=(-2, -1)) / (ww.sum() * x.shape[-1])  # (N, L, C)
+        mean: np.ndarray = (x * ww).sum(axis=(-2, -1)) / np.broadcast_to(ww, x.shape[-2:]).sum()  # (N, L, C)
         return mean
     wm = m * ww
     den = wm.sum(axis=(-2, -1))
@@ -143,7 +147,7 @@ def mse(
     Args:
         forecast: ``(N_init, n_lead, C, H, W)``.
         truth: Same shape.
-        weights: Latitude weights ``(H,)`` (see :func:`latitude_weights`).
+        weights: Latitude weights ``(H,)`` (see :func:`latitude_weights`) or cell areas ``(H, W)``.
         variables: Channel names ``(C,)``.
         lead_hours: Lead time of each step (dict keys); default ``1..n_lead``.
         mask: 1 where the truth is observed (same shape); default all observed.

@@ -10,6 +10,7 @@ at the stage — and the epoch — where it stopped. What each stage trains is d
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 from lightning.pytorch.callbacks import Callback
 
 from sciadapt.config import build_datamodule, build_task, from_data_params, load_config
@@ -172,7 +174,7 @@ class PipelineRunner:
             self.facts = facts
             self.task = build_task(plan.model, facts)
             self.task.seed = self.spec.seed
-            self.task.data_signature = {**facts, **self._columns(dm)}
+            self.task.data_signature = {k: _compact(v) for k, v in {**facts, **self._columns(dm)}.items()}
             return
         # the facts the backbone is built from fix the model's shapes: every stage's data must keep them
         geometry = from_data_params(BACKBONES.get(plan.model["backbone"]["name"])) - {
@@ -510,3 +512,22 @@ def fit(
             else:
                 console.print(f"run directory: {runner.run_dir}")
         return runner.out, runner.run()
+
+
+#: facts with more numbers than this (2-D latitude, longitude and cell areas of a projected grid) go
+#: into checkpoints as a digest and a shape, not as millions of pickled floats
+_SIGNATURE_MAX_NUMBERS = 4096
+
+
+def _compact(value: Any) -> Any:
+    """A data-signature value as stored with the weights: large nested number lists become
+    ``{"sha256", "shape"}`` (equal data gives an equal digest)."""
+    if not isinstance(value, list) or not value or not isinstance(value[0], list):
+        return value
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return value
+    if array.size <= _SIGNATURE_MAX_NUMBERS:
+        return value
+    return {"sha256": hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest(), "shape": list(array.shape)}

@@ -49,7 +49,8 @@ class RolloutTask(Task):
         head: A grid head (``grid``).
         variables: Channel names, in order (follows the data).
         tendency_scale: ``std(Δ) / std`` per channel (follows the data).
-        area_weights: Latitude weights ``(H,)``, mean 1 (follows the data).
+        area_weights: Latitude weights ``(H,)`` on a lat-lon grid, or cell areas ``(H, W)`` on a
+            projected or curvilinear grid; rescaled to mean 1 (follows the data).
         n_input: Past states per step (follows the data).
         variable_weights: Loss weight per variable name (others 1); a name may be a prefix
             (``z`` weighs every ``z_<level>``).
@@ -70,7 +71,7 @@ class RolloutTask(Task):
         head: nn.Module,
         variables: list[str],
         tendency_scale: list[float],
-        area_weights: list[float],
+        area_weights: list[float] | list[list[float]],
         n_input: int = 1,
         variable_weights: dict[str, float] | None = None,
         time_step_hours: float = 1.0,
@@ -85,7 +86,9 @@ class RolloutTask(Task):
         c = len(self.variables)
         self.register_buffer("tendency_scale_t", torch.tensor(tendency_scale, dtype=torch.float32).reshape(1, c, 1, 1))
         w = torch.tensor(area_weights, dtype=torch.float32)
-        self.register_buffer("area_w", (w / w.mean()).reshape(1, 1, 1, -1, 1))  # (1, 1, 1, H, 1)
+        # (1, 1, 1, H, 1) per latitude row, or (1, 1, 1, H, W) per cell on other grids
+        shape = (1, 1, 1, -1, 1) if w.dim() == 1 else (1, 1, 1, *w.shape)
+        self.register_buffer("area_w", (w / w.mean()).reshape(shape))
         vw = torch.ones(c)
         for key, value in (variable_weights or {}).items():
             hit = [i for i, v in enumerate(self.variables) if v == key or v.startswith(f"{key}_")]
@@ -133,7 +136,7 @@ class RolloutTask(Task):
 
     def weighted_mse(self, pred: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:
         """Latitude- and variable-weighted MSE over ``(B, steps, C, H, W)``; masked points excluded."""
-        w = self.area_w * self.var_w  # (1, 1, C, H, 1)
+        w = self.area_w * self.var_w  # (1, 1, C, H, 1 or W)
         w = w.expand_as(pred) if mask is None else w * mask
         return ((pred - y) ** 2 * w).sum() / w.sum().clamp_min(1e-12)
 
@@ -258,7 +261,7 @@ def build_rollout(
     head: nn.Module,
     variables: Annotated[list[str] | None, FromData] = None,
     tendency_scale: Annotated[list[float] | None, FromData] = None,
-    area_weights: Annotated[list[float] | None, FromData] = None,
+    area_weights: Annotated[list[float] | list[list[float]] | None, FromData] = None,
     n_input: Annotated[int, FromData] = 1,
     variable_weights: dict[str, float] | None = None,
     time_step_hours: Annotated[float, FromData] = 1.0,
@@ -270,7 +273,7 @@ def build_rollout(
         head: Injected by the runner.
         variables: Follows the data (channel names).
         tendency_scale: Follows the data (``std(Δ)/std`` per channel).
-        area_weights: Follows the data (cos-latitude weights per grid row).
+        area_weights: Follows the data (cos-latitude weights per grid row, or ``(H, W)`` cell areas).
         n_input: Follows the data.
         variable_weights: Loss weight per variable (or variable prefix); default 1 each.
         time_step_hours: Follows the data.
@@ -282,7 +285,7 @@ def build_rollout(
         head,
         variables=list(variables),
         tendency_scale=_as_list(tendency_scale),
-        area_weights=_as_list(area_weights),
+        area_weights=np.asarray(area_weights, dtype=np.float64).tolist(),
         n_input=n_input,
         variable_weights=variable_weights,
         time_step_hours=time_step_hours,

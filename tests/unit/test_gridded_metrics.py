@@ -144,3 +144,23 @@ def test_lead_table() -> None:
     table = gmet.lead_table(results, "t2m", digits=2)
     assert table.splitlines()[0] == "| lead (h) | model RMSE | persistence RMSE |"
     assert table.splitlines()[2] == "| 3 | 0.50 | 1.00 |"
+
+
+def test_cell_area_weights_of_a_projected_grid_equal_broadcast_latitude_weights() -> None:
+    """(H, W) cell areas (projected and curvilinear grids) weight like (H,) latitude weights repeated
+    along W, with and without a mask; another shape names both forms."""
+    from sciadapt.metrics.gridded import bias, rmse
+
+    rng = np.random.default_rng(0)
+    f, t = rng.normal(size=(2, 3, 2, 4, 5)), rng.normal(size=(2, 3, 2, 4, 5))
+    w1 = np.array([0.5, 1.0, 1.2, 1.3])
+    w2 = np.repeat(w1[:, None], 5, axis=1)
+    mask = (rng.random(f.shape) > 0.2).astype(float)
+    for m in (None, mask):
+        assert rmse(f, t, w2, ["a", "b"], mask=m) == rmse(f, t, w1, ["a", "b"], mask=m)
+        assert bias(f, t, w2, ["a", "b"], mask=m) == bias(f, t, w1, ["a", "b"], mask=m)
+    uneven = w2.copy()
+    uneven[:, 0] = 10.0
+    assert rmse(f, t, uneven, ["a", "b"]) != rmse(f, t, w2, ["a", "b"])
+    with pytest.raises(ShapeError, match=r"\(H, W\)"):
+        rmse(f, t, np.ones(5), ["a", "b"])
