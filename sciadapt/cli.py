@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument(
         "inputs",
         nargs="+",
-        help="input files or globs (sorted by time), then the output .zarr store (netCDF, GRIB, or radar with --format)",
+        help="input files or globs, then the output .zarr store (inputs sorted by time; netCDF, GRIB, or radar with --format)",
     )
     dp.add_argument("--variables", help="comma-separated variables to keep (default: all)")
     dp.add_argument("--levels", help="comma-separated pressure levels to keep (default: all)")

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -269,13 +270,16 @@ def prepare_store(
     try:
         delayed = ds.to_zarr(tmp, mode="w", encoding=encoding, compute=False, consolidated=False)
         if scheduler is None:
-            if progress:
-                from dask.diagnostics import ProgressBar
+            # our own pool: when a chunk fails, leaving the block waits for the chunks still being written,
+            # so the half-written store removed below stays removed
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+                if progress:
+                    from dask.diagnostics import ProgressBar
 
-                with ProgressBar():
-                    delayed.compute()
-            else:
-                delayed.compute()
+                    with ProgressBar():
+                        delayed.compute(scheduler="threads", pool=pool)
+                else:
+                    delayed.compute(scheduler="threads", pool=pool)
         else:
             client = _dask_client(scheduler)
             future = client.compute(delayed)

@@ -57,7 +57,9 @@ def reference(series: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return json.loads((_only_run(tmp / "runs") / "summary.json").read_text())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+# SIGTERM takes the same path as SIGUSR1 (test_signals checks every signal in every phase); it runs with
+# `-m slow` to keep the default suite under six minutes
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_signal_checkpoints_mid_epoch_and_resume_matches_uninterrupted(
     tmp_path: Path, series: Path, reference: dict, sig: signal.Signals
 ) -> None:
@@ -116,6 +118,7 @@ def test_sampler_resume_skips_this_ranks_done_samples_once() -> None:
     assert list(s) == expected  # the next pass over an epoch is whole again
 
 
+@pytest.mark.slow  # two gloo processes stopped and resumed (about a minute); DDP itself: test_ddp.py
 def test_ddp_ranks_stop_at_the_same_step_and_resume_exactly(tmp_path: Path, series: Path) -> None:
     """Two CPU DDP processes: the signal reaches rank 0 only (as a local `kill` does); the flag is
     all-reduced, both ranks checkpoint at the same step, one reports, and the resumed DDP run
