@@ -158,6 +158,10 @@ def _keep_grid(ds: xr.Dataset, info: Any) -> xr.Dataset:
     return ds
 
 
+#: file suffixes of HDF5 radar composites, read through ``--format`` (pysteps' importers)
+RADAR_SUFFIXES = (".h5", ".hdf5", ".hdf")
+
+
 def prepare_store(
     inputs: list[str] | str,
     out: str,
@@ -223,6 +227,13 @@ def prepare_store(
 
         ds = open_radar(files, fmt, crs)
     else:
+        if format is None and engine is None and any(Path(f).suffix.lower() in RADAR_SUFFIXES for f in files):
+            # HDF5 radar composites (KNMI, ODIM/OPERA) are not CF netCDF: xarray finds no time in them
+            raise DataError(
+                f"data prepare: {files[0]} looks like an HDF5 radar composite, which needs its importer. "
+                "Fix: give --format knmi_hdf5 (KNMI), --format odim_hdf5 (ODIM/OPERA) or another pysteps "
+                'importer (pip install -e ".[nowcast]"); a CF netCDF-4 file with an .h5 name: --engine h5netcdf'
+            )
         if format == "zarr" and engine is None:
             engine = "zarr"
         elif format == "grib" and engine is None:

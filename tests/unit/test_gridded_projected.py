@@ -216,3 +216,11 @@ def test_knmi_real_frames(tmp_path: Path) -> None:
     assert w.shape == (765, 700) and w[0].mean() > w[-1].mean()  # true at 60N: the north is larger
     assert dm.facts()["grid_kind"] == "projected"
     print(f"KNMI prepare: {seconds:.1f} s")
+
+
+def test_an_hdf5_radar_file_without_format_names_the_importer(tmp_path: Path) -> None:
+    frame = tmp_path / "RAD_NL25_RAP_5min_201008260000.h5"
+    frame.write_bytes(b"\x89HDF\r\n\x1a\n")  # the HDF5 signature; nothing is read before the check
+    with pytest.raises(DataError, match=r"needs its importer.*--format knmi_hdf5"):
+        prepare_store([str(frame)], str(tmp_path / "s.zarr"), progress=False)
+    assert not (tmp_path / "s.zarr").exists()
