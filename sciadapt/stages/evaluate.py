@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 #: metrics where a higher value is better (the table marks the best row of each column)
 HIGHER_IS_BETTER = {"miou", "iou", "f1", "mean_f1", "accuracy", "r2", "acc", "skill"}
+#: columns a comparison table may use when the output is not a terminal
+LOG_WIDTH = 200
 #: signed errors, best nearest zero
 NEAREST_ZERO = {"bias", "mbe"}
 
@@ -251,7 +253,18 @@ def print_comparison(summary: dict[str, Any], console: Console) -> None:
                 cell += "\n" + _delta_text(ci)
             cells.append(cell)
         table.add_row(r["model"], *cells)
-    console.print(table)
+    # in a log file (a SLURM job, a pipe) rich would squeeze the table into 80 columns and crop what does
+    # not fit: give it the room it needs there (up to LOG_WIDTH); a terminal keeps its own width
+    width = console.width
+    wanted = console.measure(table, options=console.options.update_width(LOG_WIDTH)).maximum
+    if not console.is_terminal and wanted > width:
+        console.width = wanted
+        try:
+            console.print(table)
+        finally:
+            console.width = width
+    else:
+        console.print(table)
     if iv.get("metrics"):
         console.print(_interval_footnote(iv, metrics), style="dim", highlight=False)
 

@@ -290,3 +290,20 @@ evaluation:
     # resumed in a fresh runner (no per-window scores kept from the stage's test): the same numbers
     assert main(["fit", "--resume", str(run)]) == 0
     assert json.loads((run / "summary.json").read_text())["evaluation"] == ev
+
+
+def test_a_wide_table_is_not_cropped_in_a_log_file() -> None:
+    """Off a terminal (a SLURM log) rich would crop a wide table at 80 columns and drop metrics."""
+    import io
+
+    buf = io.StringIO()
+    console = Console(file=buf)  # not a terminal: 80 columns
+    metrics = ["rmse", "mae", "mbe", "nrmse", "skill", "mase", "smape", "crps"]
+    rows = [
+        {"model": "smart-persistence (a long label)", **{m: 1.0 for m in metrics}},
+        {"model": "ours", **dict.fromkeys(metrics, 2.0)},
+    ]
+    print_comparison({"pipeline": "p", "evaluation": {"rows": rows, "metrics": metrics, "data": "d test"}}, console)
+    text = buf.getvalue()
+    assert "CRPS" in text and max(len(line) for line in text.splitlines()) > 80
+    assert console.width == 80  # the console is left as it was
