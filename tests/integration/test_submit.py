@@ -118,6 +118,8 @@ def test_bad_profiles_fail_before_anything_is_submitted(
     assert "sbatch not found" in capsys.readouterr().err
 
 
+# the sweep itself runs in the default suite (test_sweep.py); this one adds the job executor around it
+@pytest.mark.slow
 def test_local_executor_runs_a_sweep_as_jobs_and_summarizes(
     tmp_path: Path, series_csv: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
