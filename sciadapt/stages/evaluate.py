@@ -200,12 +200,14 @@ def plot_losses(run_dir: Path, pipeline: str) -> None:
     for key in ("train/loss", "val/loss"):
         ys = [float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows]
         ax.plot(x, ys, marker="o", ms=3, label=key)
-    bounds = [j for j in range(1, len(rows)) if rows[j]["stage"] != rows[j - 1]["stage"]]
+    # a metrics.csv of another shape (damaged, hand-edited) still plots; stage bounds need the column
+    stages = [str(r.get("stage") or "") for r in rows]
+    bounds = [j for j in range(1, len(rows)) if stages[j] != stages[j - 1]]
     for j in bounds:
         ax.axvline(j - 0.5, color="grey", ls=":")
     ax.set_xlabel("epoch (all stages)")
     ax.set_ylabel("loss (scaled)")
-    ax.set_title(f"{pipeline}: " + " → ".join(dict.fromkeys(r["stage"] for r in rows)))
+    ax.set_title(f"{pipeline}: " + " → ".join(dict.fromkeys(s for s in stages if s)))
     ax.legend()
     fig.tight_layout()
     buf = io.BytesIO()
