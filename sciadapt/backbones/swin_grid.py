@@ -27,9 +27,9 @@ from torch import Tensor, nn
 
 from sciadapt.backbones._bounds import bound_problems
 from sciadapt.backbones._grid_common import ConvBlock, GridBackbone, PadMode
-from sciadapt.backbones.timm_vision import peft_targets
+from sciadapt.backbones.timm_vision import peft_targets, timm_key_problems
 from sciadapt.errors import CheckpointError, ConfigError
-from sciadapt.hub import describe_mismatch, read_state_dict, resolve_file
+from sciadapt.hub import read_state_dict, resolve_file
 from sciadapt.registry import BACKBONES
 from sciadapt.spec import FromData, Ge, NonNegInt, PositiveInt
 
@@ -171,20 +171,8 @@ class SwinGrid(GridBackbone):
         logger.info(f"swin_grid: encoder {self.model_name} loaded from {where} (first convolution adapted)")
 
     def _key_problems(self, state: dict[str, Tensor]) -> list[str]:
-        """Missing or unexpected key names against the full timm model (meta device), classifier excluded."""
-        kwargs = {k: v for k, v in self._kwargs.items() if k != "out_indices"}
-        with torch.device("meta"):
-            full = timm.create_model(self.model_name, pretrained=False, **kwargs)
-        cfg: Any = getattr(full, "pretrained_cfg", None) or {}
-        classifier = cfg.get("classifier") or ()
-        heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-
-        def body(keys: dict[str, Tensor]) -> dict[str, Tensor]:
-            return {k: v for k, v in keys.items() if not any(k.startswith(f"{h}.") for h in heads)}
-
-        own = body(full.state_dict())
-        # names only: shapes are checked by the load (the first convolution is adapted)
-        return describe_mismatch(own, {k: own.get(k, v) for k, v in body(state).items()})
+        """Missing or unexpected key names against the full timm model, classifier excluded."""
+        return timm_key_problems(self.model_name, self._kwargs, state)
 
 
 def _pretrained_cfg(model_name: str) -> Any:

@@ -297,21 +297,30 @@ class TimmBackbone(nn.Module):
         return f"; first convolution adapted from {base} to {self.in_chans} input channels (timm adapt_input_conv)"
 
     def _key_problems(self, state: Mapping[str, Tensor]) -> list[str]:
-        """Missing or unexpected key names against the full model (meta device), classifier excluded."""
-        kwargs = {k: v for k, v in self._kwargs.items() if k != "out_indices"}
-        with torch.device("meta"):
-            full = timm.create_model(self.model_name, pretrained=False, **kwargs)
-        cfg: Any = getattr(full, "pretrained_cfg", None) or {}
-        classifier = cfg.get("classifier") or ()
-        heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+        """Missing or unexpected key names against the full model (see :func:`timm_key_problems`)."""
+        return timm_key_problems(self.model_name, self._kwargs, state)
 
-        def body(keys: Mapping[str, Tensor]) -> dict[str, Tensor]:
-            return {k: v for k, v in keys.items() if not any(k.startswith(f"{h}.") for h in heads)}
 
-        own = body(full.state_dict())
-        # names only: shapes are checked by the load itself (first conv and position tables get adapted)
-        theirs = {k: own.get(k, v) for k, v in body(state).items()}
-        return describe_mismatch(own, theirs)
+def timm_key_problems(model_name: str, kwargs: Mapping[str, Any], state: Mapping[str, Tensor]) -> list[str]:
+    """Missing or unexpected key names of ``state`` against the full timm model ``model_name`` built
+    with ``kwargs`` (on the meta device, ``out_indices`` left out), its classifier excluded.
+
+    Names only: shapes are checked by the load itself (the first convolution and position tables get
+    adapted), so a key the model has is compared with the model's own tensor.
+    """
+    with torch.device("meta"):
+        full = timm.create_model(
+            model_name, pretrained=False, **{k: v for k, v in kwargs.items() if k != "out_indices"}
+        )
+    cfg: Any = getattr(full, "pretrained_cfg", None) or {}
+    classifier = cfg.get("classifier") or ()
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+
+    def body(keys: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v for k, v in keys.items() if not any(k.startswith(f"{h}.") for h in heads)}
+
+    own = body(full.state_dict())
+    return describe_mismatch(own, {k: own.get(k, v) for k, v in body(state).items()})
 
 
 def peft_targets(backbone: nn.Module, stage_names: Sequence[str]) -> list[str]:
