@@ -394,6 +394,7 @@ def test_real_eolearn_patch() -> None:
         "img_size": 32,
         "n_classes": 5,
         "ignore_index": -1,
+        "class_names": ["cultivated", "forest", "grassland", "shrubland", "artificial"],
     }
     assert dm.majority_class() == 1  # forest dominates the patch
     s = dm.dataset("val")[0]
