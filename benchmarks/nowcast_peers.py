@@ -23,7 +23,6 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,54 +30,10 @@ import numpy as np
 
 from sciadapt.metrics import nowcast as nm
 from sciadapt.metrics.bootstrap import metric_interval
-from sciadapt.nowcast_transforms import RAIN_THRESHOLD, db_to_rate, rate_to_db
+from sciadapt.tasks.nowcast import extrapolation_nowcast
 
 RESULTS = Path(__file__).parent / "results"
 HEADLINE = ["csi@1", "fss@1/1km", "fss@1/8km", "fss@1/32km", "mae"]
-
-
-def pysteps_extrapolation(
-    frames: np.ndarray,
-    timestep_minutes: float,
-    n_leads: int,
-    metadata: Mapping[str, Any] | None = None,
-    *,
-    frame_minutes: float | None = None,
-    n_motion_frames: int = 3,
-) -> np.ndarray:
-    """pysteps' extrapolation nowcast of the last frame: LK optical flow and semi-Lagrangian advection in dBR.
-
-    Args:
-        frames: ``(T, H, W)`` past fields, oldest first, in rain rate (mm/h), or in the units that
-            ``metadata`` states (pysteps importer metadata; converted with ``pysteps.utils.to_rainrate``).
-        timestep_minutes: Minutes between leads.
-        n_leads: Leads to forecast.
-        metadata: pysteps' metadata of ``frames`` (``unit``, ``accutime``, ``transform``...); None
-            for rain rates.
-        frame_minutes: Minutes between the input frames (the flow's time step); default ``timestep_minutes``.
-        n_motion_frames: Frames the optical flow uses (pysteps' example: 3).
-
-    Returns:
-        ``(n_leads, H, W)`` rain rates (mm/h) at ``timestep_minutes * (k + 1)``; NaN where advection
-        brought nothing in from outside the grid.
-    """
-    from pysteps import motion, nowcasts
-    from pysteps.utils import to_rainrate
-
-    rates = np.asarray(frames, dtype=np.float64)
-    if rates.ndim != 3 or rates.shape[0] < 2:
-        raise ValueError(f"pysteps_extrapolation: expected (T >= 2, H, W) frames, got {rates.shape}")
-    if metadata is not None and (metadata.get("unit") != "mm/h" or metadata.get("transform") is not None):
-        rates, _ = to_rainrate(rates, dict(metadata))
-    db = rate_to_db(rates[-n_motion_frames:], threshold=RAIN_THRESHOLD)  # pysteps' example: 0.1 mm/h, floor -15 dBR
-    floor = float(np.nanmin(db)) if np.isfinite(db).any() else -15.0
-    velocity = motion.get_method("LK")(db)  # (2, H, W) pixels per frame; LK fills NaN itself
-    db[~np.isfinite(db)] = floor  # outside the radars' range: no rain, as the example does
-    step = timestep_minutes / (frame_minutes or timestep_minutes)
-    leads = [step * (k + 1) for k in range(n_leads)]
-    fc = nowcasts.get_method("extrapolation")(db[-1], velocity, leads)  # (L, H, W) dBR, NaN advected in
-    out: np.ndarray = db_to_rate(fc, threshold_db=-10.0)
-    return out
 
 
 def load_frames(folder: Path) -> tuple[np.ndarray, list[str], dict[str, Any]]:
@@ -126,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         pers = np.broadcast_to(rates[i], obs.shape)
         t_fc["persistence"] += time.perf_counter() - ts
         ts = time.perf_counter()
-        extrap = pysteps_extrapolation(rates[: i + 1], args.timestep, args.leads)
+        extrap = extrapolation_nowcast(rates[: i + 1], args.leads)
         t_fc["pysteps_extrapolation"] += time.perf_counter() - ts
         ts = time.perf_counter()
         for name, fc in (("persistence", pers), ("pysteps_extrapolation", extrap)):

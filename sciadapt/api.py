@@ -197,9 +197,11 @@ def prepare_data(
     console: Console | None = None,
     format: str | None = None,
     crs: str | None = None,
+    nodata: float | None = None,
 ) -> Path:
     """``sciadapt data prepare``: netCDF/GRIB files or radar frames (``format``: a pysteps importer)
-    -> one chunked zarr store with statistics; ``crs`` places a projected grid that declares none."""
+    -> one chunked zarr store with statistics; ``crs`` places a projected grid that declares none,
+    ``nodata`` gives the missing-value code of ODIM radar files that declare none."""
     from sciadapt.datamodules.gridded import prepare_store
 
     console = console or Console()
@@ -217,6 +219,7 @@ def prepare_data(
         overwrite=overwrite,
         format=format,
         crs=crs,
+        nodata=nodata,
     )
     console.print(f"zarr store written to {path} (statistics included)")
     return Path(path)

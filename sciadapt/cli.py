@@ -123,6 +123,11 @@ def _parser() -> argparse.ArgumentParser:
         "(knmi_hdf5, odim_hdf5, bom_rf3, mch_gif, fmi_pgm, ...; pip install 'sciadapt[nowcast]')",
     )
     dp.add_argument("--crs", help="CRS of a projected grid whose files declare none, e.g. EPSG:3035 or a proj4 string")
+    dp.add_argument(
+        "--nodata",
+        type=float,
+        help="raw missing-value code of ODIM radar files (--format odim_hdf5) whose datasets declare none, e.g. 65535",
+    )
     dp.add_argument("--overwrite", action="store_true", help="replace the store if it exists")
     dp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -244,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 console=console,
                 format=args.format,
                 crs=args.crs,
+                nodata=args.nodata,
             )
         elif args.verb == "submit":
             api.submit(

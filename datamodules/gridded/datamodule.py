@@ -39,10 +39,11 @@ from sciadapt.datamodules.gridded.store import (
     select_channels,
     store_kind,
 )
+from sciadapt.datamodules.gridded.transforms import RainTransform, rate_factor
 from sciadapt.datamodules.sampling import ShardedEpochSampler, apply_resume
 from sciadapt.errors import ConfigError, DataError, ShapeError
 from sciadapt.registry import DATAMODULES
-from sciadapt.spec import FromData, Ge
+from sciadapt.spec import FromData, Ge, Gt
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,14 @@ class GriddedDataModule(L.LightningDataModule):
         crs: The CRS of a projected (``y``/``x``) grid whose file does not declare one, any string
             pyproj reads (``EPSG:3035``, proj4, WKT); it wins over the file's. None: the file's
             (CF ``grid_mapping`` variable or ``crs_wkt``/``proj4`` attribute).
+        transform: ``"dbr"``: precipitation read as dBR (``10 log10`` of the rain rate in mm/h; dry
+            pixels one floor value), as radar nowcasting works (see :mod:`.transforms`); normalisation
+            and statistics are then of dBR and forecasts are turned back into mm/h
+            (:meth:`to_output_units`). ``"none"``: values as stored.
+        rain_threshold: The "no rain" rate (mm/h) of ``transform=dbr``.
+        patch: ``[height, width]``: train on windows of this size cut from the grid (validation
+            and test see the whole grid). Each train sample takes the most varied of 4 random
+            windows of its states (a dry radar window teaches nothing). None: the whole grid.
         shuffle_seed: Seed of the per-epoch train order (the stage runner sets it per stage).
     """
 
@@ -121,6 +130,9 @@ class GriddedDataModule(L.LightningDataModule):
         engine: Engine | None = None,
         member: Annotated[int, Ge(0)] = 0,
         crs: str | None = None,
+        transform: Literal["none", "dbr"] = "none",
+        rain_threshold: Annotated[float, Gt(0)] = 0.1,
+        patch: list[int] | None = None,
         shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
@@ -145,6 +157,9 @@ class GriddedDataModule(L.LightningDataModule):
         self.engine = engine
         self.member = int(member)
         self.crs = crs
+        self.transform = transform
+        self.rain_threshold = float(rain_threshold)
+        self.patch = None if patch is None else tuple(int(v) for v in patch)
         self.shuffle_seed = int(shuffle_seed)  # the stage runner sets it per stage
         # (epoch, batches done) of a run preempted mid-epoch, for the next train sampler
         self.train_resume: tuple[int, int] | None = None
@@ -198,6 +213,8 @@ class GriddedDataModule(L.LightningDataModule):
                         problems.append(f"data.split_dates: val_start {d[0]} must not be after test_start {d[1]}")
                 except (ValueError, TypeError) as err:
                     problems.append(f"data.split_dates: cannot parse {d} as dates ({err})")
+        if self.patch is not None and (len(self.patch) != 2 or min(self.patch) < 1):
+            problems.append(f"data.patch: expected [height, width] of at least 1 pixel each, got {list(self.patch)}")
         if problems:
             raise ConfigError(problems)
 
@@ -250,6 +267,41 @@ class GriddedDataModule(L.LightningDataModule):
         if info.member_dim is not None and info.member_dim in da.dims:
             da = da.isel({info.member_dim: 0})
         return np.asarray(da.transpose(info.lat_dim, info.lon_dim).values, dtype=np.float64)
+
+    @property
+    def value_transform(self) -> RainTransform | None:
+        """The transform applied on read (``data.transform``), None for values as stored."""
+        if self.transform == "none":
+            return None
+        info = self._load_info()
+        assert self._plans is not None
+        factors = {p.name: rate_factor(p.name, info.units.get(p.name, {}), self.path) for p in self._plans}
+        return RainTransform(factors, self.rain_threshold)
+
+    @property
+    def transform_tag(self) -> str:
+        """``"none"``, or the transform and its threshold (``"dbr@0.1"``): what a model's inputs were."""
+        return self.transform if self.transform == "none" else f"{self.transform}@{self.rain_threshold:g}"
+
+    @property
+    def output_units(self) -> list[str | None]:
+        """Units of each channel as :meth:`to_output_units` gives it (None where the store says none)."""
+        info = self._load_info()
+        assert self._plans is not None
+        out: list[str | None] = []
+        for p in self._plans:
+            unit = "mm/h" if self.transform == "dbr" else info.units.get(p.name, {}).get("units")
+            out.extend([unit] * p.n_channels)
+        return out
+
+    def to_output_units(self, arr: Any) -> Any:
+        """Denormalised values ``(..., C, H, W)`` in the units forecasts are written and scored in:
+        rain rates in mm/h under ``transform=dbr`` (dry pixels 0), else unchanged."""
+        t = self.value_transform
+        if t is None:
+            return arr
+        self._check_channels(arr, "to_output_units")
+        return t.to_rate(np.asarray(arr))
 
     @property
     def info(self) -> StoreInfo:
@@ -357,6 +409,24 @@ class GriddedDataModule(L.LightningDataModule):
         else:
             weights = latitude_area_weights(self.lat)
         return weights
+
+    @property
+    def grid_spacing_km(self) -> float:
+        """The distance between neighbouring cells at the grid's centre, in km (along a row; great
+        circle from the latitudes/longitudes, so it holds on every kind of grid)."""
+        h, w = self.grid_shape
+        lat, lon = self.lat, self.lon
+        i, j = h // 2, min(w // 2, w - 2) if w > 1 else 0
+        if w < 2:
+            return float("nan")
+        if lat.ndim == 1:
+            la1 = la2 = float(lat[i])
+            lo1, lo2 = float(lon[j]), float(lon[j + 1])
+        else:
+            la1, la2, lo1, lo2 = float(lat[i, j]), float(lat[i, j + 1]), float(lon[i, j]), float(lon[i, j + 1])
+        p1, p2, dl = np.deg2rad(la1), np.deg2rad(la2), np.deg2rad(lo2 - lo1)
+        cos_angle = np.sin(p1) * np.sin(p2) + np.cos(p1) * np.cos(p2) * np.cos(dl)
+        return float(6371.0088 * np.arccos(np.clip(cos_angle, -1.0, 1.0)))
 
     @property
     def native_time_step(self) -> pd.Timedelta:
@@ -523,7 +593,8 @@ class GriddedDataModule(L.LightningDataModule):
         times = self.info.times
         member = self.member if self.info.member_dim is not None else None
         key: str = stats_key(times[0], times[self._train_stop() - 1], self.time_step, member)
-        return key
+        t = self.value_transform
+        return key if t is None else f"{key};transform={t.key}"
 
     def prepare_data(self) -> None:
         """Compute and cache the statistics once (Lightning calls this on one process only)."""
@@ -544,6 +615,7 @@ class GriddedDataModule(L.LightningDataModule):
                 train_stop=self._train_stop(),
                 lag=self.stride,
                 member=self.member,
+                transform=self.value_transform,
             )
         return self._stats
 
@@ -650,11 +722,11 @@ class GriddedDataModule(L.LightningDataModule):
             hours_all = pd.DatetimeIndex(info.times[:stop]).hour.to_numpy()
             hours = np.unique(hours_all)
             ds = open_xarray(self.path, self.kind, self.engine, chunks=_dask_chunks(info, [p.name for p in plans]))
-            reader = StoreReader(info, plans, self.member, in_memory=False)
+            reader = StoreReader(info, plans, self.member, in_memory=False, transform=self.value_transform)
             try:
                 parts = []
                 for plan in plans:
-                    arr = reader._select(ds[plan.name], plan).isel({info.time_dim: slice(0, stop)}).data
+                    arr = reader.lazy(ds[plan.name], plan).isel({info.time_dim: slice(0, stop)}).data
                     arr = arr.astype(np.float64)
                     if plan.level_index is None:
                         arr = arr[:, None]
@@ -681,7 +753,7 @@ class GriddedDataModule(L.LightningDataModule):
             n_t = len(info.times)
             total = sum(info.bytes_per_step[p.name] for p in self._plans) * n_t
             in_memory = total <= _IN_MEMORY_BYTES
-        return StoreReader(info, self._plans, self.member, in_memory)
+        return StoreReader(info, self._plans, self.member, in_memory, transform=self.value_transform)
 
     def setup(self, stage: str | None = None) -> None:
         """Read metadata and statistics and build the split datasets; later calls return at once."""
@@ -708,6 +780,8 @@ class GriddedDataModule(L.LightningDataModule):
                 self.lon,
                 self.variables,
                 self.nan_policy,
+                patch=self._patch_shape() if name == "train" else None,
+                seed=self.shuffle_seed,
             )
         if len(datasets["train"]) == 0:
             lo, hi = self.split_bounds["train"]
@@ -727,6 +801,17 @@ class GriddedDataModule(L.LightningDataModule):
                     freq_alias(self.time_step),
                 )
         self._datasets = datasets
+
+    def _patch_shape(self) -> tuple[int, int] | None:
+        if self.patch is None:
+            return None
+        h, w = self.grid_shape
+        ph, pw = self.patch
+        if ph > h or pw > w:
+            raise ConfigError(
+                f"data.patch: {ph} x {pw} is larger than the {h} x {w} grid of {self.path}; use a smaller one or null"
+            )
+        return ph, pw
 
     def dataset(self, name: str) -> GriddedDataset:
         """The dataset of split ``name`` (runs :meth:`setup` when needed)."""
@@ -812,6 +897,7 @@ class GriddedDataModule(L.LightningDataModule):
             "static_names": self.static_names,
             "forcing_names": self.forcing_names,
             "n_input": self.n_input,
+            "transform": self.transform_tag,
         }
 
     def check_signature(self, signature: dict[str, Any], source: str = "the checkpoint") -> None:
@@ -823,6 +909,11 @@ class GriddedDataModule(L.LightningDataModule):
         """
         mine = self.data_signature()
         problems = []
+        if signature.get("transform", "none") != mine["transform"]:
+            problems.append(
+                f"transform: {source} was trained on values transformed as {signature.get('transform', 'none')!r}, "
+                f"the data config gives {mine['transform']!r} (data.transform / data.rain_threshold)"
+            )
         for key in ("variables", "static_names", "forcing_names"):
             if key in signature and list(signature[key]) != mine[key]:
                 problems.append(f"{key}: {source} has {signature[key]}, the store gives {mine[key]}")
@@ -862,7 +953,8 @@ class GriddedDataModule(L.LightningDataModule):
         ``grid_kind`` is ``"latlon"``, ``"projected"`` or ``"curvilinear"``; ``lat``/``lon`` are
         ``(H,)``/``(W,)`` lists on a lat-lon grid and ``(H, W)`` nested lists otherwise, as is
         ``area_weights`` (``(H,)`` cos-latitude, else ``(H, W)`` cell areas); ``grid_crs`` is the
-        projection's WKT (None unless projected).
+        projection's WKT (None unless projected); ``state_mean``/``state_std`` are the normalisation
+        per channel and ``value_transform`` the transform of the values (``"none"`` or ``"dbr@0.1"``).
         """
         return {
             "grid_kind": self.grid_kind,
@@ -877,6 +969,10 @@ class GriddedDataModule(L.LightningDataModule):
             "tendency_scale": [float(v) for v in np.asarray(self.tendency_scale).reshape(-1)],
             "area_weights": np.asarray(self.area_weights, dtype=np.float64).tolist(),
             "time_step_hours": float(self.time_step_hours),
+            "grid_spacing_km": self.grid_spacing_km,
+            "state_mean": [float(v) for v in np.asarray(self.stats["mean"]).reshape(-1)],
+            "state_std": [float(v) for v in np.asarray(self.stats["std"]).reshape(-1)],
+            "value_transform": self.transform_tag,
         }
 
     def describe(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -197,7 +198,12 @@ class GriddedDataset(Dataset):
         lon: Output longitudes ``(W,)``, or ``(H, W)`` on a projected or curvilinear grid (for local time).
         channels: Channel names (for messages).
         nan_policy: ``"mask"`` or ``"error"``.
+        patch: ``(height, width)`` of the window each sample is cut to (train only), None: the grid.
+        seed: Seeds the windows' positions (with the sample's time index and a per-process draw count).
     """
+
+    #: random windows a sample chooses from (the most varied wins)
+    PATCH_CANDIDATES = 4
 
     def __init__(
         self,
@@ -216,6 +222,8 @@ class GriddedDataset(Dataset):
         lon: np.ndarray,
         channels: list[str],
         nan_policy: str,
+        patch: tuple[int, int] | None = None,
+        seed: int = 0,
     ) -> None:
         self.reader = reader
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -234,6 +242,9 @@ class GriddedDataset(Dataset):
         self.nan_policy = nan_policy
         self.n_lat = len(reader.info.lat)
         self.n_lon = len(reader.info.lon)
+        self.patch = patch
+        self.seed = int(seed)
+        self._draws = 0  # windows drawn by this process (a fresh stream per epoch and worker)
         self.recycle_slots = 0  # buffers per worker to re-use; GriddedDataModule sets it for its loaders
         self._pools: dict[tuple[int, ...], _SlotPool] = {}
 
@@ -275,6 +286,8 @@ class GriddedDataset(Dataset):
         shared = torch.utils.data.get_worker_info() is not None
         n_b, n_in, n_ld, s = len(positions), self.n_input, self.n_lead, self.stride
         n_t, c, h, w = n_in + n_ld, len(self.channels), self.n_lat, self.n_lon
+        if self.patch is not None:
+            h, w = self.patch
         n_f = len(FORCING_NAMES) if self.forcings else 0
         size = n_b * n_t * (c + n_f) * h * w
         pool, slot = None, None
@@ -289,12 +302,24 @@ class GriddedDataset(Dataset):
         forcings = flat[n_states:].view(n_b, n_t, n_f, h, w)
         ss = states.numpy()
         ts = [int(self.indices[i]) for i in positions]
+        origins: list[tuple[int, int]] = []
+        scratch = None if self.patch is None else np.empty((n_t, c, self.n_lat, self.n_lon), np.float32)
         for b, t in enumerate(ts):
             # the whole window in one read per variable: zarr's per-call cost is paid once, not twice
-            self._fill(ss[b], t - (n_in - 1) * s, t + n_ld * s + 1)
+            if scratch is None:
+                self._fill(ss[b], t - (n_in - 1) * s, t + n_ld * s + 1)
+                continue
+            self._fill(scratch, t - (n_in - 1) * s, t + n_ld * s + 1)
+            r0, c0 = self._window(scratch[n_in - 1], t, h, w)
+            ss[b] = scratch[:, :, r0 : r0 + h, c0 : c0 + w]
+            origins.append((r0, c0))
         ss -= self.mean
         ss *= self.inv_std
         batch: dict[str, Any] = {"_time_index": ts}  # plain ints: pickled inline, no shared tensor of its own
+        if origins:
+            batch["_patch_origin"] = origins
+            if self.static.shape[0]:
+                batch["static"] = torch.stack([self.static[:, r : r + h, q : q + w] for r, q in origins])
         if pool is not None and slot is not None:
             # x (B, n_input, C, H, W), y (B, n_lead, C, H, W) and forcings are views of the slot's
             # buffer, rebuilt from it by GriddedLoader: the storage crosses once per slot
@@ -316,7 +341,11 @@ class GriddedDataset(Dataset):
         if self.forcings:
             fs = forcings.numpy()
             for b, t in enumerate(ts):
-                time_forcings(self.times[t - (n_in - 1) * s : t + n_ld * s + 1 : s], self.lon, h, out=fs[b])
+                lon = self.lon
+                if origins:
+                    r0, c0 = origins[b]
+                    lon = lon[c0 : c0 + w] if lon.ndim == 1 else lon[r0 : r0 + h, c0 : c0 + w]
+                time_forcings(self.times[t - (n_in - 1) * s : t + n_ld * s + 1 : s], lon, h, out=fs[b])
         if "_slot" not in batch:
             batch["forcings"] = forcings  # (B, T, F, H, W)
         return batch
@@ -324,15 +353,38 @@ class GriddedDataset(Dataset):
     def complete(self, batch: dict[str, Any]) -> dict[str, Any]:
         """In the training process: add what :meth:`__getitems__` leaves out (see there)."""
         ts = batch.pop("_time_index", None)
+        origins = batch.pop("_patch_origin", None)
         if ts is not None:
             batch["meta"] = {"time_index": torch.tensor(ts, dtype=torch.int64)}
+            if origins is not None:
+                batch["meta"]["patch_origin"] = torch.tensor(origins, dtype=torch.int64)  # (B, 2): row, column
         x, y = batch["x"], batch["y"]
         if "x_mask" not in batch:
             batch["x_mask"] = _ONE.expand(x.shape)
         if "mask" not in batch:
             batch["mask"] = _ONE.expand(y.shape)
-        batch["static"] = self.static[None].expand(x.shape[0], *self.static.shape)  # (B, S, H, W)
+        if "static" not in batch:
+            h, w = x.shape[-2:]
+            batch["static"] = self.static[None, :, :h, :w].expand(x.shape[0], -1, -1, -1)  # (B, S, H, W)
         return batch
+
+    def _window(self, state: np.ndarray, t: int, h: int, w: int) -> tuple[int, int]:
+        """Top-left corner of the ``h x w`` window cut from ``state`` (C, H, W): the one of
+        :attr:`PATCH_CANDIDATES` random windows whose values vary most (summed normalised spread)."""
+        rng = np.random.default_rng([self.seed, t, self._draws])
+        self._draws += 1
+        best, best_score = (0, 0), -1.0
+        for _ in range(self.PATCH_CANDIDATES):
+            r0 = int(rng.integers(0, self.n_lat - h + 1))
+            c0 = int(rng.integers(0, self.n_lon - w + 1))
+            part = state[:, r0 : r0 + h, c0 : c0 + w]
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN window
+                spread = np.nanstd(part.reshape(part.shape[0], -1), axis=1) * self.inv_std[:, 0, 0]
+            score = float(np.nansum(spread))
+            if score > best_score:
+                best, best_score = (r0, c0), score
+        return best
 
     def _mask(self, arr: np.ndarray, ts: list[int], first: int, shared: bool) -> torch.Tensor | None:
         """1 where ``arr`` (B, T, C, H, W) is observed (None: everywhere); NaNs there become 0 (or an error)."""

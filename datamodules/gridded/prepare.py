@@ -174,6 +174,7 @@ def prepare_store(
     overwrite: bool = False,
     format: str | None = None,
     crs: str | None = None,
+    nodata: float | None = None,
 ) -> Path:
     """Convert netCDF/GRIB file(s) or radar frames into a chunked zarr store and compute its statistics.
 
@@ -202,6 +203,8 @@ def prepare_store(
             needs ``pip install 'sciadapt[nowcast]'``).
         crs: The CRS of a projected grid whose files declare none (or declare a wrong one), any
             string pyproj reads (``EPSG:3035``, proj4, WKT).
+        nodata: The raw missing-value code of ODIM radar files (``format`` ``odim_hdf5`` or
+            ``opera_hdf5``) whose datasets declare none (``what/nodata``); a file's own code wins.
 
     Returns:
         The path of the store.
@@ -225,8 +228,13 @@ def prepare_store(
     if fmt is not None:
         from sciadapt.datamodules.gridded.radar import open_radar
 
-        ds = open_radar(files, fmt, crs)
+        ds = open_radar(files, fmt, crs, nodata)
     else:
+        if nodata is not None:
+            raise DataError(
+                "data prepare: --nodata is for radar files read through --format odim_hdf5 (or opera_hdf5). "
+                "Fix: leave it out, or give the --format"
+            )
         if format is None and engine is None and any(Path(f).suffix.lower() in RADAR_SUFFIXES for f in files):
             # HDF5 radar composites (KNMI, ODIM/OPERA) are not CF netCDF: xarray finds no time in them
             raise DataError(

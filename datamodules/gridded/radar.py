@@ -24,7 +24,8 @@ from sciadapt.datamodules.gridded.grids import CRS_HINT, GRID_MAPPING, crs_attrs
 from sciadapt.errors import DataError
 
 #: ODIM-like HDF5 formats whose missing-value code is read from each dataset's ``what/nodata``
-#: attribute (pysteps falls back to a guess when it is absent)
+#: attribute: pysteps takes none when it is absent (missing pixels decode as values), so such a
+#: file is refused unless ``nodata`` gives the code
 _NODATA_FROM_FILE = ("odim_hdf5", "opera_hdf5")
 _VARIABLE_BY_UNIT = {"mm": "precip_accum", "mm/h": "precip_rate", "dBZ": "reflectivity"}
 _KEPT_META = ("unit", "accutime", "transform", "zerovalue", "threshold", "institution", "zr_a", "zr_b")
@@ -83,30 +84,86 @@ def sort_frames(files: list[str], times: list[pd.Timestamp]) -> tuple[list[str],
     return out_f, out_t
 
 
-def _check_nodata(path: str, fmt: str) -> None:
-    """Refuse an ODIM-like file whose datasets do not say which value marks missing data."""
-    if fmt not in _NODATA_FROM_FILE:
-        return
+def _odim_what(group: Any, dataset: Any) -> Any:
+    """The ``what`` group pysteps reads for a ``dataN`` group: its own, else its dataset's (ODIM allows both)."""
+    if "what" in group:
+        return group["what"]
+    return dataset["what"] if "what" in dataset else None
+
+
+def _inspect_odim(path: str, nodata: float | None) -> tuple[str, np.ndarray | None, float | None]:
+    """What pysteps cannot tell of an ODIM file: the quantity to read, where it is missing, its accumulation.
+
+    Returns the quantity (``RATE``, else ``ACRR``, else ``DBZH``), the mask of missing pixels when
+    the file declares no ``nodata`` code and ``nodata`` gives it (else None: the importer's own
+    NaN are right), and the minutes between ``dataset1/what`` start and end (None when absent).
+    A file without ``undetect`` is read as it is: pysteps then takes raw 0 for "no rain", which
+    for ``RATE``/``ACRR`` decodes to ``offset``, the value raw 0 has anyway.
+
+    Raises:
+        DataError: No dataset of a quantity pysteps reads, or one whose missing-value code is
+            unknown (no ``what/nodata`` and no ``nodata`` given), naming the file and the fix.
+    """
     import h5py
 
     with h5py.File(path, "r") as f:
-        for name in f:
-            if not name.startswith("dataset"):
-                continue
-            for sub in f[name]:
-                if sub.startswith("data") and "what" in f[name][sub] and "nodata" not in f[name][sub]["what"].attrs:
-                    raise DataError(
-                        f"data prepare: {path}: {name}/{sub}/what has no 'nodata' attribute, so missing pixels "
-                        "cannot be told from measured ones. Fix: add it (h5py: f['"
-                        f"{name}/{sub}/what'].attrs['nodata'] = <code>) or convert the file with its producer's tool"
-                    )
+        found: dict[str, tuple[str, Any, Any]] = {}
+        for name in sorted(k for k in f if k.startswith("dataset")):
+            for sub in sorted(k for k in f[name] if k.startswith("data")):
+                what = _odim_what(f[name][sub], f[name])
+                if what is None or "quantity" not in what.attrs or "data" not in f[name][sub]:
+                    continue
+                qty = what.attrs["quantity"]
+                qty = qty.decode() if isinstance(qty, bytes) else str(qty)
+                found.setdefault(qty, (f"{name}/{sub}", what, f[name][sub]["data"]))
+        qty = next((q for q in ("RATE", "ACRR", "DBZH") if q in found), None)
+        if qty is None:
+            raise DataError(
+                f"data prepare: {path} holds no ODIM dataset of quantity RATE, ACRR or DBZH (found: "
+                f"{', '.join(sorted(found)) or 'none'}), the quantities pysteps' odim_hdf5 importer reads. "
+                "Fix: give files of rain rate, accumulation or reflectivity"
+            )
+        group, what, data = found[qty]
+        mask = None
+        if "nodata" not in what.attrs:
+            if nodata is None:
+                hint = ""
+                if np.issubdtype(data.dtype, np.integer):
+                    hint = f" (the data are {data.dtype}; ODIM producers often use {np.iinfo(data.dtype).max})"
+                group_what = what.name.lstrip("/")
+                raise DataError(
+                    f"data prepare: {path}: {group_what} has no 'nodata' attribute (quantity {qty}), so missing "
+                    "pixels cannot be told from measured ones (pysteps would read them as values). Fix: give the raw "
+                    f"code of missing pixels with --nodata VALUE{hint}, or add it to the file (h5py: "
+                    f"f['{group_what}'].attrs['nodata'] = VALUE)"
+                )
+            mask = np.asarray(data[...]) == nodata
+        accutime = None
+        dwhat = f[group.split("/")[0]].get("what")
+        if dwhat is not None and all(k in dwhat.attrs for k in ("startdate", "starttime", "enddate", "endtime")):
+            stamp = [
+                (dwhat.attrs[d].decode() if isinstance(dwhat.attrs[d], bytes) else str(dwhat.attrs[d]))
+                + (dwhat.attrs[t].decode() if isinstance(dwhat.attrs[t], bytes) else str(dwhat.attrs[t]))
+                for d, t in (("startdate", "starttime"), ("enddate", "endtime"))
+            ]
+            try:
+                start, end = (pd.to_datetime(s, format="%Y%m%d%H%M%S") for s in stamp)
+                accutime = (end - start).total_seconds() / 60.0
+            except ValueError:
+                accutime = None
+    return qty, mask, (accutime if accutime is not None and accutime > 0 else None)
 
 
-def _read(path: str, fmt: str, ref: dict[str, Any] | None) -> tuple[np.ndarray, dict[str, Any]]:
+def _read(
+    path: str, fmt: str, ref: dict[str, Any] | None, nodata: float | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """One frame ``(H, W)`` float32 (NaN where missing) and its metadata; checked against ``ref``."""
-    _check_nodata(path, fmt)
+    kwargs: dict[str, Any] = {}
+    missing, accutime = None, None
+    if fmt in _NODATA_FROM_FILE:
+        kwargs["qty"], missing, accutime = _inspect_odim(path, nodata)
     try:
-        precip, _, meta = _importer(fmt)(path)
+        precip, _, meta = _importer(fmt)(path, **kwargs)
     except DataError:
         raise
     except Exception as err:  # importers raise IOError, KeyError, OSError ... on a bad file
@@ -116,6 +173,10 @@ def _read(path: str, fmt: str, ref: dict[str, Any] | None) -> tuple[np.ndarray, 
     arr = np.asarray(precip, dtype=np.float32)
     if np.ma.isMaskedArray(precip):
         arr = np.ma.filled(precip.astype(np.float32), np.nan)
+    if missing is not None:
+        arr[missing] = np.nan
+    if accutime is not None:  # pysteps' odim importer says 15 (OPERA's cadence) whatever the file's times
+        meta["accutime"] = accutime
     if ref is not None:
         if arr.shape != ref["shape"]:
             raise DataError(
@@ -133,22 +194,29 @@ def _read(path: str, fmt: str, ref: dict[str, Any] | None) -> tuple[np.ndarray, 
     return arr, meta
 
 
-def open_radar(files: list[str], fmt: str, crs: str | None) -> xr.Dataset:
+def open_radar(files: list[str], fmt: str, crs: str | None, nodata: float | None = None) -> xr.Dataset:
     """The frames of ``files`` as a lazy dataset ``(time, y, x)`` with the projection (see the module).
 
     The first frame is read here (metadata); every frame is read again inside dask, checked
-    against the first (shape, projection, extent, unit), when the store is written.
+    against the first (shape, projection, extent, unit), when the store is written. ``nodata`` is
+    the raw missing-value code of ODIM files (``odim_hdf5``, ``opera_hdf5``) that declare none.
 
     Raises:
         DataError: No pysteps, an unknown format, a file name without a time, a repeated time, no
-            CRS, an unreadable file; later (while writing) a frame that does not match the first.
+            CRS, an unreadable file, an ODIM file without a missing-value code (and no ``nodata``);
+            later (while writing) a frame that does not match the first.
     """
     import dask
     import dask.array as da
 
     _importer(fmt)
+    if nodata is not None and fmt not in _NODATA_FROM_FILE:
+        raise DataError(
+            "data prepare: --nodata is for ODIM files that declare no missing-value code "
+            f"({', '.join(_NODATA_FROM_FILE)}); pysteps' {fmt} importer knows its own. Fix: leave --nodata out"
+        )
     files, times = sort_frames(files, [frame_time(f) for f in files])
-    first, meta = _read(files[0], fmt, None)
+    first, meta = _read(files[0], fmt, None, nodata)
     ref = {"file": files[0], "shape": first.shape, "meta": meta}
     proj = crs if crs is not None else meta.get("projection")
     if not proj:
@@ -162,7 +230,7 @@ def open_radar(files: list[str], fmt: str, crs: str | None) -> xr.Dataset:
     y = float(meta["y2"]) - (np.arange(h) + 0.5) * ys if upper else float(meta["y1"]) + (np.arange(h) + 0.5) * ys
 
     def frame(path: str) -> np.ndarray:
-        return _read(path, fmt, ref)[0]
+        return _read(path, fmt, ref, nodata)[0]
 
     frames = [da.from_delayed(dask.delayed(frame)(f), (h, w), np.float32) for f in files]
     data = da.stack(frames)  # (T, H, W), one chunk per frame

@@ -11,6 +11,7 @@ import torch
 import xarray as xr
 
 from sciadapt.datamodules.gridded.store import StoreInfo, VarPlan, open_xarray
+from sciadapt.datamodules.gridded.transforms import RainTransform
 from sciadapt.datamodules.zarr_chunks import ChunkDecoder, chunk_decoder, decode_all
 from sciadapt.errors import DataError
 
@@ -44,13 +45,22 @@ class StoreReader:
         plans: What to read of each variable.
         member: Ensemble member index, used when the store has a member dimension.
         in_memory: Load the selected data once per process (small non-zarr files).
+        transform: Applied to every block read (``data.transform``); None: values as stored.
     """
 
-    def __init__(self, info: StoreInfo, plans: list[VarPlan], member: int, in_memory: bool) -> None:
+    def __init__(
+        self,
+        info: StoreInfo,
+        plans: list[VarPlan],
+        member: int,
+        in_memory: bool,
+        transform: RainTransform | None = None,
+    ) -> None:
         self.info = info
         self.plans = plans
         self.member = member
         self.in_memory = in_memory
+        self.transform = transform
         self._handle: dict[str, Any] | None = None
         self._dataset: xr.Dataset | None = None
         self._pid = -1
@@ -118,6 +128,11 @@ class StoreReader:
             return da.transpose(info.time_dim, info.level_dim, info.lat_dim, info.lon_dim)  # type: ignore[arg-type]
         return da.transpose(info.time_dim, info.lat_dim, info.lon_dim)
 
+    def lazy(self, da: xr.DataArray, plan: VarPlan) -> xr.DataArray:
+        """:meth:`_select` with the transform applied (the statistics and climatology passes)."""
+        da = self._select(da, plan)
+        return da if self.transform is None else self.transform.apply_lazy(plan.name, da)
+
     def read(self, plan: VarPlan, start: int, stop: int, step: int, out: np.ndarray | None = None) -> np.ndarray:
         """States ``start, start+step, ... < stop`` of one variable as (T, L, H, W), decoded.
 
@@ -134,7 +149,12 @@ class StoreReader:
             DataError: If the data cannot be read or decoded (a corrupt or truncated chunk).
         """
         try:
-            return self._read_raw(plan, start, stop, step, out)
+            block = self._read_raw(plan, start, stop, step, out)
+            if self.transform is not None:
+                if block.dtype != np.float32:
+                    block = block.astype(np.float32)
+                self.transform.apply(plan.name, block)
+            return block
         except DataError:
             raise
         except Exception as err:  # codec errors, truncated files, HDF5 errors...

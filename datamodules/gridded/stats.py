@@ -15,6 +15,7 @@ import pandas as pd
 
 from sciadapt.datamodules.gridded.reader import StoreReader
 from sciadapt.datamodules.gridded.store import StoreInfo, VarPlan, freq_alias, open_xarray
+from sciadapt.datamodules.gridded.transforms import RainTransform
 from sciadapt.errors import DataError
 from sciadapt.runs import read_json, write_json
 
@@ -151,7 +152,13 @@ def _dask_chunks(info: StoreInfo, names: Sequence[str]) -> dict[str, int]:
 
 
 def compute_statistics(
-    info: StoreInfo, plans: list[VarPlan], channels: list[str], stop: int, lag: int, member: int
+    info: StoreInfo,
+    plans: list[VarPlan],
+    channels: list[str],
+    stop: int,
+    lag: int,
+    member: int,
+    transform: RainTransform | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per-channel mean, std and std of ``lag``-step tendencies over time indices ``[0, stop)``, with dask.
 
@@ -174,11 +181,11 @@ def compute_statistics(
             "or lower data.time_step"
         )
     ds = open_xarray(info.path, info.kind, info.engine, chunks=_dask_chunks(info, [p.name for p in plans]))
-    reader = StoreReader(info, plans, member, in_memory=False)
+    reader = StoreReader(info, plans, member, in_memory=False, transform=transform)
     try:
         todo = []
         for plan in plans:
-            arr = reader._select(ds[plan.name], plan).isel({info.time_dim: slice(0, stop)}).data
+            arr = reader.lazy(ds[plan.name], plan).isel({info.time_dim: slice(0, stop)}).data
             arr = arr.astype(np.float64)
             if plan.level_index is None:
                 arr = arr[:, None]  # (T, 1, H, W)
@@ -237,6 +244,7 @@ def load_statistics(
     train_stop: int,
     lag: int,
     member: int,
+    transform: RainTransform | None = None,
 ) -> tuple[dict[str, np.ndarray], StatsLocation]:
     """The per-channel statistics of entry ``key``: cached ones, the missing ones computed and cached.
 
@@ -246,7 +254,8 @@ def load_statistics(
         key: The entry (see :func:`stats_key`).
         mode: ``data.stats``: ``"auto"``, ``"require"`` or ``"recompute"``.
         explicit_path: ``where`` is the user's ``data.stats_path`` (no fallback when unwritable).
-        train_stop / lag / member: As for :func:`compute_statistics`.
+        train_stop / lag / member / transform: As for :func:`compute_statistics` (``key``
+            must name the transform: statistics of dBR are not those of rates).
 
     Returns:
         ``{"mean", "std", "tendency_std"}`` arrays ``(C,)`` (zero spreads replaced), and where they live.
@@ -270,7 +279,7 @@ def load_statistics(
         todo = [p for p in plans if any(channels[p.channel_start + k] in missing for k in range(p.n_channels))]
         t0 = time.perf_counter()
         log.info("computing normalisation statistics of %s for %s", ", ".join(missing), info.path)
-        fresh = compute_statistics(info, todo, channels, train_stop, lag, member)
+        fresh = compute_statistics(info, todo, channels, train_stop, lag, member, transform)
         log.info("statistics computed in %.1f s", time.perf_counter() - t0)
         known = {**known, **fresh}
         where = _write_stats(where, key, known, Path(info.path), explicit_path)

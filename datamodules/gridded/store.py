@@ -80,6 +80,8 @@ class StoreInfo:
     bytes_per_step: dict[str, int]
     member_count: int = 0
     grid: Grid | None = None
+    #: name -> the units and accumulation time (``units``, ``accutime`` minutes) of each dynamic variable, when given
+    units: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def grid_kind(self) -> str:
@@ -309,8 +311,20 @@ def inspect_store(ds: xr.Dataset, path: str, kind: str, engine: str | None, crs:
         bytes_per_step=bytes_per_step,
         member_count=0 if member_dim is None else int(ds.sizes[member_dim]),
         grid=grid,
+        units={name: _unit_attrs(ds[name].attrs) for name in dynamic},
     )
     return info
+
+
+def _unit_attrs(attrs: dict[Any, Any]) -> dict[str, Any]:
+    """The ``units`` and ``accutime`` (minutes) of a variable, where its attributes give them."""
+    out: dict[str, Any] = {}
+    if isinstance(attrs.get("units"), str):
+        out["units"] = attrs["units"]
+    accutime = attrs.get("accutime")
+    if isinstance(accutime, int | float | np.number) and float(accutime) > 0:
+        out["accutime"] = float(accutime)
+    return out
 
 
 def _axis_values(ds: xr.Dataset, dim: str) -> np.ndarray:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from sciadapt.tasks.base import Task
 
 #: metrics where a higher value is better (the table marks the best row of each column)
-HIGHER_IS_BETTER = {"miou", "iou", "f1", "mean_f1", "accuracy", "r2", "acc", "skill"}
+HIGHER_IS_BETTER = {"miou", "iou", "f1", "mean_f1", "accuracy", "r2", "acc", "skill", "csi", "pod", "fss"}
 #: columns a comparison table may use when the output is not a terminal
 LOG_WIDTH = 200
 #: signed errors, best nearest zero
@@ -69,6 +69,7 @@ def eval_trainer(accelerator: str, root: Path, callbacks: list[Callback] | None 
 
 def score(task: Task, dm: Any, trainer: pl.Trainer) -> dict[str, Any]:
     """The task's test metrics on ``dm``'s test split."""
+    task.follow_data(dm.facts())
     trainer.test(task, datamodule=dm, verbose=False)  # type: ignore[arg-type]
     stage = getattr(task.stage, "name", "")
     if stage and task.test_window_scores:
@@ -101,6 +102,8 @@ def compare(runner: PipelineRunner, dm: Any) -> dict[str, Any]:
     windows: list[dict[str, WindowScores]] = []  # per row: its per-window scores (for the intervals)
     enter_phase("compare", "")
     fault_point("compare")
+    if ev.baselines:
+        runner.task.follow_data(dm.facts())
     for b in ev.baselines:
         runner.task.test_window_scores = {}
         rows.append({"model": b.replace("_", "-"), **runner.task.baseline(b, dm)})
@@ -241,8 +244,10 @@ def print_comparison(summary: dict[str, Any], console: Console) -> None:
         values = [r[m] for r in ev["rows"] if finite(r.get(m))]
         if values:
             # scores (IoU, F1, accuracy, R^2, ACC) are best high, errors best low; bias best near 0
-            pick = max if m.split("/")[0] in HIGHER_IS_BETTER else min
-            best[m] = min(values, key=abs) if m.split("/")[0] in NEAREST_ZERO else pick(values)
+            # "rmse/24h", "csi@1/10min": the score is the name before any "/" or "@"
+            base = m.split("/")[0].split("@")[0]
+            pick = max if base in HIGHER_IS_BETTER else min
+            best[m] = min(values, key=abs) if base in NEAREST_ZERO else pick(values)
     iv = ev.get("interval") or {}
     for r in ev["rows"]:
         cells = []

@@ -191,6 +191,7 @@ class PipelineRunner:
                 f"stage {plan.name!r}: its data changes the model geometry ({desc}); stages share one model, "
                 f"so every stage's data must keep {', '.join(sorted(diff))} as the first stage's data has them"
             )
+        self.task.follow_data(facts)
 
     @staticmethod
     def _columns(dm: DataModule) -> dict[str, Any]:

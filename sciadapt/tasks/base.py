@@ -99,6 +99,11 @@ class Task(pl.LightningModule):
     def validation_metrics(self, pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         return {}
 
+    def follow_data(self, facts: Mapping[str, Any]) -> None:
+        """Re-derive what the task takes from the data but is not part of the model (loss weights on
+        the grid, verification settings) from ``facts`` (a datamodule's ``facts()``): the runner calls
+        it when a stage keeps the model on other data and before scoring on a datamodule. Default: nothing."""
+
     def baseline(self, name: str, dm: Any) -> dict[str, Any]:
         """Score baseline ``name`` (one of ``BASELINES``) on ``dm``'s test split, with the metrics
         the task's own test reports (and their per-window accumulators in ``test_window_scores``,

@@ -15,6 +15,7 @@ so a resumed run continues at the length it reached.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
 import numpy as np
@@ -85,10 +86,9 @@ class RolloutTask(Task):
         self.time_step_hours = float(time_step_hours)
         c = len(self.variables)
         self.register_buffer("tendency_scale_t", torch.tensor(tendency_scale, dtype=torch.float32).reshape(1, c, 1, 1))
-        w = torch.tensor(area_weights, dtype=torch.float32)
-        # (1, 1, 1, H, 1) per latitude row, or (1, 1, 1, H, W) per cell on other grids
-        shape = (1, 1, 1, -1, 1) if w.dim() == 1 else (1, 1, 1, *w.shape)
-        self.register_buffer("area_w", (w / w.mean()).reshape(shape))
+        # loss weights of the grid, not part of the model: not saved, and they follow the data of each
+        # stage (a model moved to another grid keeps its weights and takes that grid's areas)
+        self.register_buffer("area_w", _area_tensor(area_weights), persistent=False)
         vw = torch.ones(c)
         for key, value in (variable_weights or {}).items():
             hit = [i for i, v in enumerate(self.variables) if v == key or v.startswith(f"{key}_")]
@@ -134,11 +134,35 @@ class RolloutTask(Task):
                 state = state.detach()  # truncated backpropagation through the rollout
         return torch.stack(preds, dim=1)  # (B, steps, C, H, W)
 
-    def weighted_mse(self, pred: Tensor, y: Tensor, mask: Tensor | None) -> Tensor:
-        """Latitude- and variable-weighted MSE over ``(B, steps, C, H, W)``; masked points excluded."""
-        w = self.area_w * self.var_w  # (1, 1, C, H, 1 or W)
+    def follow_data(self, facts: Mapping[str, Any]) -> None:
+        if facts.get("area_weights") is not None:
+            self.area_w = _area_tensor(facts["area_weights"]).to(self.area_w.device)
+
+    def area_weights_for(self, batch: Batch | dict[str, Any]) -> Tensor:
+        """The area weights of the batch's grid: the whole grid's ``(1, 1, 1, H, 1 or W)``, or for
+        train windows cut from it (``data.patch``; ``meta["patch_origin"]``) each window's ``(B, 1, 1, h, 1 or w)``."""
+        meta = batch.get("meta")
+        origin = meta.get("patch_origin") if isinstance(meta, dict) else None
+        if origin is None:
+            return self.area_w
+        h, w = batch["x"].shape[-2:]
+        parts = []
+        for r0, c0 in origin.tolist():
+            part = self.area_w[0, 0, 0, r0 : r0 + h]  # (h, 1 or W)
+            parts.append(part if part.shape[-1] == 1 else part[:, c0 : c0 + w])
+        return torch.stack(parts)[:, None, None]  # (B, 1, 1, h, 1 or w)
+
+    def weighted_mse(self, pred: Tensor, y: Tensor, mask: Tensor | None, area: Tensor | None = None) -> Tensor:
+        """Latitude- and variable-weighted MSE over ``(B, steps, C, H, W)``; masked points excluded.
+
+        ``area``: the batch's area weights (:meth:`area_weights_for`), default the whole grid's."""
+        w = (self.area_w if area is None else area) * self.var_w  # (1 or B, 1, C, H, 1 or W)
         w = w.expand_as(pred) if mask is None else w * mask
         return ((pred - y) ** 2 * w).sum() / w.sum().clamp_min(1e-12)
+
+    def rollout_loss(self, pred: Tensor, y: Tensor, mask: Tensor | None, area: Tensor) -> Tensor:
+        """The training loss of a rollout (a task may weigh it otherwise): :meth:`weighted_mse`."""
+        return self.weighted_mse(pred, y, mask, area)
 
     # -- the loop hooks -------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -163,7 +187,8 @@ class RolloutTask(Task):
         pred = self.rollout(batch, steps)
         y = batch["y"][:, :steps]
         mask = batch.get("mask")
-        return self.weighted_mse(pred, y, None if mask is None else mask[:, :steps]), pred
+        loss = self.rollout_loss(pred, y, None if mask is None else mask[:, :steps], self.area_weights_for(batch))
+        return loss, pred
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         loss = super().training_step(batch, batch_idx)
@@ -195,21 +220,19 @@ class RolloutTask(Task):
         return out
 
     def evaluate_outputs(self, outs: dict[str, Tensor]) -> dict[str, Any]:
-        dm = self._datamodule()
-        results, self.test_window_scores = score_rollout(
-            outs["pred"].numpy(), outs, dm, self.variables, self.time_step_hours
-        )
+        results, self.test_window_scores = self.score(outs["pred"].numpy(), outs, self._datamodule())
         return results
+
+    def score(
+        self, pred: np.ndarray, outs: dict[str, Tensor], dm: Any
+    ) -> tuple[dict[str, Any], dict[str, WindowScores]]:
+        """The test metrics of normalised ``pred`` ``(N, L, C, H, W)`` against ``outs`` (``y``, ``mask``,
+        ``x_last``), and their per-initial-time accumulators: :func:`score_rollout`."""
+        return score_rollout(pred, outs, dm, self.variables, self.time_step_hours)
 
     def baseline(self, name: str, dm: Any) -> dict[str, Any]:
         """Persistence (the initial state at every lead) or climatology, scored like the model."""
-        outs: dict[str, list[Tensor]] = {"y": [], "x_last": [], "mask": []}
-        for batch in dm.test_dataloader():
-            outs["y"].append(batch["y"].float())
-            outs["x_last"].append(batch["x"][:, -1].float())
-            if batch.get("mask") is not None:
-                outs["mask"].append(batch["mask"].float())
-        cat = {k: torch.cat(v) for k, v in outs.items() if v}
+        cat = self.test_arrays(dm)
         y = cat["y"].numpy()
         if name == "persistence":
             pred = np.repeat(cat["x_last"].numpy()[:, None], y.shape[1], axis=1)
@@ -218,8 +241,24 @@ class RolloutTask(Task):
             pred = np.broadcast_to(clim, y.shape).copy()
         else:
             raise ConfigError(f"evaluation.baselines: {name!r} is not a gridded baseline (persistence, climatology)")
-        results, self.test_window_scores = score_rollout(pred, cat, dm, self.variables, self.time_step_hours)
+        results, self.test_window_scores = self.score(pred, cat, dm)
         return results
+
+    @staticmethod
+    def test_arrays(dm: Any, inputs: bool = False) -> dict[str, Tensor]:
+        """The test split's targets ``y``, last inputs ``x_last`` and ``mask`` (normalised; and every
+        input state as ``x``, and its ``x_mask``, with ``inputs``), for baselines."""
+        outs: dict[str, list[Tensor]] = {"y": [], "x_last": [], "mask": [], "x": [], "x_mask": []}
+        for batch in dm.test_dataloader():
+            outs["y"].append(batch["y"].float())
+            outs["x_last"].append(batch["x"][:, -1].float())
+            if inputs:
+                outs["x"].append(batch["x"].float())
+                if batch.get("x_mask") is not None:
+                    outs["x_mask"].append(batch["x_mask"].float())
+            if batch.get("mask") is not None:
+                outs["mask"].append(batch["mask"].float())
+        return {k: torch.cat(v) for k, v in outs.items() if v}
 
 
 def score_rollout(
@@ -249,6 +288,13 @@ def score_rollout(
     flat = {m: [x for v in variables for x in by_var[v][m].values()] for m in tables}
     results = {**{m: float(np.mean(xs)) for m, xs in flat.items()}, "by_variable": by_var}
     return results, gm.window_scores(per_time)
+
+
+def _area_tensor(area_weights: Any) -> Tensor:
+    """Area weights rescaled to mean 1: ``(1, 1, 1, H, 1)`` per latitude row, or ``(1, 1, 1, H, W)`` per cell."""
+    w = torch.tensor(np.asarray(area_weights, dtype=np.float64), dtype=torch.float32)
+    shape = (1, 1, 1, -1, 1) if w.dim() == 1 else (1, 1, 1, *w.shape)
+    return (w / w.mean()).reshape(shape)
 
 
 def _as_list(values: Any) -> list[float]:
