@@ -134,7 +134,11 @@ def test_train_windows_are_cut_from_the_grid(tmp_path: Path) -> None:
 def _task(dm: GriddedDataModule, loss: str = "balanced") -> torch.nn.Module:
     from sciadapt.config import build_task
 
-    model = {"backbone": {"name": "unet_grid_tiny"}, "head": {"name": "grid"}, "task": {"name": "nowcast", "loss": loss}}
+    model = {
+        "backbone": {"name": "unet_grid_tiny"},
+        "head": {"name": "grid"},
+        "task": {"name": "nowcast", "loss": loss},
+    }
     return build_task(model, dm.facts())
 
 
