@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from sciadapt.config import build_datamodule, validate
+from sciadapt.datamodules.panel import PanelDataModule
 from sciadapt.datamodules.solar_formats import K_MAX
 from sciadapt.datamodules.timeseries import TimeSeriesDataModule
 from sciadapt.errors import CheckpointError, ConfigError
@@ -34,6 +35,14 @@ def predict_run(run_dir: Path, data: str | None, out: Path) -> Path:
     check_output_location(out, "--out")
     run = Run.open(run_dir)
     dm = run.datamodule(-1)
+    if isinstance(dm, PanelDataModule):
+        from sciadapt.predict.panel import forecast_panel
+
+        with verb_keys("sciadapt predict --run", RUN_FLAGS):
+            dm.load_scaler_state(run.scaler())
+            inputs = dm.predict_inputs(data)
+            task = run.task(-1, dm.facts())
+        return forecast_panel(task, inputs, out)
     if not isinstance(dm, TimeSeriesDataModule):
         raise ConfigError(
             f"predict --data forecasts series, but {run_dir} trained on {type(dm).__name__} data: use "

@@ -185,3 +185,14 @@ def test_extrapolation_baseline_runs_pysteps(tmp_path: Path) -> None:
     task = _task(dm)
     out = task.baseline("extrapolation", dm)
     assert 0.0 <= out["csi@0.1"] <= 1.0 and np.isfinite(out["mae"])
+
+
+def test_a_step_stays_between_dry_and_max_rate(tmp_path: Path) -> None:
+    dm = _dm(_rain_store(tmp_path))
+    task = _task(dm)
+    lo, hi = task._bounds
+    mean, std = dm.stats["mean"][0], dm.stats["std"][0]
+    assert lo * std + mean == pytest.approx(-15.0) and hi * std + mean == pytest.approx(10 * np.log10(250.0))
+    state = torch.full((1, 3, 1, 12, 10), 50.0)  # far above any rain rate
+    assert task.step(state, None, None).max().item() == pytest.approx(hi)
+    assert task.step(-state, None, None).min().item() == pytest.approx(lo)
