@@ -204,8 +204,10 @@ def load_weights(path: Path, fix: str | None = None) -> dict[str, torch.Tensor]:
     return read_state_dict(Path(path), unwrap=True, fix=fix)
 
 
-def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: Path | str) -> None:
-    """Strict load that names every missing, unexpected or mis-shaped tensor."""
+def load_into(model: Task, state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Strict load that names every missing, unexpected or mis-shaped tensor (after the model's own
+    declared migration of keys older checkpoints have: :meth:`sciadapt.tasks.base.Task.migrate_state`)."""
+    state = model.migrate_state(state)
     problems = describe_mismatch(model.state_dict(), state)
     if problems:
         raise CheckpointError(

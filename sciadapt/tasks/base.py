@@ -99,6 +99,12 @@ class Task(pl.LightningModule):
     def validation_metrics(self, pred: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         return {}
 
+    @staticmethod
+    def migrate_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state of a checkpoint written by an earlier release in this release's keys (a declared
+        filter, applied before every strict load). Default: as it is."""
+        return state
+
     def follow_data(self, facts: Mapping[str, Any]) -> None:
         """Re-derive what the task takes from the data but is not part of the model (loss weights on
         the grid, verification settings) from ``facts`` (a datamodule's ``facts()``): the runner calls

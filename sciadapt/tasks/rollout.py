@@ -134,6 +134,12 @@ class RolloutTask(Task):
                 state = state.detach()  # truncated backpropagation through the rollout
         return torch.stack(preds, dim=1)  # (B, steps, C, H, W)
 
+    @staticmethod
+    def migrate_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Checkpoints before the area weights followed the data saved them as ``area_w``: dropped
+        (they are loss weights of the grid, re-derived from the data)."""
+        return {k: v for k, v in state.items() if k != "area_w"}
+
     def follow_data(self, facts: Mapping[str, Any]) -> None:
         if facts.get("area_weights") is not None:
             self.area_w = _area_tensor(facts["area_weights"]).to(self.area_w.device)

@@ -196,3 +196,12 @@ def test_a_step_stays_between_dry_and_max_rate(tmp_path: Path) -> None:
     state = torch.full((1, 3, 1, 12, 10), 50.0)  # far above any rain rate
     assert task.step(state, None, None).max().item() == pytest.approx(hi)
     assert task.step(-state, None, None).min().item() == pytest.approx(lo)
+
+
+def test_checkpoints_that_saved_area_weights_still_load(tmp_path: Path) -> None:
+    from sciadapt.runs import load_into
+
+    task = _task(_dm(_rain_store(tmp_path)))
+    state = {k: v.clone() for k, v in task.state_dict().items()}
+    assert "area_w" not in state and "db_edges" not in state  # grid loss weights follow the data
+    load_into(task, {**state, "area_w": torch.ones(1, 1, 1, 12, 10)}, "old.ckpt")  # an earlier release's
