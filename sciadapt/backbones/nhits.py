@@ -68,6 +68,8 @@ class NHiTSBlock(nn.Module):
         interpolation: ``"linear"``, ``"nearest"`` or ``"cubic"``.
         activation: Name of the hidden activation (a key of :data:`ACTIVATIONS`).
         dropout: Dropout probability after each hidden activation.
+        future_length: Horizon steps of the exogenous channels fed too (``horizon`` when they are known
+            in the future, as neuralforecast's ``futr_exog_list``; 0 when only their past is).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class NHiTSBlock(nn.Module):
         interpolation: str,
         activation: str,
         dropout: float,
+        future_length: int = 0,
     ) -> None:
         super().__init__()
         self.context_length = context_length
@@ -92,20 +95,24 @@ class NHiTSBlock(nn.Module):
         self.interpolation = interpolation
         self.pool = POOLING[pooling](kernel_size=pool_kernel_size, stride=pool_kernel_size, ceil_mode=True)
         pooled_length = math.ceil(context_length / pool_kernel_size)
-        sizes = [pooled_length * (1 + n_exog), *mlp_units]
+        pooled_future = math.ceil(future_length / pool_kernel_size) if future_length else 0
+        sizes = [pooled_length * (1 + n_exog) + pooled_future * n_exog, *mlp_units]
         self.hidden = nn.ModuleList(nn.Linear(n_in, n_out) for n_in, n_out in pairwise(sizes))
         self.act = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         # Backcast at full input resolution (as in the reference implementation), forecast as knots.
         self.theta = nn.Linear(sizes[-1], context_length + feature_dim * n_knots)
 
-    def forward(self, residual: Tensor, exog: Tensor | None, n_targets: int) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, residual: Tensor, exog: Tensor | None, n_targets: int, future: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Compute this block's backcast and forecast.
 
         Args:
             residual: Target residual windows ``(S, T)`` with ``S = B * n_targets``.
             exog: Exogenous windows ``(B, X, T)`` shared by the targets of a batch row, or ``None``.
             n_targets: Target channels per batch row, used to repeat ``exog`` onto the folded batch.
+            future: The exogenous channels over the horizon ``(B, X, L)`` (known-future blocks only).
 
         Returns:
             ``backcast`` of shape ``(S, T)`` and ``forecast`` of shape ``(S, D, L)``.
@@ -116,6 +123,9 @@ class NHiTSBlock(nn.Module):
             # Pool once per batch row, then share the result with each of its target channels.
             pooled_exog = repeat(pooled_exog, "b x t -> (b c) (t x)", c=n_targets)  # (S, T/k * X)
             h = torch.cat([h, pooled_exog], dim=1)  # (S, T/k * (1 + X))
+        if future is not None:
+            pooled_future = repeat(self.pool(future), "b x l -> (b c) (l x)", c=n_targets)  # (S, L/k * X)
+            h = torch.cat([h, pooled_future], dim=1)
         for layer in self.hidden:
             h = self.dropout(self.act(layer(h)))
         theta = self.theta(h)  # (S, T + D * K)
@@ -151,6 +161,8 @@ class NHiTS(nn.Module):
         interpolation: ``"linear"``, ``"nearest"`` or ``"cubic"``.
         activation: Hidden activation name.
         dropout: Dropout after each hidden activation.
+        known_future: The exogenous channels are known over the horizon too (a panel's known
+            covariates and calendar features): their horizon values (``future_exog``) feed every block.
     """
 
     input_layout = SERIES
@@ -169,11 +181,13 @@ class NHiTS(nn.Module):
         interpolation: str,
         activation: str,
         dropout: float,
+        known_future: bool = False,
     ) -> None:
         super().__init__()
         self.context_length = context_length
         self.horizon = horizon
         self.n_exog = n_exog
+        self.known_future = bool(known_future and n_exog)
         self.feature_dim = feature_dim
         self.config: dict[str, Any] = {
             "context_length": context_length,
@@ -188,6 +202,7 @@ class NHiTS(nn.Module):
             "interpolation": interpolation,
             "activation": activation,
             "dropout": dropout,
+            "known_future": self.known_future,
         }
         blocks = []
         for kernel, freq, count in zip(pool_kernel_sizes, downsample_freqs, n_blocks, strict=True):
@@ -205,6 +220,7 @@ class NHiTS(nn.Module):
                         interpolation=interpolation,
                         activation=activation,
                         dropout=dropout,
+                        future_length=horizon if self.known_future else 0,
                     )
                 )
         self.blocks = nn.ModuleList(blocks)
@@ -213,12 +229,14 @@ class NHiTS(nn.Module):
         ]
         self.default_peft_targets: list[str] = ["blocks.*.hidden.*", "blocks.*.theta"]
 
-    def forward_features(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor, future_exog: Tensor | None = None) -> Tensor:
         """Forecast features for every target channel.
 
         Args:
             x: ``(B, T, C_in)`` with ``T == context_length``; the first ``C_in - n_exog`` channels are
-                targets, the last ``n_exog`` are past-observed covariates.
+                targets, the last ``n_exog`` are covariates.
+            future_exog: ``(B, L, n_exog)``: the covariates over the horizon, used when the model was
+                built with ``known_future`` (and needed then); ignored otherwise (past-observed covariates).
 
         Returns:
             ``(B, L, C, D)`` horizon features, ``C = C_in - n_exog`` targets, ``D = feature_dim``.
@@ -227,10 +245,10 @@ class NHiTS(nn.Module):
             ShapeError: If ``x`` is not ``B T C`` with ``T == context_length`` and more than
                 ``n_exog`` channels.
         """
-        forecast, _, _ = self._run(x, keep_parts=False)
+        forecast, _, _ = self._run(x, keep_parts=False, future_exog=future_exog)
         return forecast
 
-    def decompose(self, x: Tensor) -> dict[str, Any]:
+    def decompose(self, x: Tensor, future_exog: Tensor | None = None) -> dict[str, Any]:
         """Split the forecast features into the naive level and each block's contribution.
 
         ``level + sum(blocks)`` equals :meth:`forward_features`; ``residual`` is what the backcasts
@@ -243,7 +261,7 @@ class NHiTS(nn.Module):
             ``{"level": (B, L, C, D), "blocks": [(B, L, C, D) per block], "residual": (B, T, C)}``.
         """
         batch = x.shape[0]
-        _, residual, parts = self._run(x, keep_parts=True)
+        _, residual, parts = self._run(x, keep_parts=True, future_exog=future_exog)
         level, *blocks = (rearrange(p, "(b c) d l -> b l c d", b=batch) for p in parts)  # (B, L, C, D)
         return {
             "level": level,
@@ -251,7 +269,9 @@ class NHiTS(nn.Module):
             "residual": rearrange(residual.flip(1), "(b c) t -> b t c", b=batch),  # (B, T, C)
         }
 
-    def _run(self, x: Tensor, keep_parts: bool) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def _run(
+        self, x: Tensor, keep_parts: bool, future_exog: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
         """The doubly residual stack: features ``(B, L, C, D)``, final residual ``(S, T)`` (newest
         step first) and, when ``keep_parts``, the level and block forecasts ``(S, D, L)``."""
         check_shape(x, SERIES, name="nhits input", T=self.context_length)
@@ -267,26 +287,40 @@ class NHiTS(nn.Module):
         x = x.flip(1)
         residual = rearrange(x[..., :n_targets], "b t c -> (b c) t")  # (S, T)
         exog = rearrange(x[..., n_targets:], "b t x -> b x t") if self.n_exog else None  # (B, X, T)
+        future = None
+        if self.known_future:
+            want = (batch, self.horizon, self.n_exog)
+            if future_exog is None or tuple(future_exog.shape) != want:
+                got = None if future_exog is None else tuple(future_exog.shape)
+                raise ShapeError(
+                    f"nhits future_exog: backbone.known_future needs the {self.n_exog} covariates over the "
+                    f"horizon as (B, L, n_exog) = {want}, got {got}; data that knows them: data.name=panel"
+                )
+            future = rearrange(future_exog, "b l x -> b x l")  # (B, X, L), oldest first like the horizon
 
         # Naive level: every feature curve starts at the last observed target value.
         level = residual[:, :1, None]  # (S, 1, 1)
         forecast = level.expand(-1, self.feature_dim, self.horizon)  # (S, D, L)
         parts = [forecast] if keep_parts else []
         for block in self.blocks:
-            backcast, block_forecast = block(residual, exog, n_targets)
+            backcast, block_forecast = block(residual, exog, n_targets, future)
             residual = residual - backcast
             forecast = forecast + block_forecast
             if keep_parts:
                 parts.append(block_forecast)
         return rearrange(forecast, "(b c) d l -> b l c d", b=batch), residual, parts  # (B, L, C, D)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, future_exog: Tensor | None = None) -> Tensor:
         """Same as :meth:`forward_features`."""
-        return self.forward_features(x)
+        return self.forward_features(x, future_exog)
 
     def example_inputs(self, batch: int = 2) -> dict[str, Tensor]:
-        """A random ``x`` of this instance's shape: ``(batch, context_length, 1 + n_exog)``."""
-        return {"x": torch.randn(batch, self.context_length, 1 + self.n_exog)}
+        """A random ``x`` of this instance's shape: ``(batch, context_length, 1 + n_exog)``, and
+        ``future_exog`` ``(batch, horizon, n_exog)`` for a known-future model."""
+        out = {"x": torch.randn(batch, self.context_length, 1 + self.n_exog)}
+        if self.known_future:
+            out["future_exog"] = torch.randn(batch, self.horizon, self.n_exog)
+        return out
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``model.safetensors`` into ``directory``; :meth:`load_pretrained` reads it back strictly.
@@ -394,6 +428,7 @@ def _validate(
     interpolation: str,
     activation: str,
     dropout: float,
+    known_future: bool = False,
 ) -> None:
     """Raise one :class:`ConfigError` listing every invalid N-HiTS setting."""
     problems: list[str] = []
@@ -446,6 +481,7 @@ def build_nhits(
     interpolation: Interpolation = "linear",
     activation: Activation = "relu",
     dropout: float = 0.0,
+    known_future: bool = False,
     weights: str | None = None,
 ) -> NHiTS:
     """Build a channel-independent N-HiTS backbone.
@@ -463,6 +499,9 @@ def build_nhits(
         interpolation: ``"linear"``, ``"nearest"`` or ``"cubic"``.
         activation: One of ``relu, gelu, softplus, tanh, selu, leakyrelu, prelu, sigmoid``.
         dropout: Dropout after each hidden activation.
+        known_future: The ``n_exog`` covariates are known over the horizon (a panel's
+            ``known_columns`` and calendar features, given as ``future_exog``): every block sees their
+            horizon values too, as neuralforecast's ``futr_exog_list``. False: past-observed only.
         weights: Optional local checkpoint loaded with :meth:`NHiTS.load_pretrained`.
 
     Returns:
@@ -489,6 +528,7 @@ def build_nhits(
         "interpolation": interpolation,
         "activation": activation,
         "dropout": dropout,
+        "known_future": known_future,
     }
     _validate(**settings)
     model = NHiTS(**settings)
@@ -511,6 +551,7 @@ def build_nhits_tiny(
     interpolation: Interpolation = "linear",
     activation: Activation = "relu",
     dropout: float = 0.0,
+    known_future: bool = False,
     weights: str | None = None,
 ) -> NHiTS:
     """A tiny N-HiTS (``mlp_units=[32, 32]``, ``feature_dim=4``) for tests and smoke runs.
@@ -533,6 +574,7 @@ def build_nhits_tiny(
             interpolation=interpolation,
             activation=activation,
             dropout=dropout,
+            known_future=known_future,
             weights=weights,
         ),
     )

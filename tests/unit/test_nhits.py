@@ -264,3 +264,20 @@ def test_load_pretrained_other_failures(tmp_path: Path) -> None:
     save_file(tiny(n_blocks=[1, 2, 1]).state_dict(), str(deeper))
     with pytest.raises(CheckpointError, match="unexpected keys.*n_blocks"):
         model.load_pretrained(str(deeper))
+
+
+def test_known_future_covariates_feed_every_block() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 48, 1 + 2)
+    fut = torch.randn(3, 12, 2)
+    past_only = build_nhits_tiny(context_length=48, horizon=12, n_exog=2)
+    # past-observed covariates: their horizon values (if any) are ignored, the outputs unchanged
+    assert torch.equal(past_only.forward_features(x), past_only.forward_features(x, future_exog=fut))
+    known = build_nhits_tiny(context_length=48, horizon=12, n_exog=2, known_future=True)
+    first = known.blocks[0].hidden[0]
+    assert first.in_features == past_only.blocks[0].hidden[0].in_features + 6 * 2  # ceil(12 / 2) x 2 covariates
+    a, b = known.forward_features(x, future_exog=fut), known.forward_features(x, future_exog=fut + 1.0)
+    assert a.shape == (3, 12, 1, 4) and not torch.allclose(a, b)
+    with pytest.raises(ShapeError, match="known_future needs the 2 covariates over the horizon"):
+        known.forward_features(x)
+    assert set(known.example_inputs()) == {"x", "future_exog"}
