@@ -204,6 +204,16 @@ def load_weights(path: Path, fix: str | None = None) -> dict[str, torch.Tensor]:
     return read_state_dict(Path(path), unwrap=True, fix=fix)
 
 
+def save_figure(fig: Any, path: Path, dpi: int = 100) -> None:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def load_into(model: Task, state: dict[str, torch.Tensor], source: Path | str) -> None:
     """Strict load that names every missing, unexpected or mis-shaped tensor (after the model's own
     declared migration of keys older checkpoints have: :meth:`sciadapt.tasks.base.Task.migrate_state`)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from sciadapt.datamodules.timeseries import TimeSeriesDataModule
 from sciadapt.errors import CheckpointError, ConfigError
 from sciadapt.metrics.solar import to_irradiance
 from sciadapt.predict.verbs import RUN_FLAGS, ZERO_SHOT_FLAGS, verb_keys
-from sciadapt.runs import atomic_write_bytes, atomic_write_text
+from sciadapt.runs import atomic_write_text, save_figure
 
 
 def predict_run(run_dir: Path, data: str | None, out: Path) -> Path:
@@ -230,7 +229,4 @@ def _plot(
         ax.legend(loc="upper left", fontsize=8)
     fig.autofmt_xdate()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)

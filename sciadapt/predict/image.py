@@ -24,7 +24,7 @@ import torch
 from sciadapt.datamodules.sdo import SdoDataModule, read_header
 from sciadapt.errors import ConfigError, DataError
 from sciadapt.predict.verbs import RUN_FLAGS, verb_keys
-from sciadapt.runs import atomic_write_bytes
+from sciadapt.runs import atomic_write_bytes, save_figure
 from sciadapt.tasks.image_forecast import ImageForecastTask
 
 SUFFIXES = (".fits", ".nc")
@@ -246,7 +246,4 @@ def _plot(c: int, name: str, unit: str, forecast: np.ndarray, inputs: dict[str, 
         ax.set_axis_off()
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label=f"{name} [{unit}]" if unit else name)
     fig.suptitle(f"{name}: forecast valid {_iso(inputs['valid_time'])[:16]} UTC")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=90)

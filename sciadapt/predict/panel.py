@@ -7,7 +7,6 @@ forecast).
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sciadapt.runs import atomic_write_bytes, atomic_write_text
+from sciadapt.runs import atomic_write_text, save_figure
 
 #: series drawn in the PNG
 PLOTTED = 4
@@ -81,7 +80,4 @@ def _plot(inputs: dict[str, Any], frame: pd.DataFrame, quantiles: list[float] | 
         ax.legend(loc="upper left", fontsize=8)
     fig.autofmt_xdate()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)

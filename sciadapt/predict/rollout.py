@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 from pathlib import Path
@@ -17,7 +16,7 @@ from sciadapt.datamodules.gridded.grids import GRID_MAPPING, crs_attrs
 from sciadapt.datamodules.gridded.store import open_xarray
 from sciadapt.errors import ConfigError, DataError
 from sciadapt.predict.verbs import RUN_FLAGS, verb_keys
-from sciadapt.runs import atomic_write_bytes
+from sciadapt.runs import save_figure
 from sciadapt.tasks.rollout import RolloutTask
 
 
@@ -269,10 +268,7 @@ def _plot(forecast: np.ndarray, truth: np.ndarray, dm: Any, variable: str, init:
             label = variable if units is None else f"{variable} [{units}]"
             fig.colorbar(im, ax=list(axes[r]), shrink=0.8, label=label)
     fig.suptitle(f"{variable}, initialised {init}")
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=90)
 
 
 def _finite_range(values: np.ndarray) -> tuple[float, float]:

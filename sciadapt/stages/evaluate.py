@@ -12,7 +12,6 @@ come from the task's ``test_window_scores``; a task that keeps none gets no inte
 
 from __future__ import annotations
 
-import io
 import math
 import weakref
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 
 from sciadapt.metrics.bootstrap import WindowScores, default_block, metric_interval
-from sciadapt.runs import atomic_write_bytes, load_into, load_weights, read_csv_rows
+from sciadapt.runs import load_into, load_weights, read_csv_rows, save_figure
 from sciadapt.stages.plan import evaluation_data
 from sciadapt.stages.preempt import enter_phase, fault_point
 
@@ -213,10 +212,7 @@ def plot_losses(run_dir: Path, pipeline: str) -> None:
     ax.set_title(f"{pipeline}: " + " → ".join(dict.fromkeys(s for s in stages if s)))
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    atomic_write_bytes(run_dir / "plots" / "loss.png", buf.getvalue())
+    save_figure(fig, run_dir / "plots" / "loss.png")
 
 
 def print_comparison(summary: dict[str, Any], console: Console) -> None:
