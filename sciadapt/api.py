@@ -94,6 +94,80 @@ def test(run: str, data: str | None = None, console: Console | None = None) -> d
     return res
 
 
+def merge(
+    method: str,
+    runs: list[str],
+    out: str,
+    stage: str | None = None,
+    alphas: list[float] | None = None,
+    weights: list[float] | None = None,
+    anchor: str | None = None,
+    density: float = 0.2,
+    rank: int | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """``sciadapt merge``: a weight-space merge of finished runs into a new run
+    (:func:`sciadapt.averaging.merge.merge`); prints the held-out scores (and WiSE-FT's alpha table)."""
+    from sciadapt.averaging.merge import HELD_OUT
+    from sciadapt.averaging.merge import merge as _merge
+
+    console = console or Console()
+    res = _merge(method, runs, out, stage, alphas, weights, anchor, density, rank, log=console.log)
+    scores = Table(title=f"{method}: {HELD_OUT} on the validation split (lower is better)")
+    scores.add_column("model")
+    scores.add_column(HELD_OUT, justify="right")
+    for label, row in res["scores"].items():
+        scores.add_row(label, f"{row[HELD_OUT]:.4f}")
+    scores.add_row("[bold]merged[/bold]", f"{res['merged'][HELD_OUT]:.4f}")
+    console.print(scores)
+    if "history" in res:
+        console.print(f"greedy soup kept {len(res['kept'])} of {len(res['history'])}: {', '.join(res['kept'])}")
+    if "table" in res:
+        metrics = list(res["table"][0]["test"])
+        wise = Table(title="WiSE-FT: alpha (0: anchor, 1: fine-tuned) vs metric")
+        wise.add_column("alpha", justify="right")
+        wise.add_column(f"val {HELD_OUT.split('/')[-1]}", justify="right")
+        for m in metrics:
+            wise.add_column(f"test {m}", justify="right")
+        for row in res["table"]:
+            mark = " *" if row["alpha"] == res["alpha"] else ""
+            cells = [f"{row['test'][m]:.4f}" for m in metrics]
+            wise.add_row(f"{row['alpha']:g}{mark}", f"{row[HELD_OUT]:.4f}", *cells)
+        console.print(wise)
+        console.print(f"chosen alpha={res['alpha']:g} (best on validation); plot: {res['path']}/plots/wise_ft.png")
+    if "adapters" in res and "svd_relative_error" in res["adapters"]:
+        ties = res["adapters"]
+        console.print(f"TIES: rank {ties['rank']}, SVD relative error {ties['svd_relative_error']:.3g}")
+    if res.get("adapters", {}).get("from_first"):
+        kept = res["adapters"]["from_first"]
+        console.print(
+            f"note: {len(kept)} trained tensor(s) outside the adapters differ between the runs and were taken "
+            f"from the first run ({', '.join(kept[:4])}{' ...' if len(kept) > 4 else ''})",
+            markup=False,
+            highlight=False,
+        )
+    console.print(f"merged run written to {res['path']} (merge.json)", markup=False, highlight=False)
+    return res
+
+
+def export(run: str, format: str, out: str, stage: str | None = None, console: Console | None = None) -> Path:
+    """``sciadapt export``: a run's final model of ``stage`` (default: the last), adapters merged, as
+    ``format`` in folder ``out`` with ``manifest.json`` (:func:`sciadapt.export.export_run`)."""
+    from sciadapt.export import FILES, export_run
+
+    console = console or Console()
+    path = export_run(run, format, out, stage=stage)  # type: ignore[arg-type]  # export_run checks the format
+    doc = json.loads((path / "manifest.json").read_text())
+    err = doc["verification"].get("max_abs_error")
+    check = f"; matches the eager model (max abs error {err:.2g})" if err is not None else ""
+    console.print(
+        f"{format} export of stage {doc['stage']} written to {path / FILES[format]} (manifest.json beside it){check}",
+        markup=False,
+        highlight=False,
+    )
+    return path
+
+
 def predict(run: str, data: str | None, out: str, console: Console | None = None) -> Path:
     from sciadapt.predict.forecast import predict_run
     from sciadapt.runs import open_run

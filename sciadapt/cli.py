@@ -60,6 +60,45 @@ def _parser() -> argparse.ArgumentParser:
         "--data", help="score another file with the run's columns (default: the run's own data); its test split"
     )
 
+    mg = sub.add_parser(
+        "merge",
+        help="merge finished runs in weight space (soups, WiSE-FT, Model Stock, LoRA adapter arithmetic)",
+        **_examples(
+            "sciadapt merge soup runs/quickstart/A runs/quickstart/B --out runs/quickstart/soup",
+            "sciadapt merge wise_ft runs/quickstart/A --anchor source --out runs/quickstart/wise",
+            "sciadapt merge adapters_ties runs/ttm_lora/A runs/ttm_lora/B --weights 1,1 --out runs/ttm_lora/ties",
+        ),
+    )
+    mg.add_argument("method", help="soup | greedy_soup | wise_ft | model_stock | adapters_linear | adapters_ties")
+    mg.add_argument("runs", nargs="+", help="finished run directories (the first one's data and config are used)")
+    mg.add_argument("--out", required=True, help="the new run directory to write (must not exist)")
+    mg.add_argument("--stage", help="the stage whose final weights are merged (default: the last)")
+    mg.add_argument("--alpha", help="wise_ft: comma-separated alphas in [0, 1] (default 0,0.25,0.5,0.75,1)")
+    mg.add_argument("--weights", help="adapters_*: comma-separated weights, one per run")
+    mg.add_argument(
+        "--anchor", help="wise_ft, model_stock: the pretrained weights: a run directory or a stage of the first run"
+    )
+    mg.add_argument("--density", type=float, default=0.2, help="adapters_ties: fraction of each update kept (0.2)")
+    mg.add_argument("--rank", type=int, help="adapters_ties: the merged rank (default: the largest input rank)")
+
+    ex = sub.add_parser(
+        "export",
+        help="write a run's model (adapters merged) as safetensors, torch.export (.pt2) or ONNX, with a manifest",
+        **_examples(
+            f"sciadapt export {STAMP} --format torch-export --out exported/",
+            f"sciadapt export {STAMP} --stage source --format onnx --out exported_onnx/",
+        ),
+    )
+    ex.add_argument("run", help="a finished run directory (runs/<pipeline>/<stamp>)")
+    ex.add_argument("--stage", help="the stage whose final model is exported (default: the last)")
+    ex.add_argument(
+        "--format",
+        required=True,
+        choices=["safetensors", "torch-export", "onnx"],
+        help="safetensors (weights for sciadapt), torch-export (model.pt2, plain torch) or onnx (onnxruntime)",
+    )
+    ex.add_argument("--out", required=True, help="the folder to write (must not exist, or be empty)")
+
     pr = sub.add_parser(
         "predict",
         help="forecast with a trained run, or zero-shot from pretrained weights",
@@ -177,6 +216,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _floats(text: str | None, flag: str) -> list[float] | None:
+    """A comma-separated list of numbers (None stays None)."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text}: give comma-separated numbers, e.g. {flag} 0,0.5,1") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     # OpenMP threads that spin while waiting make torch 10-30x slower on a CPU shared with
@@ -209,6 +258,21 @@ def main(argv: list[str] | None = None) -> int:
                 api.validate(args.pipeline, args.overrides, console=console)
         elif args.verb == "test":
             api.test(args.run, args.data, console=console)
+        elif args.verb == "merge":
+            api.merge(
+                args.method,
+                args.runs,
+                args.out,
+                stage=args.stage,
+                alphas=_floats(args.alpha, "--alpha"),
+                weights=_floats(args.weights, "--weights"),
+                anchor=args.anchor,
+                density=args.density,
+                rank=args.rank,
+                console=console,
+            )
+        elif args.verb == "export":
+            api.export(args.run, args.format, args.out, stage=args.stage, console=console)
         elif args.verb == "predict":
             if args.run and (args.backbone or args.weights):
                 raise ConfigError("predict: give either --run, or --backbone with --weights (zero-shot), not both")

@@ -144,6 +144,20 @@ class NewChannelsSpec:
 
 
 @dataclass(frozen=True)
+class EmaSpec:
+    """An exponential moving average of a stage's trainable weights, kept beside the raw ones.
+
+    After every ``every_n_steps``-th optimiser step ``ema = decay * ema + (1 - decay) * w``, starting
+    from the weights the stage starts with; buffers (normalisation statistics) are the raw model's.
+    The stage end writes ``checkpoints/<stage>/ema.ckpt`` and the comparison scores it as a row of
+    its own; the stage's final weights (what the next stage starts from) stay the raw ones.
+    """
+
+    decay: Annotated[float, Gt(0), Le(1)] = 0.999  # 1 is refused by the stage rules (nothing would move)
+    every_n_steps: PositiveInt = 1
+
+
+@dataclass(frozen=True)
 class StageSpec:
     """One fine-tuning stage. A pipeline runs its stages in order on one task."""
 
@@ -177,6 +191,9 @@ class StageSpec:
     # stage's data lists the model's channels, then the new ones. Backbones with named, growable channels
     # only (`sciadapt validate` lists them when another is used)
     new_channels: NewChannelsSpec | None = None
+    # {decay: 0.999, every_n_steps: 1}: an EMA of the trainable weights, saved as
+    # checkpoints/<stage>/ema.ckpt and scored beside the raw weights ("<label> (EMA)")
+    ema: EmaSpec | None = None
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,12 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
     return ours
 
 
+def adapter_meta(directory: str | Path) -> dict[str, Any] | None:
+    """sciadapt's description of a saved adapter (method, config, targets, base fingerprint), None
+    for an adapter saved by Hugging Face PEFT alone."""
+    return _read_meta(Path(directory) / "adapter_model.safetensors")
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     """``adapter_config.json``; a damaged file is an error naming it."""
     from sciadapt.hub import read_json_object

@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import Callback
 
 from sciadapt.metrics.bootstrap import WindowScores, default_block, metric_interval
 from sciadapt.runs import load_into, load_weights, read_csv_rows, save_figure
+from sciadapt.stages.callbacks import EMA_CKPT
 from sciadapt.stages.plan import evaluation_data
 from sciadapt.stages.preempt import enter_phase, fault_point
 
@@ -87,7 +88,8 @@ def _kept_windows(dm: Any, stage: str) -> dict[str, WindowScores] | None:
 
 
 def compare(runner: PipelineRunner, dm: Any) -> dict[str, Any]:
-    """Every chosen stage's final weights and every baseline, on ``dm``'s test split.
+    """Every chosen stage's final weights and every baseline, on ``dm``'s test split; a stage with
+    ``ema`` also gets a row of its averaged weights (``<label> (EMA)``) right after its own.
 
     A signal meanwhile stops it before the next row or test batch (``runner.check``); nothing of it
     is written until it is whole, so the resume redoes it.
@@ -119,15 +121,23 @@ def compare(runner: PipelineRunner, dm: Any) -> dict[str, Any]:
             # the stage was already scored with these final weights on this very test split
             rows.append({"model": labels.get(name, name), "stage": name, **done})
             windows.append(kept or {})
-            continue
-        runner.fresh_task(plan.index)
-        ckpt = runner.out.final_ckpt(name)
-        load_into(runner.task, load_weights(ckpt), ckpt)
-        scored = runner.test(None, dm, phase="compare", stage=name)
-        # a stage scored before (its windows only needed again) keeps the row its test gave
-        rows.append({"model": labels.get(name, name), "stage": name, **(done if done is not None else scored)})
-        windows.append(dict(runner.task.test_window_scores))
-        runner.check("compare")
+        else:
+            runner.fresh_task(plan.index)
+            ckpt = runner.out.final_ckpt(name)
+            load_into(runner.task, load_weights(ckpt), ckpt)
+            scored = runner.test(None, dm, phase="compare", stage=name)
+            # a stage scored before (its windows only needed again) keeps the row its test gave
+            rows.append({"model": labels.get(name, name), "stage": name, **(done if done is not None else scored)})
+            windows.append(dict(runner.task.test_window_scores))
+            runner.check("compare")
+        if plan.spec.ema is not None:  # the average of the stage's weights, right after its own row
+            runner.fresh_task(plan.index)
+            ckpt = runner.out.stage_dir(name) / EMA_CKPT
+            load_into(runner.task, load_weights(ckpt), ckpt)
+            scored = runner.test(None, dm, phase="compare", stage=name)
+            rows.append({"model": f"{labels.get(name, name)} (EMA)", "stage": name, "ema": True, **scored})
+            windows.append(dict(runner.task.test_window_scores))
+            runner.check("compare")
     test_windows = len(dm.test_dataloader().dataset)
     where = f"{Path(str(getattr(dm, 'path', 'data'))).name} test split ({test_windows:,} windows)"
     out: dict[str, Any] = {"data": where, "metrics": list(ev.metrics), "rows": rows}

@@ -163,6 +163,14 @@ def _problems(spec: PipelineSpec) -> list[str]:
         ro = st.rollout
         if ro is not None and ro.max_steps is not None and ro.max_steps < ro.steps:
             problems.append(f"{path}.rollout.max_steps: {ro.max_steps} is below steps {ro.steps}")
+        if st.ema is not None:
+            if st.ema.decay >= 1:
+                problems.append(
+                    f"{path}.ema.decay: {st.ema.decay:g} would keep the starting weights for good; "
+                    "use a value below 1 (e.g. 0.999)"
+                )
+            if st.max_epochs == 0:
+                problems.append(f"{path}.ema: the stage trains nothing (max_epochs: 0), so there is no average")
         init = st.init_from
         if init is not None and init.startswith("stage:") and init[6:] not in names[:-1]:
             problems.append(

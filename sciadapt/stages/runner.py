@@ -10,10 +10,12 @@ at the stage — and the epoch — where it stopped. What each stage trains is d
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import os
+import shlex
 import signal
 import time
 import warnings
@@ -40,6 +42,7 @@ from sciadapt.runs import (
 )
 from sciadapt.spec import PipelineSpec
 from sciadapt.stages import evaluate
+from sciadapt.stages.callbacks import EMA_CKPT, WeightEma
 from sciadapt.stages.plan import StagePlan, evaluation_data, new_channel_problems, trainable_patterns
 from sciadapt.stages.preempt import SignalPoints, SignalWatch, enter_phase, fault_point, save_checkpoint
 from sciadapt.stages.tracking import Tracker, check_available
@@ -374,6 +377,10 @@ class PipelineRunner:
         ckpt_cb, callbacks = stage_callbacks(
             plan.spec, self.out.stage_dir(name), self.run_dir, self._watch, resume_from, dm
         )
+        ema = None
+        if plan.spec.ema is not None:  # its average rides in last.ckpt, so a resumed stage continues it
+            ema = WeightEma(plan.spec.ema.decay, plan.spec.ema.every_n_steps)
+            callbacks.append(ema)
         trainer = build_trainer(self.spec.trainer, plan.spec, callbacks, self.run_dir, self.tracker.stage_logger(plan))
         self.state["current"] = name
         self._write_json(self.out.state_path, self.state)
@@ -392,6 +399,8 @@ class PipelineRunner:
         enter_phase("trained", name)
         if plan.spec.restore_best and ckpt_cb.best_model_path:
             load_into(self.task, load_weights(Path(ckpt_cb.best_model_path)), ckpt_cb.best_model_path)
+        if ema is not None:
+            self._save_ema(plan, ema, adapter)
         if adapter is not None:
             from sciadapt.peft import core as peft_core
 
@@ -407,6 +416,8 @@ class PipelineRunner:
             "steps": trainer.global_step,
             "fit_seconds": round(seconds, 2),
         }
+        if ema is not None:
+            stage_summary["ema"] = {"decay": ema.decay, "every_n_steps": ema.every_n_steps, "updates": ema.updates}
         # what the model saw of the data: padded short histories, few-shot subsets, and how
         # the backbone fit the window to its own context (pad / truncate)
         if isinstance(dm, ReportsPadding):
@@ -443,6 +454,24 @@ class PipelineRunner:
         self._write_json(self.out.state_path, self.state)
         return {k: v for k, v in self.summary["stages"][name].items() if k != "test"}, trainer
 
+    def _save_ema(self, plan: StagePlan, ema: WeightEma, adapter: str | None) -> None:
+        """``checkpoints/<stage>/ema.ckpt``: the stage's model with the average of its trainable weights,
+        in the layout of its ``final.ckpt`` (an adapter merged after the stage is merged into it too)."""
+        path = self.out.stage_dir(plan.name) / EMA_CKPT
+        if adapter is not None and plan.spec.peft and plan.spec.peft["merge_after"]:
+            from sciadapt.peft import core as peft_core
+
+            # the raw adapter is merged after this; the averaged one is merged into a copy
+            model = copy.deepcopy(self.task)  # a LightningModule's copy leaves its trainer behind
+            ema.copy_to(model)
+            peft_core.merge_and_drop(model, adapter)
+            save_task(model, path)
+            del model
+        else:
+            with ema.applied(self.task):
+                save_task(self.task, path)
+        log.info("stage %s: EMA of %d tensors after %d updates -> %s", plan.name, len(ema.shadow), ema.updates, path)
+
     def _save_final(self, name: str, trainer: pl.Trainer, evaluation_only: bool) -> None:
         if evaluation_only:  # no fit, so no trainer-attached model to save from
             save_task(self.task, self.out.final_ckpt(name))
@@ -464,14 +493,62 @@ class PipelineRunner:
         self.check("compare")  # the last safe point: from here the run finishes whatever comes
         self._watch.closing = True
         self.summary["evaluation"] = evaluation
-        self.summary["final"] = self.summary["evaluation"]["rows"][-1] if self.summary["evaluation"]["rows"] else {}
+        # the last stage's own (raw) weights, not the average scored after them
+        own = [r for r in evaluation["rows"] if not r.get("ema")]
+        self.summary["final"] = own[-1] if own else {}
         self._write_json(self.out.summary_path, self.summary)
         if is_writer():
             evaluate.plot_losses(self.run_dir, self.spec.name)
+            self._write_cards()
         self.tracker.run_done(self.summary, self.run_dir / "plots")
         self.state["status"] = "done"
         self._write_json(self.out.state_path, self.state)
         return self.summary
+
+    def command(self) -> str:
+        """The command that made the run (``state.json`` ``command``), else one that makes it again."""
+        argv = self.state.get("command")
+        if isinstance(argv, list) and argv:
+            return shlex.join(str(a) for a in argv)
+        return shlex.join(["sciadapt", "fit", str(self.run_dir / "config.yaml")])
+
+    def _base_of(self, plan: StagePlan) -> str:
+        """Where a stage's base weights came from, for its model card."""
+        if plan.init == "pretrained":
+            return f"the pretrained weights `{plan.model['backbone']['weights']}`"
+        if plan.init == "scratch":
+            return "the seeded random initial weights of this stage (init_from: scratch)"
+        if plan.init_stage is not None:
+            start = self.plans[plan.init_stage].name
+            return f"the final weights of stage `{start}` of this run (`checkpoints/{start}/final.ckpt`)"
+        return f"the checkpoint `{plan.init}`"
+
+    def _write_cards(self) -> None:
+        """A model card (``README.md``) in every adapter directory of the run, with the comparison known."""
+        from sciadapt.peft.card import CardFacts, write_card
+
+        for plan in self.plans:
+            directory = self.run_dir / "adapters" / plan.name
+            if not plan.spec.peft or not (directory / "adapter_model.safetensors").is_file():
+                continue
+            dm = self._dms.get(json.dumps(plan.data, sort_keys=True, default=str))
+            data = dm.describe() if dm is not None else ""
+            where = plan.data.get("path")
+            data = f"`{plan.data['name']}`" + (f" `{where}`" if where else "") + (f": {data}" if data else "")
+            facts = CardFacts(
+                pipeline=self.spec.name,
+                stage=plan.name,
+                backbone=str(plan.model["backbone"]["name"]),
+                weights=plan.model["backbone"].get("weights"),
+                task=str(plan.model["task"]["name"]),
+                data=data,
+                command=self.command(),
+                base=self._base_of(plan),
+                run_dir=str(self.run_dir),
+                test=self.summary["stages"].get(plan.name, {}).get("test"),
+                comparison=self.summary.get("evaluation") or {},
+            )
+            write_card(directory, facts)
 
     @staticmethod
     def _write_json(path: Path, obj: Any) -> None:
@@ -505,6 +582,8 @@ def fit(
                 if pipeline is None:
                     raise ConfigError("fit needs a pipeline (a .yaml path or a bundled name) or --resume RUN")
                 runner = PipelineRunner.create(load_config(pipeline, overrides), console)
+                # what the model cards say made the run
+                runner.state["command"] = ["sciadapt", "fit", pipeline, *overrides]
         runner._watch = watch
         if console is not None:
             if resume:
