@@ -67,10 +67,11 @@ def extrapolation_nowcast(
         ConfigError: If pysteps (or OpenCV, for the flow) is not installed.
     """
     try:
+        import cv2  # noqa: F401  # pysteps' Lucas-Kanade flow runs on OpenCV
         from pysteps import motion, nowcasts
     except ImportError as err:
         raise ConfigError(
-            "evaluation.baselines: extrapolation is pysteps' advection nowcast; pysteps is not installed. "
+            f"evaluation.baselines: extrapolation is pysteps' advection nowcast; {err.name or 'pysteps'} is not installed. "
             "Fix: pip install 'sciadapt[nowcast]', or drop the baseline"
         ) from err
     r = np.asarray(rates, dtype=np.float64)

@@ -18,7 +18,10 @@ from sciadapt.cli import main
 from tests.data.gridded.make_projected import write_knmi_frames
 
 pytestmark = [
-    pytest.mark.skipif(importlib.util.find_spec("pysteps") is None, reason="pysteps not installed (sciadapt[nowcast])"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("pysteps") is None or importlib.util.find_spec("cv2") is None,
+        reason="pysteps or OpenCV not installed (sciadapt[nowcast])",
+    ),
     pytest.mark.skipif(importlib.util.find_spec("h5py") is None, reason="h5py not installed"),
 ]
 

@@ -179,7 +179,10 @@ def test_verification_of_a_perfect_and_a_persistent_forecast(tmp_path: Path) -> 
     assert set(persistence["by_lead"]["csi@1"]) == {"5.0", "10.0", "15.0", "all"}
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pysteps") is None, reason="pysteps not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("pysteps") is None or importlib.util.find_spec("cv2") is None,
+    reason="pysteps or OpenCV not installed (sciadapt[nowcast])",
+)
 def test_extrapolation_baseline_runs_pysteps(tmp_path: Path) -> None:
     dm = _dm(_rain_store(tmp_path), n_lead=3)
     task = _task(dm)
