@@ -493,6 +493,8 @@ def writers(finished: Path, series: Path, tmp_path_factory: pytest.TempPathFacto
         ],
         "data prepare": ["data", "prepare", "--no-progress", str(nc), "{out}"],
         "schema": ["schema", "quickstart", "--out", "{out}"],
+        "merge": ["merge", "soup", str(finished), str(finished), "--out", "{out}"],
+        "export": ["export", str(finished), "--format", "safetensors", "--out", "{out}"],
     }  # fmt: skip
 
 
@@ -507,11 +509,11 @@ def test_every_output_argument_of_the_cli_is_in_the_corpus(writers: dict[str, li
             for a in s._actions:
                 if a.dest == "out" or "output" in (a.help or "").split("(")[0].lower():
                     found.add(f"{s.prog.split(' ', 1)[1]}:{a.dest}")
-    assert found == {"predict:out", "data prepare:inputs", "schema:out"}, found
-    assert {"predict --run", "predict --backbone", "data prepare", "schema"} == set(writers)
+    assert found == {"predict:out", "data prepare:inputs", "schema:out", "merge:out", "export:out"}, found
+    assert {"predict --run", "predict --backbone", "data prepare", "schema", "merge", "export"} == set(writers)
 
 
-@pytest.mark.parametrize("writer", ["predict --run", "predict --backbone", "data prepare", "schema"])
+@pytest.mark.parametrize("writer", ["predict --run", "predict --backbone", "data prepare", "schema", "merge", "export"])
 @pytest.mark.parametrize("where", ["/proc/sciadapt-x/o", "{file}/o", "{dir}"])
 def test_an_output_that_cannot_be_written_is_refused_before_work(
     writer: str, where: str, writers: dict[str, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
