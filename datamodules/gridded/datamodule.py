@@ -782,6 +782,7 @@ class GriddedDataModule(L.LightningDataModule):
                 self.nan_policy,
                 patch=self._patch_shape() if name == "train" else None,
                 seed=self.shuffle_seed,
+                fill=self._fill(stats),
             )
         if len(datasets["train"]) == 0:
             lo, hi = self.split_bounds["train"]
@@ -801,6 +802,14 @@ class GriddedDataModule(L.LightningDataModule):
                     freq_alias(self.time_step),
                 )
         self._datasets = datasets
+
+    def _fill(self, stats: dict[str, np.ndarray]) -> np.ndarray | None:
+        """What a missing value becomes in a sample: the dry dBR value under ``transform=dbr`` (the
+        radar saw nothing there, and the channel mean would be light rain), else None (the mean, 0)."""
+        t = self.value_transform
+        if t is None:
+            return None
+        return np.asarray((t.floor - stats["mean"]) / stats["std"], dtype=np.float32)
 
     def _patch_shape(self) -> tuple[int, int] | None:
         if self.patch is None:

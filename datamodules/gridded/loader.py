@@ -200,6 +200,8 @@ class GriddedDataset(Dataset):
         nan_policy: ``"mask"`` or ``"error"``.
         patch: ``(height, width)`` of the window each sample is cut to (train only), None: the grid.
         seed: Seeds the windows' positions (with the sample's time index and a per-process draw count).
+        fill: Normalised value per channel ``(C,)`` that a missing (masked) value takes; default 0, the
+            channel mean (a dBR channel fills with its dry value instead: no rain where the radar saw nothing).
     """
 
     #: random windows a sample chooses from (the most varied wins)
@@ -224,6 +226,7 @@ class GriddedDataset(Dataset):
         nan_policy: str,
         patch: tuple[int, int] | None = None,
         seed: int = 0,
+        fill: np.ndarray | None = None,
     ) -> None:
         self.reader = reader
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -244,6 +247,7 @@ class GriddedDataset(Dataset):
         self.n_lon = len(reader.info.lon)
         self.patch = patch
         self.seed = int(seed)
+        self.fill = None if fill is None or not np.any(fill) else np.asarray(fill, np.float32)
         self._draws = 0  # windows drawn by this process (a fresh stream per epoch and worker)
         self.recycle_slots = 0  # buffers per worker to re-use; GriddedDataModule sets it for its loaders
         self._pools: dict[tuple[int, ...], _SlotPool] = {}
@@ -398,7 +402,10 @@ class GriddedDataset(Dataset):
                 f"{self.reader.info.path}: NaN in channel {self.channels[c]!r} at time index {j} "
                 f"({pd.Timestamp(self.times[j])}). Fix: {_NAN_FIX}"
             )
-        arr[nan] = 0.0
+        if self.fill is None:
+            arr[nan] = 0.0
+        else:  # (B, T, C, H, W): each channel's own fill
+            arr[nan] = self.fill[np.nonzero(nan)[2]]
         mask = _empty(arr.shape, shared)
         np.logical_not(nan, out=mask.numpy(), casting="unsafe")
         return mask

@@ -208,3 +208,24 @@ def test_checkpoints_that_saved_area_weights_still_load(tmp_path: Path) -> None:
     state = {k: v.clone() for k, v in task.state_dict().items()}
     assert "area_w" not in state and "db_edges" not in state  # grid loss weights follow the data
     load_into(task, {**state, "area_w": torch.ones(1, 1, 1, 12, 10)}, "old.ckpt")  # an earlier release's
+
+
+def test_forecast_frames_take_the_observed_intensity_distribution(tmp_path: Path) -> None:
+    dm = _dm(_rain_store(tmp_path), n_lead=3)
+    task = _task(dm).eval()
+    batch = next(iter(dm.test_dataloader()))
+    # a missing value (outside the radar) is read as dry, not as the channel mean
+    lo = task._bounds[0]
+    missing = batch["x_mask"] == 0
+    assert missing.any() and torch.allclose(batch["x"][missing], torch.tensor(lo, dtype=torch.float32))
+    with torch.no_grad():
+        pred = task.rollout(batch, 3)  # (B, 3, 1, H, W)
+        task.match_distribution = False
+        raw = task.rollout(batch, 3)
+    last = batch["x"][:, -1].reshape(len(pred), -1).sort(dim=1).values
+    for k in range(3):
+        assert torch.equal(pred[:, k].reshape(len(pred), -1).sort(dim=1).values, last)
+    assert not torch.equal(raw, pred)
+    # the matched frame keeps the raw forecast's ranks (its pattern)
+    r = raw[0, 0].flatten().argsort()
+    assert torch.equal(pred[0, 0].flatten()[r], pred[0, 0].flatten()[r].sort().values)
