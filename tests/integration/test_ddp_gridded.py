@@ -195,6 +195,7 @@ def test_shards_are_disjoint_for_the_train_split_size(tmp_path: Path) -> None:
     assert len(a) == len(b) and len(set(a) & set(b)) == 1
 
 
+@pytest.mark.slow  # 25 s; tests/integration/test_ddp.py keeps two-process DDP in the default run
 @pytest.mark.timeout(600)
 def test_two_process_ddp_gridded_matches_single_process(tmp_path: Path) -> None:
     from sciadapt.config import build_datamodule, load_config

@@ -100,7 +100,10 @@ def _fit_cmd(*args: str) -> list[str]:
 
 # the LoRA variant resumes through the same code as the full one (plus the adapter file, which the
 # fault corpus covers); it runs with `-m slow` to keep the default suite under six minutes
-@pytest.mark.parametrize("stage2", ["full", pytest.param("lora", marks=pytest.mark.slow)])
+# both with -m slow (35 s each); the default run keeps kill-and-resume in test_preempt.py
+@pytest.mark.parametrize(
+    "stage2", [pytest.param("full", marks=pytest.mark.slow), pytest.param("lora", marks=pytest.mark.slow)]
+)
 def test_kill_in_stage_two_then_resume_matches_uninterrupted(tmp_path: Path, stage2: str) -> None:
     data = make_series_csv(tmp_path / "s.csv", n=3000)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

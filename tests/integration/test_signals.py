@@ -166,6 +166,7 @@ def _chain(root: Path, pipe: Path, faults: list[tuple[str, str, str, str, str]])
     return run
 
 
+@pytest.mark.slow  # 52 s of the default run's 6-minute budget; tests/integration/test_preempt.py keeps one signal-and-resume in it
 def test_a_signal_in_each_phase_stops_cleanly_and_the_resumes_equal_an_uninterrupted_run(
     tmp_path: Path, series: Path, reference: Reference
 ) -> None:
