@@ -129,9 +129,13 @@ def merge(
         wise.add_column(f"val {HELD_OUT.split('/')[-1]}", justify="right")
         for m in metrics:
             wise.add_column(f"test {m}", justify="right")
+        # the run's evaluation.shifted split, beside the in-domain test
+        shifted = list(res["table"][0].get("shifted") or {})
+        for m in shifted:
+            wise.add_column(f"shifted {m}", justify="right")
         for row in res["table"]:
             mark = " *" if row["alpha"] == res["alpha"] else ""
-            cells = [f"{row['test'][m]:.4f}" for m in metrics]
+            cells = [f"{row['test'][m]:.4f}" for m in metrics] + [f"{row['shifted'][m]:.4f}" for m in shifted]
             wise.add_row(f"{row['alpha']:g}{mark}", f"{row[HELD_OUT]:.4f}", *cells)
         console.print(wise)
         console.print(f"chosen alpha={res['alpha']:g} (best on validation); plot: {res['path']}/plots/wise_ft.png")
@@ -256,6 +260,58 @@ def predict_pretrained(
     )
     console.print(f"zero-shot forecast written to {path} (plot: {path.with_suffix('.png')})")
     return path
+
+
+def predict_adapters(
+    backbone: str,
+    weights: str,
+    adapters: list[str],
+    data: str,
+    out: str,
+    horizon: int | None = None,
+    context_length: int | None = None,
+    target_columns: list[str] | None = None,
+    timestamp_column: str = "date",
+    group_column: str | None = None,
+    console: Console | None = None,
+) -> list[Path]:
+    """One base, many adapters (see :func:`sciadapt.predict.adapters.predict_adapters`)."""
+    from sciadapt.predict.adapters import predict_adapters as _predict
+
+    console = console or Console()
+    paths = _predict(
+        backbone,
+        weights,
+        adapters,
+        data,
+        Path(out),
+        horizon=horizon,
+        context_length=context_length,
+        target_columns=target_columns,
+        timestamp_column=timestamp_column,
+        group_column=group_column,
+    )
+    for path in paths:
+        console.print(
+            f"forecast written to {path} (plot: {path.with_suffix('.png')})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    return paths
+
+
+def push(
+    run: str, stage: str, repo: str, revision: str = "main", private: bool = False, console: Console | None = None
+) -> str:
+    """``sciadapt push``: a run's ``adapters/<stage>/`` (model card included) to a Hub repository
+    (:func:`sciadapt.hub.push_adapter`); returns the repository's address."""
+    from sciadapt.hub import push_adapter
+
+    console = console or Console()
+    url = push_adapter(Path(run), stage, repo, revision=revision, private=private)
+    console.print(f"adapters/{stage} of {run} pushed to {url}", markup=False, highlight=False, soft_wrap=True)
+    return url
 
 
 def prepare_data(

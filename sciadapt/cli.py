@@ -107,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
             f"sciadapt predict --run {STAMP} --data new.csv --out forecast.csv",
             "sciadapt predict --backbone ttm --weights hf://ibm-granite/granite-timeseries-ttm-r2 --data ETTh1.csv "
             "--out forecast.csv",
+            "sciadapt predict --backbone ttm --weights W --adapter site_a=runs/A/adapters/lora "
+            "--adapter hf://org/ttm-lora-b --data x.csv --out y.csv",
         ),
     )
     pr.add_argument("--run", help="a finished run directory (runs/<pipeline>/<stamp>)")
@@ -123,6 +125,17 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--target-columns", help="zero-shot: comma-separated columns (default: every numeric one)")
     pr.add_argument("--timestamp-column", default="date", help="zero-shot: timestamp column (default: date)")
     pr.add_argument(
+        "--adapter",
+        action="append",
+        metavar="[NAME=]PATH",
+        help="with --backbone/--weights: an adapter trained on those weights (folder or hf://org/repo[/sub][@rev]), "
+        "repeatable; the base is loaded once and each adapter writes <out stem>.NAME.csv and .png",
+    )
+    pr.add_argument(
+        "--group-column",
+        help="with --adapter NAME=PATH: a data column naming each row's group; group NAME is forecast with adapter NAME",
+    )
+    pr.add_argument(
         "--init",
         action="append",
         help="rollout runs: initial time(s) in the data (ISO), repeatable; image-forecast runs: the last input's time",
@@ -131,6 +144,20 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--variable", help="rollout runs: variable of the PNG map (default: the first)")
     pr.add_argument("--scene", action="append", help="dense runs: GeoTIFF scene(s) to predict tile by tile")
     pr.add_argument("--overlap", type=int, default=32, help="dense runs: tile overlap in pixels (default 32)")
+
+    pu = sub.add_parser(
+        "push",
+        help="upload a run's adapters/<stage>/ (with its model card) to a Hugging Face Hub repository",
+        **_examples(
+            f"sciadapt push {STAMP} --stage lora --repo my-org/ttm-lora-site-a",
+            f"sciadapt push {STAMP} --stage lora --repo my-org/ttm-lora --revision site-b --private",
+        ),
+    )
+    pu.add_argument("run", help="a finished run directory (runs/<pipeline>/<stamp>)")
+    pu.add_argument("--stage", required=True, help="the stage whose adapter folder (adapters/<stage>/) is pushed")
+    pu.add_argument("--repo", required=True, help="the Hub model repository, org/name (created when missing)")
+    pu.add_argument("--revision", default="main", help="the branch to commit to (default main; created when missing)")
+    pu.add_argument("--private", action="store_true", help="create the repository private")
 
     prepare = _examples(
         "sciadapt data prepare era5_2020.nc era5_2021.nc era5.zarr --variables t2m,z --levels 500,850",
@@ -276,7 +303,26 @@ def main(argv: list[str] | None = None) -> int:
         elif args.verb == "predict":
             if args.run and (args.backbone or args.weights):
                 raise ConfigError("predict: give either --run, or --backbone with --weights (zero-shot), not both")
-            if args.run and args.init:
+            if args.adapter or args.group_column:
+                if args.run or not (args.backbone and args.weights and args.data and args.adapter):
+                    raise ConfigError(
+                        "predict --adapter: give --backbone NAME --weights W --data FILE and one --adapter per adapter "
+                        "(not --run: a run predicts with its own adapters)"
+                    )
+                api.predict_adapters(
+                    args.backbone,
+                    args.weights,
+                    args.adapter,
+                    args.data,
+                    args.out,
+                    horizon=args.horizon,
+                    context_length=args.context_length,
+                    target_columns=args.target_columns.split(",") if args.target_columns else None,
+                    timestamp_column=args.timestamp_column,
+                    group_column=args.group_column,
+                    console=console,
+                )
+            elif args.run and args.init:
                 api.predict_rollout(args.run, args.init, args.out, args.lead, args.data, args.variable, console=console)
             elif args.run and args.scene:
                 api.predict_scene(args.run, args.scene, args.out, overlap=args.overlap, console=console)
@@ -327,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
                 console=console,
                 resume=args.resume,
             )
+        elif args.verb == "push":
+            api.push(args.run, args.stage, args.repo, revision=args.revision, private=args.private, console=console)
         elif args.verb == "summarize":
             api.summarize(args.path, console=console)
         elif args.verb == "list":

@@ -102,13 +102,16 @@ def _download(ref: HubRef, patterns: Sequence[str]) -> Path:
     return folder / ref.subfolder if ref.subfolder else folder
 
 
-def resolve_folder(source: str | os.PathLike[str], required: Sequence[str], optional: Sequence[str] = ()) -> Path:
+def resolve_folder(
+    source: str | os.PathLike[str], required: Sequence[str], optional: Sequence[str] = (), what: str = "weights"
+) -> Path:
     """A local folder holding ``required`` (and, when present, ``optional``) files.
 
     Args:
         source: A local folder or ``hf://org/repo[/subfolder][@revision]``.
         required: File names that must exist in the folder (e.g. ``["config.json"]``).
         optional: File names fetched from the hub when they exist (e.g. the weight files).
+        what: What the folder holds, for the messages ("weights", "adapter").
 
     Raises:
         CheckpointError: The folder or a required file is missing, or the hub cannot be reached.
@@ -122,9 +125,9 @@ def resolve_folder(source: str | os.PathLike[str], required: Sequence[str], opti
         folder = Path(src).expanduser()
         where = str(folder)
         if not folder.exists():
-            raise CheckpointError(f"weights {where!r} not found: give a local folder or hf://org/repo@revision")
+            raise CheckpointError(f"{what} {where!r} not found: give a local folder or hf://org/repo@revision")
         if not folder.is_dir():
-            raise CheckpointError(f"weights {where!r} is a file; this model loads a folder with {', '.join(required)}")
+            raise CheckpointError(f"{what} {where!r} is a file; this loads a folder with {', '.join(required)}")
     missing = [f for f in required if not (folder / f).is_file()]
     if missing:
         raise CheckpointError(f"{where} has no {', '.join(missing)} (expected files: {', '.join(required)})")
@@ -298,3 +301,97 @@ def describe_mismatch(own: Mapping[str, Tensor], state: Mapping[str, Tensor], n:
     if len(shaped) > n:
         problems.append(f"... {len(shaped) - n} more shape mismatches")
     return problems
+
+
+_HTTP_LIBRARIES = ("httpx", "httpx2", "requests", "urllib3")  # huggingface_hub's HTTP client varies by version
+_NETWORK_ERRORS = ("TransportError", "ConnectionError", "Timeout", "ConnectTimeout")
+
+
+def _network_error(err: BaseException) -> bool:
+    """Whether ``err`` says the Hub could not be reached (by the HTTP library of any hub version)."""
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    return any(
+        c.__name__ in _NETWORK_ERRORS and c.__module__.split(".")[0] in _HTTP_LIBRARIES for c in type(err).__mro__
+    )
+
+
+def _push_failure(repo: str, err: BaseException) -> str | None:
+    """What went wrong talking to the Hub, in one line; None for an error that is not the Hub's."""
+    from huggingface_hub import errors
+
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, errors.OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set, so nothing can be pushed: unset it (and have network access) to push"
+    if isinstance(err, errors.LocalTokenNotFoundError):
+        return "not logged in to the Hugging Face Hub: run `hf auth login` or set HF_TOKEN"
+    if isinstance(err, errors.HfHubHTTPError):
+        status = err.response.status_code if err.response is not None else None
+        if status in (401, 403):
+            return f"the Hub refused the push to {repo} (HTTP {status}): log in with a token that can write there"
+        return f"the Hub refused the push to {repo} ({type(err).__name__}: {first})"
+    if isinstance(err, errors.HFValidationError):
+        return f"{repo!r} is not a Hub repository id (write org/name): {first}"
+    if _network_error(err):
+        return f"the Hugging Face Hub cannot be reached (no network? {type(err).__name__}: {first})"
+    return None
+
+
+def push_adapter(run: Path, stage: str, repo: str, revision: str = "main", private: bool = False) -> str:
+    """Upload a run's ``adapters/<stage>/`` (its ``README.md`` model card included) to the Hub model
+    repository ``repo``, creating the repository (and branch ``revision``) when needed.
+
+    Args:
+        run: A run directory.
+        stage: The stage whose adapter folder is pushed.
+        repo: ``org/name`` on the Hub.
+        revision: The branch to commit to.
+        private: Create the repository private (an existing one keeps its visibility).
+
+    Returns:
+        The repository's address.
+
+    Raises:
+        ConfigError: ``run`` is not a folder, or the stage wrote no adapter (naming those that did).
+        CheckpointError: No network, offline mode, not logged in, or the Hub refused: one line.
+    """
+    from sciadapt.errors import ConfigError
+
+    if not run.is_dir():
+        raise ConfigError(f"push {run}: no such run directory (give runs/<pipeline>/<stamp>)")
+    folder = run / "adapters" / stage
+    if not all((folder / f).is_file() for f in ("adapter_config.json", "adapter_model.safetensors")):
+        have = sorted(d.name for d in (run / "adapters").glob("*") if (d / "adapter_model.safetensors").is_file())
+        which = (
+            f"stages with adapters: {', '.join(have)}"
+            if have
+            else "it trained no adapters (a stage with `peft:` writes one)"
+        )
+        raise ConfigError(f"push --stage {stage}: {run} has no adapter for stage {stage!r} ({which})")
+    if len([p for p in repo.split("/") if p]) != 2:
+        raise ConfigError(f"push --repo {repo}: write the Hub repository as org/name")
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise CheckpointError(
+            f"cannot push {folder} to {repo}: HF_HUB_OFFLINE is set, so nothing can be pushed; unset it "
+            "(and have network access) to push"
+        )
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        url = str(api.create_repo(repo, repo_type="model", private=private, exist_ok=True))
+        if revision != "main":
+            api.create_branch(repo, branch=revision, repo_type="model", exist_ok=True)
+        api.upload_folder(
+            repo_id=repo,
+            folder_path=str(folder),
+            repo_type="model",
+            revision=revision,
+            commit_message=f"sciadapt push {run} --stage {stage}",
+        )
+    except Exception as err:  # the Hub raises many types: each becomes one line
+        why = _push_failure(repo, err)
+        if why is None:
+            raise
+        raise CheckpointError(f"cannot push {folder} to {repo}: {why}") from None
+    return url

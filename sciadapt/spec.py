@@ -158,6 +158,32 @@ class EmaSpec:
 
 
 @dataclass(frozen=True)
+class MergeSpec:
+    """A stage that trains nothing: its weights are merged from earlier stages' final weights.
+
+    ``method`` combines the final checkpoints of ``stages`` (earlier stages of the same architecture):
+    ``soup`` their mean, ``greedy_soup`` the model-soups recipe chosen on this stage's validation
+    split, ``model_stock`` (two or more stages and the pretrained/zero-shot ``anchor`` stage) or
+    ``wise_ft`` (one stage interpolated with ``anchor``: ``(1 - alpha) anchor + alpha stage``).
+    The result is the stage's ``final.ckpt``, scored like any stage's. Nothing trains (``max_epochs``
+    or ``max_steps``, say from a ``stages.*`` override, change nothing).
+    """
+
+    #: wise_ft's alpha when none is given
+    DEFAULT_ALPHA = 0.5
+
+    method: Literal["soup", "greedy_soup", "wise_ft", "model_stock"]
+    stages: list[str]
+    alpha: Annotated[float, Ge(0), Le(1)] | None = None  # wise_ft only (default 0.5)
+    anchor: str | None = None  # wise_ft and model_stock: the stage of the pretrained/zero-shot weights
+
+    @property
+    def wise_ft_alpha(self) -> float:
+        """WiSE-FT's alpha: the given one, else :attr:`DEFAULT_ALPHA`."""
+        return self.DEFAULT_ALPHA if self.alpha is None else float(self.alpha)
+
+
+@dataclass(frozen=True)
 class StageSpec:
     """One fine-tuning stage. A pipeline runs its stages in order on one task."""
 
@@ -194,6 +220,9 @@ class StageSpec:
     # {decay: 0.999, every_n_steps: 1}: an EMA of the trainable weights, saved as
     # checkpoints/<stage>/ema.ckpt and scored beside the raw weights ("<label> (EMA)")
     ema: EmaSpec | None = None
+    # {method: soup | greedy_soup | wise_ft | model_stock, stages: [a, b], alpha: 0.5, anchor: <stage>}:
+    # no training (max_epochs 0 implied); the final weights are merged from the named earlier stages'
+    merge: MergeSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -234,6 +263,9 @@ class EvaluationSpec:
     metrics: list[str] = field(default_factory=lambda: ["mse", "mae", "mase", "smape"])
     # overrides of the last stage's data for the comparison (e.g. {n_lead: 24} to score 24-step rollouts)
     data: dict[str, Any] | None = None
+    # overrides of the comparison's data (after `data`) for a second, shifted test split (another
+    # site, year or region): every row is also scored on it, as `<metric>@shifted` columns
+    shifted: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -445,3 +445,53 @@ def ties_adapters(
         "from_first": differ,
     }
     return replace(first, config=_unit_scaling(first.config, r), tensors=tensors, meta={**first.meta, "merge": merge})
+
+
+def combine(
+    method: str,
+    named: Sequence[tuple[str, State]],
+    anchor: State | None = None,
+    alpha: float = 0.5,
+    score: Callable[[State], float] | None = None,
+) -> tuple[State, dict[str, Any]]:
+    """One merge method over named state dicts, as a pipeline's ``merge:`` stage runs it.
+
+    Args:
+        method: ``soup``, ``greedy_soup`` (needs ``score``, lower is better), ``model_stock`` (needs
+            ``anchor``) or ``wise_ft`` (one state dict and ``anchor``: ``(1 - alpha) anchor + alpha it``).
+        named: ``(name, state dict)`` of the models merged.
+        anchor: The pretrained/zero-shot weights of ``wise_ft`` and ``model_stock``.
+        alpha: WiSE-FT's interpolation weight.
+        score: The held-out score greedy soup chooses with (lower is better).
+
+    Returns:
+        The merged state dict and a record of the merge (``kept`` and ``history`` of greedy soup,
+        Model Stock's per-tensor ``ratios``).
+
+    Raises:
+        ConfigError: What the method needs is missing.
+        CheckpointError: The state dicts differ in keys, shapes or dtypes.
+    """
+    names = [n for n, _ in named]
+    states = [s for _, s in named]
+    anchors = [] if anchor is None else [anchor]
+    check_compatible([*states, *anchors], [*names, *(["anchor"] * len(anchors))])
+    record: dict[str, Any] = {"method": method, "stages": names}
+    if method == "soup":
+        return uniform_soup(states), record
+    if method == "greedy_soup":
+        if score is None:
+            raise ConfigError("greedy_soup needs a held-out score to choose with")
+        soup, kept, history = greedy_soup(list(named), score, higher_is_better=False)
+        return soup, {**record, "kept": kept, "history": history}
+    if anchor is None:
+        raise ConfigError(f"{method} needs the pretrained/zero-shot anchor weights")
+    if method == "model_stock":
+        merged = model_stock(anchor, states)
+        ratios = {k: model_stock_ratio(anchor[k], [s[k] for s in states]) for k in merged if _float(merged[k])}
+        return merged, {**record, "ratios": {k: {"cos": c, "t": t} for k, (c, t) in ratios.items()}}
+    if method == "wise_ft":
+        if len(states) != 1:
+            raise ConfigError(f"wise_ft interpolates one model with the anchor, got {len(states)}")
+        return interpolate(anchor, states[0], alpha), {**record, "alpha": alpha}
+    raise ConfigError(f"unknown merge method {method!r}: soup, greedy_soup, model_stock or wise_ft")

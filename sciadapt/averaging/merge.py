@@ -124,8 +124,9 @@ def _no_lora(states: Sequence[arith.State], names: Sequence[str], method: str) -
 class _Scorer:
     """Scores state dicts with the first run's model on its data: validation loss and test metrics."""
 
-    def __init__(self, task: Task, dm: Any, root: Path, accelerator: str) -> None:
+    def __init__(self, task: Task, dm: Any, root: Path, accelerator: str, shifted: Any = None) -> None:
         self.task, self.dm, self.root, self.accelerator = task, dm, root, accelerator
+        self.shifted = shifted  # the datamodule of the run's evaluation.shifted, or None
 
     def _load(self, state: arith.State, source: str) -> None:
         load_into(self.task, state, source)
@@ -134,6 +135,7 @@ class _Scorer:
         from sciadapt.stages.evaluate import eval_trainer
 
         self._load(state, source)
+        self.task.follow_data(self.dm.facts())  # after a test on the shifted split
         results = eval_trainer(self.accelerator, self.root).validate(self.task, datamodule=self.dm, verbose=False)
         if not results or HELD_OUT not in results[0]:
             raise ConfigError(
@@ -142,12 +144,20 @@ class _Scorer:
             )
         return float(results[0][HELD_OUT])
 
-    def test(self, state: arith.State, source: str = "merged weights") -> dict[str, float]:
+    def test(self, state: arith.State, source: str = "merged weights", shifted: bool = False) -> dict[str, float]:
+        """Test metrics on the in-domain test split, or (``shifted``) on the shifted one."""
         from sciadapt.stages.evaluate import eval_trainer, score
 
         self._load(state, source)
-        res = score(self.task, self.dm, eval_trainer(self.accelerator, self.root))
+        res = score(self.task, self.shifted if shifted else self.dm, eval_trainer(self.accelerator, self.root))
         return {k: float(v) for k, v in res.items() if isinstance(v, int | float)}
+
+    def scores(self, state: arith.State, source: str = "merged weights") -> dict[str, Any]:
+        """``{"test": ..., "shifted": ...}`` (``shifted`` where the run has ``evaluation.shifted``)."""
+        out: dict[str, Any] = {"test": self.test(state, source)}
+        if self.shifted is not None:
+            out["shifted"] = self.test(state, source, shifted=True)
+        return out
 
 
 def _scorer(first: _Input, task_spec: Run | None = None) -> _Scorer:
@@ -163,7 +173,12 @@ def _scorer(first: _Input, task_spec: Run | None = None) -> _Scorer:
     plan = shaped.plan_of(first.stage)
     task = task_for_stage(shaped.spec, shaped.plans, dm.facts(), plan.index)
     task.follow_data(dm.facts())
-    return _Scorer(task, dm, run.path, run.spec.trainer.accelerator)
+    shifted = None
+    if run.spec.evaluation.shifted is not None:  # the same stage's data with the shifted overrides
+        with verb_keys("sciadapt merge", RUN_FLAGS):
+            shifted = run.datamodule(first.stage, **run.spec.evaluation.shifted)
+            shifted.setup("test")
+    return _Scorer(task, dm, run.path, run.spec.trainer.accelerator, shifted)
 
 
 # -- adapters ------------------------------------------------------------------------------------
@@ -342,8 +357,15 @@ def merge(
             def plot(path: Path, table: list[dict[str, Any]] = table) -> None:
                 _plot_wise_ft(table, path)
 
+    from sciadapt.stages.evaluate import split_name
+
     say("scoring the merged model")
-    record["merged"] = {HELD_OUT: scorer.val(merged), "test": scorer.test(merged)}
+    record["merged"] = {HELD_OUT: scorer.val(merged), **scorer.scores(merged)}
+    if scorer.shifted is not None:
+        record["shifted"] = {
+            "data": split_name(scorer.shifted),
+            "overrides": dict(inputs[0].run.spec.evaluation.shifted or {}),
+        }
     final = _final_bytes(scorer.task)
     _write_out(target, inputs[0].run, out_run, name, final, files, record, plot)
     record["path"] = str(target)
@@ -406,9 +428,7 @@ def _wise_ft(
     for a in alphas:
         say(f"WiSE-FT alpha={a:g}")
         state = arith.interpolate(zero, tuned, a)
-        table.append(
-            {"alpha": a, HELD_OUT: scorer.val(state, f"alpha={a:g}"), "test": scorer.test(state, f"alpha={a:g}")}
-        )
+        table.append({"alpha": a, HELD_OUT: scorer.val(state, f"alpha={a:g}"), **scorer.scores(state, f"alpha={a:g}")})
     best = min(table, key=lambda row: row[HELD_OUT])["alpha"]
     return arith.interpolate(zero, tuned, best), table, best
 
@@ -424,12 +444,16 @@ def _plot_wise_ft(table: list[dict[str, Any]], path: Path) -> None:
     alphas = [row["alpha"] for row in table]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(alphas, [row[HELD_OUT] for row in table], "o-", label=f"validation {HELD_OUT.split('/')[-1]}")
-    for metric in table[0]["test"]:
-        if metric in ("mse", "mae", "loss") or len(table[0]["test"]) <= 3:
-            ax.plot(alphas, [row["test"][metric] for row in table], "s--", label=f"test {metric}")
+    # the in-domain test curve, and the shifted split's beside it where the run has evaluation.shifted
+    for split, style, name in (("test", "s--", "test"), ("shifted", "^:", "shifted test")):
+        if split not in table[0]:
+            continue
+        for metric in table[0][split]:
+            if metric in ("mse", "mae", "loss") or len(table[0][split]) <= 3:
+                ax.plot(alphas, [row[split][metric] for row in table], style, label=f"{name} {metric}")
     ax.set_xlabel("alpha (0: anchor, 1: fine-tuned)")
     ax.set_ylabel("error")
-    ax.set_title("WiSE-FT")
+    ax.set_title("WiSE-FT" + (": in-domain and shifted" if "shifted" in table[0] else ""))
     ax.legend()
     fig.tight_layout()
     save_figure(fig, path)

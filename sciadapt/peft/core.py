@@ -564,6 +564,27 @@ def merge_and_drop(model: nn.Module, adapter: str) -> None:
     _methods(model).pop(adapter, None)
 
 
+def remove_adapter(model: nn.Module, adapter: str) -> None:
+    """Take an unmerged adapter off the model: its tensors are dropped and layers left without
+    adapters are unwrapped, so the model is again the base it was loaded onto (the inverse of
+    :func:`attach` / ``load_adapter``; base tensors an adapter file overwrote, such as BatchNorm
+    statistics, are the caller's to restore).
+
+    Raises:
+        ConfigError: No adapter of that name, or it is merged into the base weights.
+    """
+    layers = _layers_of(model, adapter)
+    if any(adapter in layer.merged for layer in layers):
+        raise ConfigError(f"adapter {adapter!r} is merged; unmerge(model, {adapter!r}) before removing it")
+    for name, layer in reversed(list(peft_layers(model).items())):
+        if adapter not in layer.adapters:
+            continue
+        layer.drop_adapter(adapter)
+        if not layer.adapters:
+            _set_module(model, name, layer.base_layer)
+    _methods(model).pop(adapter, None)
+
+
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge every adapter into the base weights and remove all wrappers (Hugging Face PEFT's
     ``merge_and_unload``): the model is again the plain base architecture, at its speed."""

@@ -101,6 +101,24 @@ def predict_pretrained(
         CheckpointError: Weights missing, unreachable or not matching.
         DataError: Bad data file.
     """
+    task, dm, inputs = zero_shot_task(
+        backbone, weights, data, out, horizon, context_length, target_columns, timestamp_column
+    )
+    return _forecast_to_csv(task, dm, inputs, out)
+
+
+def zero_shot_task(
+    backbone: str,
+    weights: str,
+    data: str,
+    out: Path,
+    horizon: int | None = None,
+    context_length: int | None = None,
+    target_columns: list[str] | None = None,
+    timestamp_column: str = "date",
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(task, datamodule, model inputs) of a zero-shot forecast: the base read once, checked, unscaled
+    data (see :func:`predict_pretrained`, which documents the arguments and errors)."""
     from sciadapt.config import build_task
     from sciadapt.hub import resolve_folder
     from sciadapt.registry import BACKBONES
@@ -160,11 +178,17 @@ def predict_pretrained(
         dm = build_datamodule(cfg.data)
         inputs = dm.predict_inputs()
         task = build_task(model_of(cfg, 0), dm.facts())
-    return _forecast_to_csv(task, dm, inputs, out)
+    return task, dm, inputs
 
 
 def _forecast_to_csv(task: Any, dm: Any, inputs: dict[str, Any], out: Path) -> Path:
     """Run ``task`` on ``inputs`` and write the forecast CSV (original units) and its plot."""
+    frame, quantiles = forecast_frame(task, dm, inputs)
+    return write_forecast(frame, inputs, list(dm.target_columns), quantiles, out)
+
+
+def forecast_frame(task: Any, dm: Any, inputs: dict[str, Any]) -> tuple[pd.DataFrame, list[float] | None]:
+    """``task``'s forecast on ``inputs`` in original units (indexed by timestamp), and its quantile levels."""
     task.eval()
     with torch.no_grad():
         pred = task(inputs["x"], **task.model_inputs(inputs))[0].numpy()  # (L, C) or (L, C, Q)
@@ -188,6 +212,13 @@ def _forecast_to_csv(task: Any, dm: Any, inputs: dict[str, Any], out: Path) -> P
         if clear is not None:
             frame[f"{col}_clear_sky_index"] = k[:, c]
             frame[f"{col}_clear"] = clear[:, c]
+    return frame, quantiles
+
+
+def write_forecast(
+    frame: pd.DataFrame, inputs: dict[str, Any], targets: list[str], quantiles: list[float] | None, out: Path
+) -> Path:
+    """Write a forecast (:func:`forecast_frame`) to ``out`` and its plot beside it, both or neither."""
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, frame.to_csv())
     try:

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 HIGHER_IS_BETTER = {"miou", "iou", "f1", "mean_f1", "accuracy", "r2", "acc", "skill", "csi", "pod", "fss"}
 #: columns a comparison table may use when the output is not a terminal
 LOG_WIDTH = 200
+#: the suffix of the metrics on ``evaluation.shifted``'s test split (``mse@shifted``)
+SHIFTED = "@shifted"
 #: signed errors, best nearest zero
 NEAREST_ZERO = {"bias", "mbe"}
 
@@ -87,9 +89,19 @@ def _kept_windows(dm: Any, stage: str) -> dict[str, WindowScores] | None:
         return None
 
 
-def compare(runner: PipelineRunner, dm: Any) -> dict[str, Any]:
+def split_name(dm: Any) -> str:
+    """``<file> test split (N windows)``: how the comparison names a datamodule's test split."""
+    test_windows = len(dm.test_dataloader().dataset)
+    return f"{Path(str(getattr(dm, 'path', 'data'))).name} test split ({test_windows:,} windows)"
+
+
+def compare(runner: PipelineRunner, dm: Any, shifted: Any = None) -> dict[str, Any]:
     """Every chosen stage's final weights and every baseline, on ``dm``'s test split; a stage with
     ``ema`` also gets a row of its averaged weights (``<label> (EMA)``) right after its own.
+
+    With ``shifted`` (the datamodule of ``evaluation.shifted``) every row is also scored on its test
+    split: the metrics ``<metric>@shifted`` beside the in-domain ones (``metrics`` lists both,
+    ``shifted`` says where), with their own intervals.
 
     A signal meanwhile stops it before the next row or test batch (``runner.check``); nothing of it
     is written until it is whole, so the resume redoes it.
@@ -109,6 +121,11 @@ def compare(runner: PipelineRunner, dm: Any) -> dict[str, Any]:
         runner.task.test_window_scores = {}
         rows.append({"model": b.replace("_", "-"), **runner.task.baseline(b, dm)})
         windows.append(dict(runner.task.test_window_scores))
+        if shifted is not None:
+            runner.task.follow_data(shifted.facts())
+            runner.task.test_window_scores = {}
+            _add_shifted(rows[-1], windows[-1], runner.task.baseline(b, shifted), runner.task.test_window_scores)
+            runner.task.follow_data(dm.facts())
         runner.check("compare")
     last_data = evaluation_data(spec)
     for name in names:
@@ -117,19 +134,27 @@ def compare(runner: PipelineRunner, dm: Any) -> dict[str, Any]:
         if done is not None and plan.data != last_data:
             done = None  # scored on other data: score again on this split
         kept = _kept_windows(dm, name) if done is not None else None
+        loaded = False
         if done is not None and (kept is not None or not ev.baselines or not windows[0]):
             # the stage was already scored with these final weights on this very test split
             rows.append({"model": labels.get(name, name), "stage": name, **done})
-            windows.append(kept or {})
+            windows.append(dict(kept or {}))
         else:
             runner.fresh_task(plan.index)
             ckpt = runner.out.final_ckpt(name)
             load_into(runner.task, load_weights(ckpt), ckpt)
+            loaded = True
             scored = runner.test(None, dm, phase="compare", stage=name)
             # a stage scored before (its windows only needed again) keeps the row its test gave
             rows.append({"model": labels.get(name, name), "stage": name, **(done if done is not None else scored)})
             windows.append(dict(runner.task.test_window_scores))
             runner.check("compare")
+        if shifted is not None:
+            if not loaded:
+                runner.fresh_task(plan.index)
+                ckpt = runner.out.final_ckpt(name)
+                load_into(runner.task, load_weights(ckpt), ckpt)
+            _score_shifted(runner, shifted, name, rows[-1], windows[-1])
         if plan.spec.ema is not None:  # the average of the stage's weights, right after its own row
             runner.fresh_task(plan.index)
             ckpt = runner.out.stage_dir(name) / EMA_CKPT
@@ -138,15 +163,34 @@ def compare(runner: PipelineRunner, dm: Any) -> dict[str, Any]:
             rows.append({"model": f"{labels.get(name, name)} (EMA)", "stage": name, "ema": True, **scored})
             windows.append(dict(runner.task.test_window_scores))
             runner.check("compare")
-    test_windows = len(dm.test_dataloader().dataset)
-    where = f"{Path(str(getattr(dm, 'path', 'data'))).name} test split ({test_windows:,} windows)"
-    out: dict[str, Any] = {"data": where, "metrics": list(ev.metrics), "rows": rows}
+            if shifted is not None:
+                _score_shifted(runner, shifted, name, rows[-1], windows[-1])
+    metrics = list(ev.metrics)
+    out: dict[str, Any] = {"data": split_name(dm), "metrics": metrics, "rows": rows}
+    if shifted is not None:
+        metrics += [f"{m}{SHIFTED}" for m in ev.metrics]
+        out["shifted"] = {"data": split_name(shifted), "overrides": dict(ev.shifted or {})}
     if ev.baselines:  # the reference of the intervals is the first baseline
         unit = getattr(runner.task, "WINDOW_UNIT", "test windows")
-        interval = intervals(rows, windows, list(ev.metrics), spec.seed, unit)
+        interval = intervals(rows, windows, metrics, spec.seed, unit)
         if interval is not None:
             out["interval"] = interval
     return out
+
+
+def _add_shifted(
+    row: dict[str, Any], windows: dict[str, WindowScores], scored: dict[str, Any], scores: dict[str, WindowScores]
+) -> None:
+    """Put a row's metrics and per-window scores on the shifted split beside its in-domain ones."""
+    row.update({f"{k}{SHIFTED}": v for k, v in scored.items() if isinstance(v, int | float)})
+    windows.update({f"{k}{SHIFTED}": v for k, v in scores.items()})
+
+
+def _score_shifted(runner: PipelineRunner, shifted: Any, stage: str, row: dict[str, Any], windows: Any) -> None:
+    """The loaded weights of ``row`` on the shifted test split."""
+    scored = runner.test(None, shifted, phase="compare", stage=stage)
+    _add_shifted(row, windows, scored, dict(runner.task.test_window_scores))
+    runner.check("compare")
 
 
 def intervals(
@@ -236,7 +280,10 @@ def print_comparison(summary: dict[str, Any], console: Console) -> None:
         return
     metrics = ev["metrics"]
     where = str(ev.get("data", ""))
-    table = Table(title=f"{summary['pipeline']}: {where if 'test' in where else 'test split of ' + where}")
+    title = f"{summary['pipeline']}: {where if 'test' in where else 'test split of ' + where}"
+    if ev.get("shifted"):  # the columns "<metric> shifted" are scored on another split
+        title += f"; shifted: {ev['shifted'].get('data', '')}"
+    table = Table(title=title)
     # the row names stay whole; the Δ lines under the values wrap first in a narrow console
     table.add_column("model", min_width=min(30, max(len(str(r["model"])) for r in ev["rows"])))
     for m in metrics:
@@ -309,4 +356,6 @@ def _interval_footnote(iv: dict[str, Any], metrics: list[str]) -> str:
 
 
 def _header(metric: str) -> str:
+    if metric.endswith(SHIFTED):  # the shifted split's column: "MSE shifted"
+        return f"{_header(metric[: -len(SHIFTED)])} shifted"
     return {"smape": "sMAPE"}.get(metric, metric.upper())

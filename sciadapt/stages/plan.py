@@ -66,8 +66,8 @@ class StagePlan:
 
     @property
     def evaluation_only(self) -> bool:
-        """``max_epochs: 0``: the weights are scored as loaded, nothing trains."""
-        return self.spec.max_epochs == 0
+        """``max_epochs: 0`` or a ``merge:`` stage: the weights are scored as loaded (or merged), nothing trains."""
+        return self.spec.max_epochs == 0 or self.spec.merge is not None
 
     def peft_method_args(self) -> dict[str, Any]:
         """The builder arguments of the stage's PEFT method (its ``peft:`` block less the common keys)."""
@@ -122,9 +122,21 @@ def evaluation_data(spec: PipelineSpec) -> dict[str, Any]:
     return {**stage_data(spec, len(spec.stages) - 1), **(spec.evaluation.data or {})}
 
 
+def shifted_data(spec: PipelineSpec, base: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The data of the shifted test split (``evaluation.shifted`` over ``base``, by default the
+    comparison's data), or None when the pipeline has none."""
+    if spec.evaluation.shifted is None:
+        return None
+    return {**(evaluation_data(spec) if base is None else base), **spec.evaluation.shifted}
+
+
 def effective_init(spec: PipelineSpec, i: int) -> str:
     """``init_from`` of stage ``i`` with its default: previous after the first stage; the first
-    stage starts from pretrained weights when its backbone names them, else from scratch."""
+    stage starts from pretrained weights when its backbone names them, else from scratch. A
+    ``merge:`` stage has the structure of the first stage it merges (``stage:<name>``)."""
+    merge = spec.stages[i].merge
+    if merge is not None and merge.stages:
+        return f"stage:{merge.stages[0]}"
     init = spec.stages[i].init_from
     if init is None:
         init = (
@@ -158,7 +170,9 @@ def _problems(spec: PipelineSpec) -> list[str]:
         elif st.name in names:
             problems.append(f"{path}.name: duplicate stage name {st.name!r}")
         names.append(st.name)
-        if st.max_epochs is None and st.max_steps is None:
+        if st.merge is not None:
+            problems += _merge_problems(spec, i, path, names[:-1])
+        elif st.max_epochs is None and st.max_steps is None:
             problems.append(f"{path}: set max_epochs or max_steps")
         ro = st.rollout
         if ro is not None and ro.max_steps is not None and ro.max_steps < ro.steps:
@@ -199,7 +213,102 @@ def _problems(spec: PipelineSpec) -> list[str]:
     for j, name in enumerate(spec.evaluation.stages or []):
         if name not in names:
             problems.append(f"evaluation.stages[{j}]: no stage {name!r}.{suggest(name, names)}")
-    return problems + _evaluation_channel_problems(spec)
+    return problems + _evaluation_channel_problems(spec) + _shifted_problems(spec)
+
+
+# -- merge stages (stages[i].merge) -----------------------------------------------------------------
+#: what each merge method needs: (fewest stages, most stages or None, an anchor)
+MERGE_NEEDS: dict[str, tuple[int, int | None, bool]] = {
+    "soup": (2, None, False),
+    "greedy_soup": (2, None, False),
+    "model_stock": (2, None, True),
+    "wise_ft": (1, 1, True),
+}
+#: stage keys that train or reshape a model, which a merge stage (it trains nothing) must leave out
+_NOT_IN_MERGE = ("peft", "ema", "new_channels", "backbone", "head", "init_from", "rollout", "early_stopping")
+
+
+def _merge_problems(spec: PipelineSpec, i: int, path: str, earlier: list[str]) -> list[str]:
+    """A ``merge:`` stage: it trains nothing; it names earlier stages of its own architecture, whose
+    final weights are full weights (no unmerged adapter), as many as its method needs."""
+    st = spec.stages[i]
+    mg = st.merge
+    assert mg is not None
+    where = f"{path}.merge"
+    problems: list[str] = []
+    # max_epochs/max_steps are not refused: `stages.*.max_epochs=1` sets them on every stage, and a merge
+    # stage has nothing to run for long
+    for key in _NOT_IN_MERGE:
+        if getattr(st, key):
+            problems.append(
+                f"{path}.{key}: a merge stage trains nothing and keeps the model of the stages it merges; "
+                f"drop {key} (or train in a stage after it)"
+            )
+    least, most, needs_anchor = MERGE_NEEDS[mg.method]
+    if len(mg.stages) < least or (most is not None and len(mg.stages) > most):
+        want = f"exactly {least}" if most == least else f"at least {least}"
+        what = " (a soup of one model is that model)" if "soup" in mg.method else ""
+        problems.append(f"{where}.stages: {mg.method} merges {want} stage(s), got {len(mg.stages)}{what}")
+    named = [(f"{where}.stages[{j}]", n) for j, n in enumerate(mg.stages)]
+    if mg.anchor is not None:
+        if not needs_anchor:
+            problems.append(f"{where}.anchor: {mg.method} takes no anchor (wise_ft and model_stock do); drop it")
+        named.append((f"{where}.anchor", mg.anchor))
+    elif needs_anchor:
+        problems.append(
+            f"{where}.anchor: {mg.method} needs the stage of the pretrained/zero-shot weights (e.g. a `max_epochs: 0` "
+            f"stage of the pretrained backbone); earlier stages: {', '.join(earlier) or 'none'}"
+        )
+    if mg.method != "wise_ft" and mg.alpha is not None:
+        problems.append(f"{where}.alpha: only wise_ft interpolates with alpha; drop it for {mg.method}")
+    dup = sorted({n for n in mg.stages if mg.stages.count(n) > 1})
+    if dup:
+        problems.append(f"{where}.stages: {', '.join(dup)} named twice (give each stage once)")
+    if mg.anchor is not None and mg.anchor in mg.stages:
+        problems.append(f"{where}.anchor: {mg.anchor!r} is also one of merge.stages; the anchor is another stage")
+    mine = model_of(spec, i)
+    for key, name in named:
+        if name not in earlier:
+            problems.append(
+                f"{key}: {name!r} names no earlier stage.{suggest(name, earlier)} "
+                f"Earlier stages: {', '.join(earlier) or 'none'}"
+            )
+            continue
+        k = earlier.index(name)
+        theirs = model_of(spec, k)
+        changed = [sec for sec in ("backbone", "head") if theirs[sec] != mine[sec]]
+        if changed:
+            problems.append(
+                f"{key}: stage {name!r} trains another {' and '.join(changed)} than this stage's model; merge only "
+                "stages of one architecture"
+            )
+            continue
+        try:
+            live = _live_adapters(spec, k)
+        except ValueError:  # a broken init_from of that stage, reported on its own
+            continue
+        if live:
+            adapters = ", ".join(spec.stages[a].name for a in live)
+            problems.append(
+                f"{key}: stage {name!r} keeps the adapter(s) of {adapters} unmerged, and averaging LoRA factors "
+                "A and B is not averaging their updates B A; set peft.merge_after: true on those stages"
+            )
+    return problems
+
+
+def _shifted_problems(spec: PipelineSpec) -> list[str]:
+    """``evaluation.shifted``: data keys (over the comparison's data) its datamodule takes."""
+    shifted = spec.evaluation.shifted
+    if shifted is None:
+        return []
+    if not shifted:
+        return ["evaluation.shifted: empty; give the data keys of the shifted split (e.g. {path: other_site.csv})"]
+    # config.py's check of data overrides, merged over the pipeline's data (as evaluation.data is checked)
+    from sciadapt.config import _check_data_overrides
+
+    problems: list[str] = []
+    _check_data_overrides(spec.data, {**(spec.evaluation.data or {}), **shifted}, "evaluation.shifted", problems)
+    return problems
 
 
 # -- new input channels (stages[i].new_channels) ---------------------------------------------------

@@ -43,7 +43,13 @@ from sciadapt.runs import (
 from sciadapt.spec import PipelineSpec
 from sciadapt.stages import evaluate
 from sciadapt.stages.callbacks import EMA_CKPT, WeightEma
-from sciadapt.stages.plan import StagePlan, evaluation_data, new_channel_problems, trainable_patterns
+from sciadapt.stages.plan import (
+    StagePlan,
+    evaluation_data,
+    new_channel_problems,
+    shifted_data,
+    trainable_patterns,
+)
 from sciadapt.stages.preempt import SignalPoints, SignalWatch, enter_phase, fault_point, save_checkpoint
 from sciadapt.stages.tracking import Tracker, check_available
 from sciadapt.stages.trainer import build_trainer, stage_callbacks
@@ -125,6 +131,9 @@ class PipelineRunner:
         self.out.preflight()  # trainer settings on this machine, the run folder's place, start/resume checkpoints
         check_available(self.spec.trainer.logger)  # the tracker's package
         pl.seed_everything(self.spec.seed, workers=True, verbose=False)
+        shifted = shifted_data(self.spec)
+        if shifted is not None:  # a shifted split that cannot be read fails now, not after the training
+            self.datamodule(self.plans[-1], shifted, setup="test")
         for plan in self.plans:
             dm = self.datamodule(plan)
             self._ensure_task(dm, plan)
@@ -346,6 +355,8 @@ class PipelineRunner:
         resume_from = self.out.stage_dir(name) / "last.ckpt"  # present when this stage was killed or preempted
         if name in self.state.get("trained", []) and name in self.summary["stages"]:
             stage_summary, trainer = self._trained_stage(plan, dm)
+        elif plan.spec.merge is not None:
+            stage_summary, trainer = self._merge_stage(plan, dm)
         else:
             stage_summary, trainer = self._train_stage(plan, dm, resume_from)
         if plan.spec.evaluate:
@@ -434,6 +445,72 @@ class PipelineRunner:
         self.check("trained", name)
         return dict(stage_summary), trainer
 
+    def _merge_stage(self, plan: StagePlan, dm: DataModule) -> tuple[dict[str, Any], pl.Trainer]:
+        """A ``merge:`` stage: its final weights merged from the named stages' final weights (see
+        :func:`sciadapt.averaging.arith.combine`), saved and recorded ``trained``; returns its summary
+        and a one-device trainer to score them."""
+        from sciadapt.averaging import arith
+
+        assert self._watch is not None and plan.spec.merge is not None
+        mg, name = plan.spec.merge, plan.name
+        self._ensure_task(dm, plan)
+        self.fresh_task(plan.index)
+        self.task.stage = plan.spec  # type: ignore[attr-defined]
+        self.task.stage_index = plan.index
+        self.state["current"] = name
+        self._write_json(self.out.state_path, self.state)
+        enter_phase("train", name)
+        t0 = time.perf_counter()
+
+        def final(stage: str) -> arith.State:
+            return load_weights(self.out.final_ckpt(stage))
+
+        trainer = evaluate.eval_trainer(self.spec.trainer.accelerator, self.run_dir, [SignalPoints(self._watch, name)])
+
+        def val_loss(state: arith.State) -> float:
+            """The validation loss of ``state`` on this stage's data (greedy soup chooses with it)."""
+            load_into(self.task, state, f"{plan.where}.merge")
+            results = trainer.validate(self.task, datamodule=dm, verbose=False)  # type: ignore[arg-type]
+            if not results or "val/loss" not in results[0]:
+                raise ConfigError(
+                    f"{plan.where}.merge.method: greedy_soup chooses on the stage's validation split, and its data "
+                    "has none; give the stage data with a validation split, or use soup"
+                )
+            self.check("train", name)
+            return float(results[0]["val/loss"])
+
+        self._print(
+            f"[bold]stage {plan.index + 1}/{len(self.plans)} {name}[/bold]: {mg.method} of {', '.join(mg.stages)}"
+        )
+        merged, record = arith.combine(
+            mg.method,
+            [(s, final(s)) for s in mg.stages],
+            anchor=final(mg.anchor) if mg.anchor is not None else None,
+            alpha=mg.wise_ft_alpha,
+            score=val_loss if mg.method == "greedy_soup" else None,
+        )
+        if mg.anchor is not None:
+            record["anchor"] = mg.anchor
+        load_into(self.task, merged, f"{plan.where}.merge")
+        save_task(self.task, self.out.final_ckpt(name))
+        n_total = sum(p.numel() for p in self.task.parameters())
+        stage_summary: dict[str, Any] = {
+            "trainable_params": 0,
+            "total_params": n_total,
+            "epochs": 0,
+            "steps": 0,
+            "fit_seconds": round(time.perf_counter() - t0, 2),
+            "merge": {k: v for k, v in record.items() if k != "ratios"},  # Model Stock's per-tensor ratios: many
+        }
+        enter_phase("trained", name)
+        self.summary["stages"][name] = stage_summary
+        self._write_json(self.out.summary_path, self.summary)
+        self.state.setdefault("trained", []).append(name)
+        self._write_json(self.out.state_path, self.state)
+        fault_point("trained", name)
+        self.check("trained", name)
+        return dict(stage_summary), trainer
+
     def _trained_stage(self, plan: StagePlan, dm: DataModule) -> tuple[dict[str, Any], pl.Trainer]:
         """A stage trained before the run stopped: its final weights back in the task, and a trainer
         like the one it was trained with (same precision and device) to score them."""
@@ -489,7 +566,9 @@ class PipelineRunner:
         self._write_json(self.run_dir / "scaler.json", dm.scaler_state())
         if self.spec.evaluation.data:
             dm = self.datamodule(last, evaluation_data(self.spec), setup="test")
-        evaluation = evaluate.compare(self, dm)
+        shifted = shifted_data(self.spec)
+        shifted_dm = self.datamodule(last, shifted, setup="test") if shifted is not None else None
+        evaluation = evaluate.compare(self, dm, shifted_dm)
         self.check("compare")  # the last safe point: from here the run finishes whatever comes
         self._watch.closing = True
         self.summary["evaluation"] = evaluation
