@@ -110,6 +110,7 @@ def merge(
     (:func:`sciadapt.averaging.merge.merge`); prints the held-out scores (and WiSE-FT's alpha table)."""
     from sciadapt.averaging.merge import HELD_OUT
     from sciadapt.averaging.merge import merge as _merge
+    from sciadapt.stages.evaluate import print_table
 
     console = console or Console()
     res = _merge(method, runs, out, stage, alphas, weights, anchor, density, rank, log=console.log)
@@ -119,7 +120,7 @@ def merge(
     for label, row in res["scores"].items():
         scores.add_row(label, f"{row[HELD_OUT]:.4f}")
     scores.add_row("[bold]merged[/bold]", f"{res['merged'][HELD_OUT]:.4f}")
-    console.print(scores)
+    print_table(console, scores)
     if "history" in res:
         console.print(f"greedy soup kept {len(res['kept'])} of {len(res['history'])}: {', '.join(res['kept'])}")
     if "table" in res:
@@ -137,7 +138,7 @@ def merge(
             mark = " *" if row["alpha"] == res["alpha"] else ""
             cells = [f"{row['test'][m]:.4f}" for m in metrics] + [f"{row['shifted'][m]:.4f}" for m in shifted]
             wise.add_row(f"{row['alpha']:g}{mark}", f"{row[HELD_OUT]:.4f}", *cells)
-        console.print(wise)
+        print_table(console, wise)
         console.print(f"chosen alpha={res['alpha']:g} (best on validation); plot: {res['path']}/plots/wise_ft.png")
     if "adapters" in res and "svd_relative_error" in res["adapters"]:
         ties = res["adapters"]

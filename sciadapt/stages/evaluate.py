@@ -269,6 +269,22 @@ def plot_losses(run_dir: Path, pipeline: str) -> None:
     save_figure(fig, run_dir / "plots" / "loss.png")
 
 
+def print_table(console: Console, table: Any) -> None:
+    """Print a rich table whole: in a log file (a SLURM job, a pipe) rich would squeeze it into 80
+    columns and crop what does not fit, so it gets the room it needs there (up to LOG_WIDTH); a
+    terminal keeps its own width."""
+    width = console.width
+    wanted = console.measure(table, options=console.options.update_width(LOG_WIDTH)).maximum
+    if not console.is_terminal and wanted > width:
+        console.width = wanted
+        try:
+            console.print(table)
+        finally:
+            console.width = width
+    else:
+        console.print(table)
+
+
 def print_comparison(summary: dict[str, Any], console: Console) -> None:
     """The comparison of a finished run as one table, the best value of each column in bold; under
     each value of a row after the first, its difference to the first row with its interval (runs
@@ -315,16 +331,7 @@ def print_comparison(summary: dict[str, Any], console: Console) -> None:
         table.add_row(r["model"], *cells)
     # in a log file (a SLURM job, a pipe) rich would squeeze the table into 80 columns and crop what does
     # not fit: give it the room it needs there (up to LOG_WIDTH); a terminal keeps its own width
-    width = console.width
-    wanted = console.measure(table, options=console.options.update_width(LOG_WIDTH)).maximum
-    if not console.is_terminal and wanted > width:
-        console.width = wanted
-        try:
-            console.print(table)
-        finally:
-            console.width = width
-    else:
-        console.print(table)
+    print_table(console, table)
     if iv.get("metrics"):
         console.print(_interval_footnote(iv, metrics), style="dim", highlight=False)
 
