@@ -817,10 +817,18 @@ class GriddedDataModule(L.LightningDataModule):
         h, w = self.grid_shape
         ph, pw = self.patch
         if ph > h or pw > w:
-            raise ConfigError(
-                f"data.patch: {ph} x {pw} is larger than the {h} x {w} grid of {self.path}; use a smaller one or null"
+            # a pipeline's default window on a smaller radar: along that side the window is the grid
+            log.info(
+                "data.patch %d x %d exceeds the %d x %d grid of %s: windows of %d x %d",
+                ph,
+                pw,
+                h,
+                w,
+                self.path,
+                min(ph, h),
+                min(pw, w),
             )
-        return ph, pw
+        return min(ph, h), min(pw, w)
 
     def dataset(self, name: str) -> GriddedDataset:
         """The dataset of split ``name`` (runs :meth:`setup` when needed)."""

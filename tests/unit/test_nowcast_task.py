@@ -127,8 +127,9 @@ def test_train_windows_are_cut_from_the_grid(tmp_path: Path) -> None:
         np.testing.assert_allclose(batch["x"][b], ref[..., r0 : r0 + 6, c0 : c0 + 5])
     # validation and test see the whole grid
     assert next(iter(dm.test_dataloader()))["x"].shape[-2:] == whole.grid_shape
-    with pytest.raises(ConfigError, match="data.patch"):
-        _dm(path, patch=[40, 5]).setup()
+    # a window larger than the grid along a side takes the whole side
+    tall = _dm(path, patch=[40, 5])
+    assert next(iter(tall.train_dataloader()))["x"].shape[-2:] == (12, 5)
 
 
 def _task(dm: GriddedDataModule, loss: str = "balanced") -> torch.nn.Module:
