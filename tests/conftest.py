@@ -64,3 +64,23 @@ stages:
 """
     )
     return path
+
+
+#: The head of a tiny two-channel N-HiTS pipeline on :func:`make_series_csv` data (``{name}``,
+#: ``{run_dir}`` and ``{data}`` to fill); a test appends its own ``stages:`` (and ``evaluation:``).
+TINY_SERIES_PIPELINE = """
+name: {name}
+seed: 0
+run_dir: {run_dir}
+backbone: {{name: nhits_tiny}}
+head: {{name: point}}
+data:
+  name: timeseries
+  path: {data}
+  target_columns: [y0, y1]
+  context_length: 48
+  horizon: 12
+  split: ratio
+  batch_size: 32
+trainer: {{accelerator: cpu, enable_progress_bar: false}}
+"""

@@ -16,7 +16,7 @@ from torch import nn
 from sciadapt.api import load_pipeline
 from sciadapt.errors import ConfigError
 from sciadapt.stages.callbacks import EMA_CKPT, WeightEma
-from tests.conftest import make_series_csv
+from tests.conftest import TINY_SERIES_PIPELINE, make_series_csv
 
 
 def _tiny() -> nn.Module:
@@ -126,22 +126,9 @@ def test_ema_survives_a_resume(tmp_path: Path) -> None:
         torch.testing.assert_close(resumed.shadow[n], whole.shadow[n])
 
 
-PIPELINE = """
-name: tiny_ema
-seed: 0
-run_dir: {run_dir}
-backbone: {{name: nhits_tiny}}
-head: {{name: point}}
-data:
-  name: timeseries
-  path: {data}
-  target_columns: [y0, y1]
-  context_length: 48
-  horizon: 12
-  split: ratio
-  batch_size: 32
-trainer: {{accelerator: cpu, enable_progress_bar: false}}
-stages:
+PIPELINE = (
+    TINY_SERIES_PIPELINE.replace("{name}", "tiny_ema")
+    + """stages:
   - name: source
     max_epochs: 2
     limit_train_batches: 4
@@ -149,6 +136,7 @@ stages:
 evaluation:
   labels: {{source: "source-only"}}
 """
+)
 
 
 def test_pipeline_writes_ema_ckpt_and_compares_it(tmp_path: Path) -> None:

@@ -13,24 +13,11 @@ import torch
 
 from sciadapt.api import load_pipeline
 from sciadapt.errors import ConfigError
-from tests.conftest import make_series_csv
+from tests.conftest import TINY_SERIES_PIPELINE, make_series_csv
 
-PIPELINE = """
-name: tiny_merge
-seed: 0
-run_dir: {run_dir}
-backbone: {{name: nhits_tiny}}
-head: {{name: point}}
-data:
-  name: timeseries
-  path: {data}
-  target_columns: [y0, y1]
-  context_length: 48
-  horizon: 12
-  split: ratio
-  batch_size: 32
-trainer: {{accelerator: cpu, enable_progress_bar: false}}
-stages:
+PIPELINE = (
+    TINY_SERIES_PIPELINE.replace("{name}", "tiny_merge")
+    + """stages:
   - name: a
     max_epochs: 1
     limit_train_batches: 2
@@ -52,6 +39,7 @@ evaluation:
   metrics: [mse, mae]
 {extra}
 """
+)
 
 
 def _pipe(tmp_path: Path, extra: str = "") -> Path:

@@ -10,24 +10,11 @@ import torch
 import yaml
 
 from sciadapt.peft.card import CardFacts, base_model_id, render_card
-from tests.conftest import make_series_csv
+from tests.conftest import TINY_SERIES_PIPELINE, make_series_csv
 
-PIPELINE = """
-name: tiny_card
-seed: 0
-run_dir: {run_dir}
-backbone: {{name: nhits_tiny}}
-head: {{name: point}}
-data:
-  name: timeseries
-  path: {data}
-  target_columns: [y0, y1]
-  context_length: 48
-  horizon: 12
-  split: ratio
-  batch_size: 32
-trainer: {{accelerator: cpu, enable_progress_bar: false}}
-stages:
+PIPELINE = (
+    TINY_SERIES_PIPELINE.replace("{name}", "tiny_card")
+    + """stages:
   - name: source
     max_epochs: 1
     limit_train_batches: 4
@@ -43,6 +30,7 @@ stages:
     optim: {{lr: 1.0e-2}}
     peft: {{method: lora, r: 2, alpha: 4}}
 """
+)
 
 
 def _front_matter(text: str) -> dict[str, object]:
