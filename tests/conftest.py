@@ -28,44 +28,6 @@ def series_csv(tmp_path: Path) -> Path:
     return make_series_csv(tmp_path / "series.csv")
 
 
-def tiny_pipeline(path: Path, data_path: Path, run_dir: Path, extra: str = "") -> Path:
-    """A three-stage pipeline on the tiny N-HiTS: source -> probe -> finetune."""
-    path.write_text(
-        f"""
-name: tiny
-seed: 0
-run_dir: {run_dir}
-backbone: {{name: nhits_tiny}}
-head: {{name: point}}
-data:
-  name: timeseries
-  path: {data_path}
-  target_columns: [y0, y1]
-  context_length: 48
-  horizon: 12
-  split: ratio
-  batch_size: 32
-trainer: {{accelerator: cpu, enable_progress_bar: false}}
-stages:
-  - name: source
-    max_epochs: 2
-    limit_train_batches: 8
-    optim: {{lr: 3.0e-3}}
-  - name: probe
-    frozen: [backbone]
-    max_epochs: 3
-    limit_train_batches: 8
-  - name: finetune
-    max_epochs: 2
-    limit_train_batches: 8
-    optim: {{lr: 1.0e-3}}
-    schedule: {{name: cosine, warmup_steps: 2}}
-{extra}
-"""
-    )
-    return path
-
-
 #: The head of a tiny two-channel N-HiTS pipeline on :func:`make_series_csv` data (``{name}``,
 #: ``{run_dir}`` and ``{data}`` to fill); a test appends its own ``stages:`` (and ``evaluation:``).
 TINY_SERIES_PIPELINE = """
@@ -84,3 +46,28 @@ data:
   batch_size: 32
 trainer: {{accelerator: cpu, enable_progress_bar: false}}
 """
+
+
+def tiny_pipeline(path: Path, data_path: Path, run_dir: Path, extra: str = "") -> Path:
+    """A three-stage pipeline on the tiny N-HiTS: source -> probe -> finetune."""
+    head = TINY_SERIES_PIPELINE.format(name="tiny", run_dir=run_dir, data=data_path)
+    path.write_text(
+        head
+        + f"""stages:
+  - name: source
+    max_epochs: 2
+    limit_train_batches: 8
+    optim: {{lr: 3.0e-3}}
+  - name: probe
+    frozen: [backbone]
+    max_epochs: 3
+    limit_train_batches: 8
+  - name: finetune
+    max_epochs: 2
+    limit_train_batches: 8
+    optim: {{lr: 1.0e-3}}
+    schedule: {{name: cosine, warmup_steps: 2}}
+{extra}
+"""
+    )
+    return path

@@ -13,6 +13,7 @@ from torch import nn
 from sciadapt.averaging import arith
 from sciadapt.averaging.arith import LoraAdapter
 from sciadapt.errors import CheckpointError, ConfigError
+from tests.conftest import TINY_SERIES_PIPELINE
 
 
 def _states(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
@@ -192,27 +193,13 @@ def test_adapter_incompatibility_errors() -> None:
 # -- the verb ------------------------------------------------------------------------------------
 def _one_stage_pipeline(path: Path, data: Path, runs: Path) -> Path:
     path.write_text(
-        f"""
-name: tiny
-seed: 0
-run_dir: {runs}
-backbone: {{name: nhits_tiny}}
-head: {{name: point}}
-data:
-  name: timeseries
-  path: {data}
-  target_columns: [y0, y1]
-  context_length: 48
-  horizon: 12
-  split: ratio
-  batch_size: 32
-trainer: {{accelerator: cpu, enable_progress_bar: false}}
-stages:
+        TINY_SERIES_PIPELINE.format(name="tiny", run_dir=runs, data=data)
+        + """stages:
   - name: finetune
     max_epochs: 1
     limit_train_batches: 3
     limit_val_batches: 2
-    optim: {{lr: 3.0e-3}}
+    optim: {lr: 3.0e-3}
 """
     )
     return path
